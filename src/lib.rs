@@ -7,6 +7,14 @@
     rust_2018_idioms
 )]
 
+pub mod cache;
+mod clock;
+mod codec;
 mod error;
+mod key;
+mod metrics;
 
+pub use cache::{Cache, CacheBuilder, CacheLayer, CacheService, CacheStats, L2Cause, L2Error, L2State};
+pub use clock::{Clock, MockClock};
 pub use error::{BoxError, ConfigError};
+pub use metrics::describe_metrics;

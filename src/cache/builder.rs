@@ -1,0 +1,335 @@
+//! `CacheBuilder`: every setting of a cache, validated at `build()`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::flight::Flights;
+use super::handle::{Cache, Inner};
+use super::stats::Instruments;
+use super::tier::l1::L1;
+use super::tier::l2::{L2Config, L2};
+use crate::clock::Clock;
+use crate::key::{validate_part, KeyScheme};
+use crate::ConfigError;
+
+/// Builds a [`Cache`]. Every setting has a default except the name; [`build`] checks them
+/// all and names the first bad one.
+///
+/// [`build`]: CacheBuilder::build
+#[derive(Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct CacheBuilder {
+    name: String,
+    namespace: String,
+    schema_version: u32,
+    ttl: Duration,
+    l1_ttl: Option<Duration>,
+    jitter: f64,
+    max_capacity: u64,
+    l1_enabled: bool,
+    max_entry_size: usize,
+    redis_url: Option<String>,
+    l2: L2Config,
+    clock: Clock,
+}
+
+/// What [`CacheBuilder::redis_url`] accepts: a URL (`&str`, `String`) or an optional one
+/// (`Option<String>`, `Option<&str>`), so that `std::env::var("REDIS_URL").ok()` fits.
+pub trait IntoRedisUrl: sealed::Sealed {
+    /// The URL, if any.
+    fn into_redis_url(self) -> Option<String>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &str {}
+    impl Sealed for String {}
+    impl Sealed for Option<String> {}
+    impl Sealed for Option<&str> {}
+}
+
+impl IntoRedisUrl for &str {
+    fn into_redis_url(self) -> Option<String> {
+        Some(self.to_owned())
+    }
+}
+
+impl IntoRedisUrl for String {
+    fn into_redis_url(self) -> Option<String> {
+        Some(self)
+    }
+}
+
+impl IntoRedisUrl for Option<String> {
+    fn into_redis_url(self) -> Option<String> {
+        self
+    }
+}
+
+impl IntoRedisUrl for Option<&str> {
+    fn into_redis_url(self) -> Option<String> {
+        self.map(str::to_owned)
+    }
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("schema_version", &self.schema_version)
+            .field("time_to_live", &self.ttl)
+            .field("l1_time_to_live", &self.l1_ttl)
+            .field("max_capacity", &self.max_capacity)
+            .field("l1_enabled", &self.l1_enabled)
+            // Never the password.
+            .field("redis_url", &self.redis_url.as_deref().map(super::tier::l2::redact_url))
+            .field("l2", &self.l2)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheBuilder {
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            name,
+            namespace: "layercake".to_owned(),
+            schema_version: 1,
+            ttl: Duration::from_secs(60),
+            l1_ttl: None,
+            jitter: 0.1,
+            max_capacity: 10_000,
+            l1_enabled: true,
+            max_entry_size: 1024 * 1024,
+            redis_url: None,
+            l2: L2Config::default(),
+            clock: Clock::system(),
+        }
+    }
+
+    /// The first part of every Redis key (default `"layercake"`): one per application, so
+    /// that applications sharing a Redis never read each other's entries.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The schema version in every Redis key (default 1). Bump it when the response type
+    /// changes shape: old entries are then never read again and expire by their TTL.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// How long an entry lives (default 60 s). Entries are written with a random jitter
+    /// that shortens this by up to [`ttl_jitter`](Self::ttl_jitter).
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// A shorter lifetime for L1 copies (default: the same as `time_to_live`). Other
+    /// replicas' L1 copies are not invalidated, so this bounds how stale they can be.
+    pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// The largest fraction by which a TTL is randomly shortened (default 0.1; 0 turns
+    /// jitter off; at most 0.5).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// How many entries L1 holds at most (default 10 000).
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = entries;
+        self
+    }
+
+    /// Turns the in-process tier on or off (default on). Off makes a Redis-only cache, which
+    /// needs a [`redis_url`](Self::redis_url).
+    pub fn l1_enabled(mut self, enabled: bool) -> Self {
+        self.l1_enabled = enabled;
+        self
+    }
+
+    /// The largest encoded response that is stored, in bytes (default 1 MiB). Larger
+    /// responses are served but not stored, and counted.
+    pub fn max_entry_size(mut self, bytes: usize) -> Self {
+        self.max_entry_size = bytes;
+        self
+    }
+
+    /// The Redis URL of the L2 tier (`redis://[user[:password]@]host[:port][/db]`), or
+    /// `None` for an L1-only cache. The cache never fails to build, nor a request to run,
+    /// because Redis is down: it runs on L1 and connects when Redis appears.
+    ///
+    /// The password is never logged, nor shown by `Debug`.
+    pub fn redis_url(mut self, url: impl IntoRedisUrl) -> Self {
+        self.redis_url = url.into_redis_url();
+        self
+    }
+
+    /// The time budget of one Redis read (default 50 ms), covering pool checkout, waiting
+    /// for a reconnect and the command. A read over budget is a miss.
+    pub fn l2_timeout(mut self, budget: Duration) -> Self {
+        self.l2.read_timeout = budget;
+        self
+    }
+
+    /// The time budget of one batch of background writes and of `invalidate`/`clear` steps
+    /// (default 500 ms).
+    pub fn l2_write_timeout(mut self, budget: Duration) -> Self {
+        self.l2.write_timeout = budget;
+        self
+    }
+
+    /// How long one connection attempt may take (default 1 s).
+    pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.l2.connect_timeout = timeout;
+        self
+    }
+
+    /// Consecutive Redis timeouts or I/O errors that open the circuit breaker (default 5).
+    /// A dropped connection opens it at once.
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.l2.breaker_threshold = failures;
+        self
+    }
+
+    /// How often a background probe tries Redis while the breaker is open (default 500 ms).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.l2.probe_interval = interval;
+        self
+    }
+
+    /// Redis reads in flight at most (default 512): the bulkhead. Over it, L2 is skipped.
+    pub fn l2_max_in_flight(mut self, reads: usize) -> Self {
+        self.l2.max_in_flight = reads;
+        self
+    }
+
+    /// Writes that may wait for the background writer (default 1024). When full, writes
+    /// are dropped and counted, never queued without bound.
+    pub fn l2_write_queue(mut self, writes: usize) -> Self {
+        self.l2.write_queue = writes;
+        self
+    }
+
+    /// Connections in the bb8 pool (default 2). Requests share one multiplexed connection;
+    /// the pool supplies and replaces it.
+    pub fn l2_pool_size(mut self, connections: u32) -> Self {
+        self.l2.pool_size = connections;
+        self
+    }
+
+    /// The time source (default [`Clock::system`]); tests pass a
+    /// [`MockClock`](crate::MockClock).
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Checks the settings and builds the cache. It does not connect to Redis: that
+    /// happens in the background once the cache is first used inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first bad setting: an empty or non-`[A-Za-z0-9_.-]`
+    /// name or namespace, a zero capacity, TTL, timeout or limit, a jitter outside
+    /// `0..=0.5`, an unparsable Redis URL, or L1 switched off without a Redis URL.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercake::Cache;
+    ///
+    /// let err = Cache::builder("search").time_to_live(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.setting(), "time_to_live");
+    /// let err = Cache::builder("search").redis_url("http://nope").build().unwrap_err();
+    /// assert_eq!(err.setting(), "redis_url");
+    /// ```
+    pub fn build(self) -> Result<Cache, ConfigError> {
+        validate_part("name", &self.name)?;
+        validate_part("namespace", &self.namespace)?;
+        if self.ttl.is_zero() {
+            return Err(ConfigError::new("time_to_live", "must be greater than zero"));
+        }
+        if self.ttl.as_millis() < 1 {
+            return Err(ConfigError::new("time_to_live", "must be at least 1 ms (Redis TTL resolution)"));
+        }
+        if self.l1_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new("l1_time_to_live", "must be greater than zero"));
+        }
+        if !(0.0..=0.5).contains(&self.jitter) {
+            return Err(ConfigError::new("ttl_jitter", format!("must be within 0..=0.5, got {}", self.jitter)));
+        }
+        if self.max_capacity == 0 {
+            return Err(ConfigError::new(
+                "max_capacity",
+                "must be at least 1 (to run without L1, use l1_enabled(false) with a redis_url)",
+            ));
+        }
+        if self.max_entry_size == 0 {
+            return Err(ConfigError::new("max_entry_size", "must be at least 1 byte"));
+        }
+        let l2 = &self.l2;
+        for (setting, value) in [
+            ("l2_timeout", l2.read_timeout),
+            ("l2_write_timeout", l2.write_timeout),
+            ("l2_connect_timeout", l2.connect_timeout),
+            ("probe_interval", l2.probe_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(setting, "must be greater than zero"));
+            }
+        }
+        if l2.breaker_threshold == 0 {
+            return Err(ConfigError::new("breaker_threshold", "must be at least 1"));
+        }
+        if l2.max_in_flight == 0 {
+            return Err(ConfigError::new("l2_max_in_flight", "must be at least 1"));
+        }
+        if l2.write_queue == 0 {
+            return Err(ConfigError::new("l2_write_queue", "must be at least 1"));
+        }
+        if l2.pool_size == 0 {
+            return Err(ConfigError::new("l2_pool_size", "must be at least 1"));
+        }
+        if !self.l1_enabled && self.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "l1_enabled",
+                "a cache needs at least one tier: with L1 off, set a redis_url",
+            ));
+        }
+
+        crate::metrics::describe_once();
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let ins = Arc::new(Instruments::new(&name));
+        let l2 = match &self.redis_url {
+            Some(url) => Some(Arc::new(L2::new(url, self.l2, Arc::clone(&name), Arc::clone(&ins))?)),
+            None => None,
+        };
+        ins.set_breaker_open(false);
+        let l1 = self
+            .l1_enabled
+            .then(|| L1::new(self.max_capacity, self.clock.clone()));
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                scheme: KeyScheme::new(&self.namespace, &self.name, self.schema_version),
+                name,
+                ttl: self.ttl,
+                l1_ttl: self.l1_ttl,
+                jitter: self.jitter,
+                max_entry_size: self.max_entry_size,
+                clock: self.clock,
+                l1,
+                l2,
+                flights: Flights::default(),
+                enabled: AtomicBool::new(true),
+                ins,
+            }),
+        })
+    }
+}

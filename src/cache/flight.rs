@@ -1,0 +1,174 @@
+//! Single flight: concurrent misses on one key make one call.
+//!
+//! The first request to miss a key becomes the *leader* and registers a flight; the others
+//! subscribe to it and sleep (no spinning) until the leader publishes. The leader ends its
+//! flight in one of three ways:
+//! - it publishes a value that was stored: waiters return a clone of it;
+//! - it ends without a value to share (the inner service failed, or the response was not to
+//!   be stored, which for HTTP can mean it was private to one user): each waiter then calls
+//!   the inner service itself;
+//! - its future is dropped mid-way: waiters contend again and one of them takes over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::tier::l1::Value;
+
+#[derive(Clone)]
+pub(crate) enum State {
+    Running,
+    Value(Value),
+    Unshared,
+}
+
+pub(crate) enum End {
+    Value(Value),
+    Unshared,
+    Abandoned,
+}
+
+#[derive(Default)]
+pub(crate) struct Flights {
+    map: Mutex<HashMap<Box<[u8]>, (u64, watch::Sender<State>)>>,
+    ids: AtomicU64,
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("Flights").field("in_flight", &n).finish()
+    }
+}
+
+pub(crate) enum Role<'a> {
+    Leader(Leader<'a>),
+    Waiter(watch::Receiver<State>),
+}
+
+impl Flights {
+    pub(crate) fn join<'a>(&'a self, key: &[u8]) -> Role<'a> {
+        let mut map = match self.map.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((_, tx)) = map.get(key) {
+            return Role::Waiter(tx.subscribe());
+        }
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, _) = watch::channel(State::Running);
+        map.insert(key.into(), (id, tx.clone()));
+        Role::Leader(Leader {
+            flights: self,
+            key: key.into(),
+            id,
+            tx,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The leader's side of a flight. Dropping it without [`Leader::finish`] abandons the flight.
+pub(crate) struct Leader<'a> {
+    flights: &'a Flights,
+    key: Box<[u8]>,
+    id: u64,
+    tx: watch::Sender<State>,
+}
+
+impl Leader<'_> {
+    /// Ends the flight, sharing `value` with the waiters (or not, with `None`).
+    pub(crate) fn finish(self, value: Option<Value>) {
+        self.tx.send_replace(match value {
+            Some(v) => State::Value(v),
+            None => State::Unshared,
+        });
+        // Drop unregisters.
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut map = match self.flights.map.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+        // Our `tx` and the map's clone are gone after this: a waiter still on `Running` sees
+        // the channel close and knows the flight was abandoned.
+    }
+}
+
+/// Waits for a flight to end.
+pub(crate) async fn wait(mut rx: watch::Receiver<State>) -> End {
+    loop {
+        match &*rx.borrow_and_update() {
+            State::Value(v) => return End::Value(Arc::clone(v)),
+            State::Unshared => return End::Unshared,
+            State::Running => {}
+        }
+        if rx.changed().await.is_err() {
+            return match &*rx.borrow() {
+                State::Value(v) => End::Value(Arc::clone(v)),
+                State::Unshared => End::Unshared,
+                State::Running => End::Abandoned,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn value_reaches_waiters_and_map_empties() {
+        let flights = Flights::default();
+        let Role::Leader(leader) = flights.join(b"k") else {
+            panic!("first is leader")
+        };
+        let Role::Waiter(rx) = flights.join(b"k") else {
+            panic!("second waits")
+        };
+        let waiting = tokio::spawn(wait(rx));
+        leader.finish(Some(Arc::new(5u8)));
+        match waiting.await.unwrap() {
+            End::Value(v) => assert_eq!(v.downcast_ref::<u8>(), Some(&5)),
+            _ => panic!("expected the value"),
+        }
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_is_abandoned_and_replaceable() {
+        let flights = Flights::default();
+        let leader = flights.join(b"k");
+        let Role::Waiter(rx) = flights.join(b"k") else {
+            panic!("second waits")
+        };
+        drop(leader);
+        assert!(matches!(wait(rx).await, End::Abandoned));
+        assert!(matches!(flights.join(b"k"), Role::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn unshared_end() {
+        let flights = Flights::default();
+        let Role::Leader(leader) = flights.join(b"k") else {
+            panic!()
+        };
+        let Role::Waiter(rx) = flights.join(b"k") else {
+            panic!()
+        };
+        leader.finish(None);
+        assert!(matches!(wait(rx).await, End::Unshared));
+    }
+}

@@ -1,0 +1,423 @@
+//! Counters behind `Cache::stats()` and the `layercake_cache_*` metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use serde::Serialize;
+
+use crate::metrics::{
+    CACHE_BREAKER_OPEN, CACHE_L1_ENTRIES, CACHE_L2_ERRORS, CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED,
+    CACHE_REQUESTS,
+};
+
+/// Why an L2 (Redis) operation failed or was skipped. Each one is a miss (reads) or a
+/// dropped write, never an error returned to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum L2Cause {
+    /// The operation did not finish within its time budget.
+    Timeout,
+    /// The connection failed, was refused or was dropped.
+    Io,
+    /// Redis answered with an error (OOM, READONLY, NOAUTH, ...).
+    Server,
+    /// The stored bytes were not a value this cache can read (corrupt, unknown envelope
+    /// version, another Redis type); the entry was removed.
+    Decode,
+    /// The value was larger than `max_entry_size`.
+    Oversized,
+    /// The circuit breaker was open (or Redis was not connected), so L2 was skipped.
+    BreakerOpen,
+    /// Too many L2 operations were already in flight, so L2 was skipped.
+    Bulkhead,
+    /// The background writer's queue was full, so the write was dropped.
+    Dropped,
+}
+
+impl L2Cause {
+    pub(crate) const ALL: [L2Cause; 8] = [
+        L2Cause::Timeout,
+        L2Cause::Io,
+        L2Cause::Server,
+        L2Cause::Decode,
+        L2Cause::Oversized,
+        L2Cause::BreakerOpen,
+        L2Cause::Bulkhead,
+        L2Cause::Dropped,
+    ];
+
+    /// The value of the metric label `cause`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L2Cause::Timeout => "timeout",
+            L2Cause::Io => "io",
+            L2Cause::Server => "server",
+            L2Cause::Decode => "decode",
+            L2Cause::Oversized => "oversized",
+            L2Cause::BreakerOpen => "breaker_open",
+            L2Cause::Bulkhead => "bulkhead",
+            L2Cause::Dropped => "dropped",
+        }
+    }
+
+    /// Whether this cause says something about Redis' health (and so counts towards the
+    /// circuit breaker).
+    pub(crate) fn is_connection_failure(self) -> bool {
+        matches!(self, L2Cause::Timeout | L2Cause::Io)
+    }
+}
+
+/// An L2 operation, the value of the metric label `op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum L2Op {
+    Get = 0,
+    Set = 1,
+    Del = 2,
+}
+
+impl L2Op {
+    const ALL: [L2Op; 3] = [L2Op::Get, L2Op::Set, L2Op::Del];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            L2Op::Get => "get",
+            L2Op::Set => "set",
+            L2Op::Del => "del",
+        }
+    }
+}
+
+/// A count kept both locally (for `stats()`) and in the metrics recorder.
+#[derive(Debug)]
+struct Tally {
+    local: AtomicU64,
+    metric: Counter,
+}
+
+impl Tally {
+    fn new(metric: Counter) -> Self {
+        Self {
+            local: AtomicU64::new(0),
+            metric,
+        }
+    }
+
+    #[inline]
+    fn inc(&self) {
+        self.local.fetch_add(1, Ordering::Relaxed);
+        self.metric.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
+/// Every instrument of one cache, registered once when the cache is built.
+#[derive(Debug)]
+pub(crate) struct Instruments {
+    hit_l1: Tally,
+    hit_l2: Tally,
+    miss: Tally,
+    coalesced: Tally,
+    bypass: Tally,
+    l2_errors: Vec<Tally>, // [op][cause], flattened
+    not_stored_oversized: Tally,
+    not_stored_encode: Tally,
+    lookup_l2: Histogram,
+    l1_entries: Gauge,
+    breaker_open: Gauge,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    HitL1,
+    HitL2,
+    Miss,
+    Coalesced,
+    Bypass,
+}
+
+impl Instruments {
+    pub(crate) fn new(cache: &str) -> Self {
+        let name = cache.to_owned();
+        let req = |result: &'static str| {
+            Tally::new(counter!(CACHE_REQUESTS, "cache" => name.clone(), "result" => result))
+        };
+        let mut l2_errors = Vec::with_capacity(L2Op::ALL.len() * L2Cause::ALL.len());
+        for op in L2Op::ALL {
+            for cause in L2Cause::ALL {
+                l2_errors.push(Tally::new(counter!(
+                    CACHE_L2_ERRORS,
+                    "cache" => name.clone(),
+                    "op" => op.as_str(),
+                    "cause" => cause.as_str()
+                )));
+            }
+        }
+        let not_stored = |reason: &'static str| {
+            Tally::new(counter!(CACHE_NOT_STORED, "cache" => name.clone(), "reason" => reason))
+        };
+        Self {
+            hit_l1: req("hit_l1"),
+            hit_l2: req("hit_l2"),
+            miss: req("miss"),
+            coalesced: req("coalesced"),
+            bypass: req("bypass"),
+            l2_errors,
+            not_stored_oversized: not_stored("oversized"),
+            not_stored_encode: not_stored("encode"),
+            lookup_l2: histogram!(CACHE_LOOKUP_SECONDS, "cache" => name.clone(), "tier" => "l2"),
+            l1_entries: gauge!(CACHE_L1_ENTRIES, "cache" => name.clone()),
+            breaker_open: gauge!(CACHE_BREAKER_OPEN, "cache" => name),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn outcome(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::HitL1 => self.hit_l1.inc(),
+            Outcome::HitL2 => self.hit_l2.inc(),
+            Outcome::Miss => self.miss.inc(),
+            Outcome::Coalesced => self.coalesced.inc(),
+            Outcome::Bypass => self.bypass.inc(),
+        }
+    }
+
+    fn l2_tally(&self, op: L2Op, cause: L2Cause) -> &Tally {
+        let c = L2Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
+        &self.l2_errors[op as usize * L2Cause::ALL.len() + c]
+    }
+
+    pub(crate) fn l2_error(&self, op: L2Op, cause: L2Cause) {
+        self.l2_tally(op, cause).inc();
+    }
+
+    pub(crate) fn not_stored_oversized(&self) {
+        self.not_stored_oversized.inc();
+    }
+
+    pub(crate) fn not_stored_encode(&self) {
+        self.not_stored_encode.inc();
+    }
+
+    pub(crate) fn l2_lookup(&self, took: Duration) {
+        self.lookup_l2.record(took.as_secs_f64());
+    }
+
+    pub(crate) fn set_l1_entries(&self, n: usize) {
+        self.l1_entries.set(n as f64);
+    }
+
+    pub(crate) fn set_breaker_open(&self, open: bool) {
+        self.breaker_open.set(if open { 1.0 } else { 0.0 });
+    }
+
+    pub(crate) fn snapshot(&self, l1_entries: u64, l2: L2State) -> CacheStats {
+        let cause = |cause: L2Cause| -> u64 {
+            L2Op::ALL
+                .iter()
+                .map(|op| self.l2_tally(*op, cause).get())
+                .sum()
+        };
+        CacheStats {
+            hits_l1: self.hit_l1.get(),
+            hits_l2: self.hit_l2.get(),
+            misses: self.miss.get(),
+            coalesced: self.coalesced.get(),
+            bypassed: self.bypass.get(),
+            not_stored: self.not_stored_oversized.get() + self.not_stored_encode.get(),
+            l1_entries,
+            l2,
+            l2_errors: L2Errors {
+                timeout: cause(L2Cause::Timeout),
+                io: cause(L2Cause::Io),
+                server: cause(L2Cause::Server),
+                decode: cause(L2Cause::Decode),
+                oversized: cause(L2Cause::Oversized),
+                breaker_open: cause(L2Cause::BreakerOpen),
+                bulkhead: cause(L2Cause::Bulkhead),
+                dropped: cause(L2Cause::Dropped),
+            },
+        }
+    }
+}
+
+/// The state of a cache's Redis tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum L2State {
+    /// No Redis URL was configured: the cache is L1-only.
+    Disabled,
+    /// Connecting for the first time.
+    Connecting,
+    /// Connected; reads and writes go to Redis.
+    Connected,
+    /// Redis is unreachable or failing: the breaker is open and L2 is skipped until a
+    /// background probe reconnects.
+    BreakerOpen,
+}
+
+/// L2 failures by cause, summed over reads, writes and deletes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct L2Errors {
+    /// See [`L2Cause::Timeout`].
+    pub timeout: u64,
+    /// See [`L2Cause::Io`].
+    pub io: u64,
+    /// See [`L2Cause::Server`].
+    pub server: u64,
+    /// See [`L2Cause::Decode`].
+    pub decode: u64,
+    /// See [`L2Cause::Oversized`].
+    pub oversized: u64,
+    /// See [`L2Cause::BreakerOpen`].
+    pub breaker_open: u64,
+    /// See [`L2Cause::Bulkhead`].
+    pub bulkhead: u64,
+    /// See [`L2Cause::Dropped`].
+    pub dropped: u64,
+}
+
+impl L2Errors {
+    /// The count for one cause.
+    pub fn get(&self, cause: L2Cause) -> u64 {
+        match cause {
+            L2Cause::Timeout => self.timeout,
+            L2Cause::Io => self.io,
+            L2Cause::Server => self.server,
+            L2Cause::Decode => self.decode,
+            L2Cause::Oversized => self.oversized,
+            L2Cause::BreakerOpen => self.breaker_open,
+            L2Cause::Bulkhead => self.bulkhead,
+            L2Cause::Dropped => self.dropped,
+        }
+    }
+
+    /// All causes added up.
+    pub fn total(&self) -> u64 {
+        L2Cause::ALL.iter().map(|c| self.get(*c)).sum()
+    }
+}
+
+/// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
+///
+/// Counts start at zero when the cache is built and are shared by every clone of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Requests answered from the in-process tier.
+    pub hits_l1: u64,
+    /// Requests answered from Redis.
+    pub hits_l2: u64,
+    /// Requests that called the inner service because no tier had the key.
+    pub misses: u64,
+    /// Requests that waited for another request's miss on the same key and shared its result.
+    pub coalesced: u64,
+    /// Requests that bypassed the cache (no key, or caching switched off).
+    pub bypassed: u64,
+    /// Responses the policy allowed that were not stored (too large, or failed to encode).
+    pub not_stored: u64,
+    /// Entries in L1 now (approximate while other threads write).
+    pub l1_entries: u64,
+    /// The Redis tier's state.
+    pub l2: L2State,
+    /// L2 failures by cause.
+    pub l2_errors: L2Errors,
+}
+
+impl CacheStats {
+    /// Hits (both tiers, and coalesced requests) over all cacheable requests; 0 when there
+    /// were none.
+    pub fn hit_rate(&self) -> f64 {
+        let hits = self.hits_l1 + self.hits_l2 + self.coalesced;
+        let all = hits + self.misses;
+        if all == 0 {
+            0.0
+        } else {
+            hits as f64 / all as f64
+        }
+    }
+
+    /// Whether Redis is connected and in use.
+    pub fn l2_connected(&self) -> bool {
+        self.l2 == L2State::Connected
+    }
+
+    /// Whether the L2 circuit breaker is open.
+    pub fn breaker_open(&self) -> bool {
+        self.l2 == L2State::BreakerOpen
+    }
+}
+
+/// Lets one warning through per interval and counts the ones it held back, so that a
+/// failing Redis produces a log line every few seconds, not one per request.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    epoch: Instant,
+    interval_ms: u64,
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            interval_ms: interval.as_millis().max(1) as u64,
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be logged now, `n` being how many were held back since the
+    /// last one; `None` otherwise.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + self.interval_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_interval() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.suppressed.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn hit_rate_counts_all_hits() {
+        let i = Instruments::new("t");
+        assert_eq!(i.snapshot(0, L2State::Disabled).hit_rate(), 0.0);
+        i.outcome(Outcome::HitL1);
+        i.outcome(Outcome::HitL2);
+        i.outcome(Outcome::Coalesced);
+        i.outcome(Outcome::Miss);
+        i.outcome(Outcome::Bypass);
+        let s = i.snapshot(0, L2State::Disabled);
+        assert_eq!(s.hit_rate(), 0.75);
+        i.l2_error(L2Op::Set, L2Cause::Dropped);
+        i.l2_error(L2Op::Get, L2Cause::Dropped);
+        assert_eq!(i.snapshot(0, L2State::Disabled).l2_errors.dropped, 2);
+    }
+}

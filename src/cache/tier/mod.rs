@@ -1,0 +1,4 @@
+//! The two tiers: in-process L1 and Redis L2.
+
+pub(crate) mod l1;
+pub(crate) mod l2;

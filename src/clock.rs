@@ -1,0 +1,97 @@
+//! Time, injectable for tests.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The time source of a [`Cache`](crate::Cache): the system clock, or a [`MockClock`] that
+/// tests move forward by hand instead of sleeping.
+///
+/// A cache reads it for L1 expiry and for the written-at / expires-at stamps of the stored
+/// envelope. Redis keeps its own time for the key's TTL.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset: Option<Arc<AtomicU64>>,
+}
+
+impl Clock {
+    /// The system clock (the default).
+    pub fn system() -> Self {
+        Self { offset: None }
+    }
+
+    #[inline]
+    fn offset(&self) -> Duration {
+        match &self.offset {
+            None => Duration::ZERO,
+            Some(nanos) => Duration::from_nanos(nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Monotonic now.
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        match &self.offset {
+            None => Instant::now(),
+            Some(_) => Instant::now() + self.offset(),
+        }
+    }
+
+    /// Wall-clock now, in Unix milliseconds.
+    pub(crate) fn unix_ms(&self) -> u64 {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            + self.offset();
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.offset {
+            None => f.pad("Clock::System"),
+            Some(_) => write!(f, "Clock::Mock(+{:?})", self.offset()),
+        }
+    }
+}
+
+/// A clock for tests: it runs with the system clock, plus whatever [`advance`] added.
+///
+/// ```
+/// use std::time::Duration;
+/// use layercake::{Cache, MockClock};
+///
+/// let clock = MockClock::new();
+/// let cache = Cache::builder("demo").clock(clock.clone()).build().unwrap();
+/// clock.advance(Duration::from_secs(3600)); // every entry of `cache` is now an hour older
+/// # drop(cache);
+/// ```
+///
+/// [`advance`]: MockClock::advance
+#[derive(Clone, Debug, Default)]
+pub struct MockClock {
+    offset: Arc<AtomicU64>,
+}
+
+impl MockClock {
+    /// A mock clock that starts at the system time.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves this clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.offset.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl From<MockClock> for Clock {
+    fn from(mock: MockClock) -> Self {
+        Clock {
+            offset: Some(mock.offset),
+        }
+    }
+}

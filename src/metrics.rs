@@ -1,0 +1,82 @@
+//! Metric names (public API) and their descriptions.
+//!
+//! Every metric is emitted through the [`metrics`] facade: install any recorder (for example
+//! `metrics-exporter-prometheus`) **before** building caches and queues, because they
+//! register their metric handles once, when they are built.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `layercake_cache_requests_total` | counter | `cache`, `result` = `hit_l1` \| `hit_l2` \| `miss` \| `coalesced` \| `bypass` |
+//! | `layercake_cache_l2_errors_total` | counter | `cache`, `op` = `get` \| `set` \| `del`, `cause` = `timeout` \| `io` \| `server` \| `decode` \| `oversized` \| `breaker_open` \| `bulkhead` \| `dropped` |
+//! | `layercake_cache_lookup_seconds` | histogram | `cache`, `tier` = `l2` |
+//! | `layercake_cache_l1_entries` | gauge | `cache` |
+//! | `layercake_cache_breaker_open` | gauge (0/1) | `cache` |
+//! | `layercake_cache_not_stored_total` | counter | `cache`, `reason` = `oversized` \| `encode` |
+//!
+//! `coalesced` counts requests that waited for another request's miss on the same key
+//! (single flight) and got its result. L1 lookups are not timed: they take tens of
+//! nanoseconds, less than reading the clock twice would cost.
+//!
+//! The queue's metrics are listed in [`crate::queue`].
+
+use std::sync::Once;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+pub(crate) const CACHE_REQUESTS: &str = "layercake_cache_requests_total";
+pub(crate) const CACHE_L2_ERRORS: &str = "layercake_cache_l2_errors_total";
+pub(crate) const CACHE_LOOKUP_SECONDS: &str = "layercake_cache_lookup_seconds";
+pub(crate) const CACHE_L1_ENTRIES: &str = "layercake_cache_l1_entries";
+pub(crate) const CACHE_BREAKER_OPEN: &str = "layercake_cache_breaker_open";
+pub(crate) const CACHE_NOT_STORED: &str = "layercake_cache_not_stored_total";
+
+/// Describes every layercake metric (name, unit, help text) to the installed recorder.
+///
+/// Caches and queues call this once per process when the first one is built; call it
+/// yourself when you install a recorder later, or a second one.
+///
+/// ```
+/// layercake::describe_metrics();
+/// ```
+pub fn describe_metrics() {
+    describe_cache();
+    // queue metrics are described here too once the queue module lands
+}
+
+pub(crate) fn describe_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(describe_metrics);
+}
+
+fn describe_cache() {
+    describe_counter!(
+        CACHE_REQUESTS,
+        Unit::Count,
+        "Cache lookups by outcome: hit_l1, hit_l2, miss, coalesced (joined another request's miss) or bypass."
+    );
+    describe_counter!(
+        CACHE_L2_ERRORS,
+        Unit::Count,
+        "Redis (L2) operations that failed or were skipped, by operation and cause; each one became a miss or a dropped write."
+    );
+    describe_histogram!(
+        CACHE_LOOKUP_SECONDS,
+        Unit::Seconds,
+        "Time spent looking a key up in a tier, including pool checkout and waiting for a reconnect."
+    );
+    describe_gauge!(
+        CACHE_L1_ENTRIES,
+        Unit::Count,
+        "Entries held by the in-process L1 tier."
+    );
+    describe_gauge!(
+        CACHE_BREAKER_OPEN,
+        Unit::Count,
+        "1 while the L2 circuit breaker is open (Redis skipped), 0 while Redis is in use."
+    );
+    describe_counter!(
+        CACHE_NOT_STORED,
+        Unit::Count,
+        "Responses the policy allowed but that were not stored, by reason (oversized, encode)."
+    );
+}
