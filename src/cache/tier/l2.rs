@@ -12,7 +12,7 @@
 //!   blackholed connection: redis-rs' response timeout alone does not replace it.
 //! - **Breaker.** A dropped connection trips it at once; `breaker_threshold` consecutive
 //!   timeouts or I/O errors trip it too. While it is open, L2 is skipped at the cost of one
-//!   atomic-free state read, and the supervisor probes Redis every `probe_interval` by
+//!   state read, and the supervisor probes Redis every `probe_interval` by
 //!   checking out (and so `PING`ing) a connection; the first success closes it. No request
 //!   ever pays for a probe.
 //! - **Bulkhead.** At most `max_in_flight` reads at once; above that, L2 is skipped.
@@ -269,12 +269,15 @@ impl L2 {
                 self.succeeded();
                 Ok(value)
             }
-            Ok(Err((cause, err))) => {
-                let gen = err.as_ref().map(|(gen, _)| *gen);
-                let dead = err.as_ref().is_some_and(|(_, e)| is_dead(e));
-                let detail = err.map(|(_, e)| describe(&e));
-                Err(self.failed(L2Op::Get, cause, gen, dead, detail))
-            }
+            // The first connection attempt failed while we waited for it.
+            Ok(Err((cause, None))) => Err(self.skipped(L2Op::Get, cause)),
+            Ok(Err((cause, Some((gen, e))))) => Err(self.failed(
+                L2Op::Get,
+                cause,
+                Some(gen),
+                is_dead(&e),
+                Some(describe(&e)),
+            )),
             Err(_elapsed) => {
                 let gen = self.current_gen();
                 Err(self.failed(
@@ -469,7 +472,7 @@ impl L2 {
         }
     }
 
-    fn build_pool(&self) -> bb8::Pool<RedisConnectionManager> {
+    fn build_pool(&self, errors: mpsc::Sender<RedisError>) -> bb8::Pool<RedisConnectionManager> {
         bb8::Pool::builder()
             .max_size(self.cfg.pool_size)
             .min_idle(None)
@@ -481,10 +484,14 @@ impl L2 {
             .retry_connection(false)
             .idle_timeout(None)
             .max_lifetime(None)
+            // bb8 connects in a task of its own and hands connect errors only to its error
+            // sink, while `get()` waits out `connection_timeout`. Forwarding them lets the
+            // supervisor fail fast (a refused connection, a wrong password) and log why.
+            .error_sink(Box::new(ForwardErrors(errors)))
             .build_unchecked(self.manager.clone())
     }
 
-    async fn flush(&self, batch: &mut Vec<Write>) {
+    async fn flush(&self, batch: &[Write]) {
         let (mut conn, gen) = match &*self.state.borrow() {
             Conn::Ready { conn, gen } => (conn.clone(), *gen),
             _ => {
@@ -534,6 +541,21 @@ fn op_of(w: &Write) -> L2Op {
     }
 }
 
+/// bb8's error sink, forwarding connect errors to the supervisor.
+#[derive(Debug, Clone)]
+struct ForwardErrors(mpsc::Sender<RedisError>);
+
+impl bb8::ErrorSink<RedisError> for ForwardErrors {
+    fn sink(&self, error: RedisError) {
+        // Full means the supervisor already has errors to read: this one adds nothing.
+        let _ = self.0.try_send(error);
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
+}
+
 /// A bulkhead slot, released on drop.
 struct Slot<'a>(&'a AtomicUsize);
 
@@ -545,12 +567,26 @@ impl Drop for Slot<'_> {
 
 /// Keeps one connection published while Redis is healthy, and probes it back when not.
 async fn supervise(l2: Weak<L2>, wake: Arc<Notify>) {
+    let (errors_tx, mut errors) = mpsc::channel::<RedisError>(8);
     let mut pool = None;
     let mut was_down = false;
     loop {
         let Some(this) = l2.upgrade() else { return };
-        let pool = pool.get_or_insert_with(|| this.build_pool()).clone();
-        let attempt = tokio::time::timeout(this.cfg.connect_timeout, pool.get()).await;
+        let pool = pool
+            .get_or_insert_with(|| this.build_pool(errors_tx.clone()))
+            .clone();
+        // Errors left over from an earlier attempt say nothing about this one.
+        while errors.try_recv().is_ok() {}
+        let attempt = tokio::time::timeout(this.cfg.connect_timeout, async {
+            tokio::select! {
+                got = pool.get() => got.map_err(|e| match e {
+                    bb8::RunError::User(e) => describe(&e),
+                    bb8::RunError::TimedOut => "timed out".to_owned(),
+                }),
+                Some(e) = errors.recv() => Err(describe(&e)),
+            }
+        })
+        .await;
         match attempt {
             Ok(Ok(pooled)) => {
                 let conn = (*pooled).clone();
@@ -571,11 +607,8 @@ async fn supervise(l2: Weak<L2>, wake: Arc<Notify>) {
             }
             failure => {
                 let detail = match failure {
-                    Ok(Err(bb8::RunError::User(e))) => describe(&e),
-                    Ok(Err(bb8::RunError::TimedOut)) | Err(_) => {
-                        format!("no connection within {:?}", this.cfg.connect_timeout)
-                    }
-                    Ok(Ok(_)) => String::new(),
+                    Ok(Err(detail)) => detail,
+                    _ => format!("no connection within {:?}", this.cfg.connect_timeout),
                 };
                 this.state.send_if_modified(|c| {
                     if matches!(c, Conn::Connecting) {
@@ -608,7 +641,7 @@ async fn write_loop(l2: Weak<L2>, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
         let Some(this) = l2.upgrade() else { return };
-        this.flush(&mut batch).await;
+        this.flush(&batch).await;
         batch.clear();
     }
 }
