@@ -673,33 +673,50 @@ fn describe(e: &RedisError) -> String {
 }
 
 /// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
+///
+/// Deliberately conservative, because its input may be malformed (it also builds the
+/// `ConfigError` for a URL that does not parse): the user-info ends at the LAST `@` (an
+/// unencoded password may hold `/`, `?`, `#` or `@`), a URL without `://` is redacted after
+/// its first `:` (`redis:/:pw@host`, `redis//user:pw@host`), and `pass`/`password` query
+/// parameters (how `unix://` and `redis+unix://` URLs carry credentials) are redacted too.
+/// Redacting too much beats leaking.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+    let start = match url.find("://") {
+        Some(i) => i + 3,
+        None => url.find(':').map_or(0, |i| i + 1),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let (head, rest) = url.split_at(start);
+    let (userinfo, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let redacted = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@"),
+                None if userinfo.is_empty() => "@".to_owned(),
+                // A lone userinfo part is the password for redis:// URLs without a user name.
+                None => "***@".to_owned(),
+            };
+            (redacted, &rest[at + 1..])
+        }
+        None => (String::new(), rest),
     };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let redacted = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else if user.is_empty() {
-        String::new()
-    } else {
-        // A lone userinfo part is the password for redis:// URLs without a user name.
-        "***".to_owned()
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
     };
-    format!(
-        "{}://{}@{}{}",
-        &url[..scheme_end],
-        redacted,
-        &authority[at + 1..],
-        &rest[authority_end..]
-    )
+    format!("{head}{userinfo}{tail}")
 }
 
 #[cfg(test)]
@@ -717,5 +734,14 @@ mod tests {
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(redact_url("not a url"), "not a url");
         assert!(!redact_url("redis://u:p@ss@host/").contains("p@ss"));
+        // Malformed URLs and query-string credentials (found by tests/cache_l1.rs).
+        assert_eq!(redact_url("redis:/:s3cr3t@host:6379/"), "redis:/:***@host:6379/");
+        assert_eq!(redact_url("redis//user:s3cr3t@host"), "redis//user:***@host");
+        assert_eq!(redact_url("redis://:pa/ss@host/0"), "redis://:***@host/0");
+        assert_eq!(
+            redact_url("unix:///tmp/r.sock?db=1&pass=s3cr3t&user=me"),
+            "unix:///tmp/r.sock?db=1&pass=***&user=me"
+        );
+        assert_eq!(redact_url("redis://@host/"), "redis://@host/");
     }
 }
