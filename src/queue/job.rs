@@ -1,0 +1,572 @@
+//! What a job is: its id, status, progress, the snapshot callers read, and the context a
+//! running job sees.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::Notify;
+
+/// The id of a job.
+///
+/// Either chosen by the application, deterministically from the request
+/// ([`QueueBuilder::job_id`](super::QueueBuilder::job_id)), which deduplicates jobs, or
+/// generated: 32 random hex digits. Cloning is cheap (a reference count).
+///
+/// ```
+/// use layercake::queue::JobId;
+///
+/// let id = JobId::from("file-42");
+/// assert_eq!(id.as_str(), "file-42");
+/// assert_eq!(id.to_string(), "file-42");
+/// assert_eq!(id, JobId::from(String::from("file-42")));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(Arc<str>);
+
+impl JobId {
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A fresh random id: 128 bits as 32 lowercase hex digits, with one allocation.
+    pub(crate) fn random() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut n = fastrand::u128(..);
+        let mut buf = [0u8; 32];
+        for byte in buf.iter_mut().rev() {
+            *byte = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        // Every byte is an ASCII hex digit.
+        let s = std::str::from_utf8(&buf).unwrap_or_default();
+        Self(Arc::from(s))
+    }
+}
+
+impl From<String> for JobId {
+    fn from(id: String) -> Self {
+        Self(Arc::from(id))
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+}
+
+impl From<&JobId> for JobId {
+    fn from(id: &JobId) -> Self {
+        id.clone()
+    }
+}
+
+impl Borrow<str> for JobId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for JobId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for JobId {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JobId").field(&&*self.0).finish()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from)
+    }
+}
+
+/// Where a job is in its life.
+///
+/// `Queued → Running → Completed | Failed | Cancelled`; a retried job goes back to `Queued`
+/// until its backoff has passed, and a queued job can be cancelled. Serialized (and parsed)
+/// in lowercase: `"queued"`, `"running"`, ...
+///
+/// ```
+/// use layercake::queue::JobStatus;
+///
+/// let status: JobStatus = "failed".parse().unwrap();
+/// assert_eq!(status, JobStatus::Failed);
+/// assert!(status.is_finished());
+/// assert_eq!(JobStatus::Running.to_string(), "running");
+/// assert!("lost".parse::<JobStatus>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum JobStatus {
+    /// Waiting for a worker (for its first attempt, or for a retry after a backoff).
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// It finished with a result.
+    Completed,
+    /// Its last attempt failed, or its error was permanent, or its payload could not be
+    /// decoded.
+    Failed,
+    /// It was cancelled before it finished.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether the job is over: completed, failed or cancelled.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The status in lowercase, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = ParseJobStatusError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return Err(ParseJobStatusError(())),
+        })
+    }
+}
+
+/// A string was not one of the job statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseJobStatusError(());
+
+impl fmt::Display for ParseJobStatusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("expected one of: queued, running, completed, failed, cancelled")
+    }
+}
+
+impl std::error::Error for ParseJobStatusError {}
+
+/// How far a running job has come: a number and an optional message.
+///
+/// The queue stores the latest value and shows it in [`JobInfo::progress`]; it does not
+/// interpret the number (a fraction, a percentage, a count of items: your choice).
+///
+/// ```
+/// use layercake::queue::Progress;
+///
+/// let p = Progress::new(0.4).with_message("translating chapter 2");
+/// assert_eq!(p.value, 0.4);
+/// assert_eq!(p.message.as_deref(), Some("translating chapter 2"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The job's own measure of progress.
+    pub value: f64,
+    /// What the job is doing.
+    pub message: Option<String>,
+}
+
+impl Progress {
+    /// Progress with a value and no message.
+    pub fn new(value: f64) -> Self {
+        Self {
+            value,
+            message: None,
+        }
+    }
+
+    /// Adds a message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// A snapshot of a job, as returned by [`Queue::job`](super::Queue::job),
+/// [`Queue::wait`](super::Queue::wait) and [`Queue::list`](super::Queue::list).
+///
+/// Serializes to JSON-friendly form (timestamps as Unix milliseconds), so an HTTP handler
+/// can return it as is.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct JobInfo<Res> {
+    /// The job's id.
+    pub id: JobId,
+    /// Its status.
+    pub status: JobStatus,
+    /// Attempts started so far (1 while the first attempt runs).
+    pub attempts: u32,
+    /// When it was enqueued.
+    #[serde(with = "unix_ms")]
+    pub enqueued_at: SystemTime,
+    /// When its latest attempt started.
+    #[serde(with = "unix_ms::option")]
+    pub started_at: Option<SystemTime>,
+    /// When it finished (completed, failed or cancelled).
+    #[serde(with = "unix_ms::option")]
+    pub finished_at: Option<SystemTime>,
+    /// The latest progress its running attempt reported.
+    pub progress: Option<Progress>,
+    /// The inner service's response, once completed.
+    pub result: Option<Res>,
+    /// The latest attempt's error (with its sources), or the panic message of an attempt
+    /// that panicked. A queued job waiting for a retry shows the error of the attempt
+    /// that failed.
+    pub error: Option<String>,
+    /// The job failed because its payload could not be decoded; the payload is kept in the
+    /// store for inspection ([`JobRecord::payload`](super::store::JobRecord::payload)).
+    pub quarantined: bool,
+}
+
+/// What [`Queue::cancel`](super::Queue::cancel) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The job was queued; it is now cancelled and will never run.
+    Cancelled,
+    /// The job is running; it has been asked to stop
+    /// ([`JobContext::cancelled`]) and is stopped after the cancel grace period if it has
+    /// not by then. It ends as [`JobStatus::Cancelled`].
+    Stopping,
+    /// The job had already finished, with this status; nothing changed.
+    AlreadyFinished(JobStatus),
+    /// No job has this id (it never existed, or its record expired).
+    NotFound,
+}
+
+tokio::task_local! {
+    static CURRENT: JobContext;
+}
+
+/// What a running job sees of itself: its id and attempt, a cancellation signal, and a way
+/// to report progress.
+///
+/// The inner service gets it with [`JobContext::current`], which works in its `call` and in
+/// the future it returns, because the worker runs both inside the job's task-local scope. It
+/// is not inherited by tasks the job spawns: clone it and move the clone there. Outside a
+/// job, `current` is `None`, so the same service works queued or called directly.
+///
+/// ```
+/// use layercake::queue::{JobContext, Progress};
+///
+/// async fn translate(text: String) -> Result<String, layercake::BoxError> {
+///     let ctx = JobContext::current();
+///     let mut out = String::new();
+///     for (i, word) in text.split(' ').enumerate() {
+///         if let Some(ctx) = &ctx {
+///             if ctx.is_cancelled() {
+///                 return Err("cancelled".into()); // stop early; the job ends as cancelled
+///             }
+///             ctx.set_progress(Progress::new(i as f64));
+///         }
+///         out.push_str(&word.to_uppercase());
+///     }
+///     Ok(out)
+/// }
+/// # let _ = translate;
+/// ```
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    id: JobId,
+    attempt: u32,
+    /// Cooperative: the job is asked to stop.
+    cancel: Signal,
+    /// Forced: the worker drops the job's future at its next poll.
+    abort: Signal,
+    progress: Mutex<Option<Progress>>,
+    progress_changed: Notify,
+}
+
+impl JobContext {
+    pub(crate) fn new(id: JobId, attempt: u32) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                id,
+                attempt,
+                cancel: Signal::new(),
+                abort: Signal::new(),
+                progress: Mutex::new(None),
+                progress_changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// The context of the job running on this task, or `None` outside a job.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Self::clone).ok()
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        &self.inner.id
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// Reports progress. The worker writes the latest value to the store at the job's next
+    /// `.await` that yields (progress reported in a burst is coalesced), so it never blocks
+    /// the job.
+    pub fn set_progress(&self, progress: Progress) {
+        *self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(progress);
+        self.inner.progress_changed.notify_one();
+    }
+
+    /// Whether the job has been asked to stop (cancelled, or the queue is shutting down and
+    /// its deadline passed).
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_set()
+    }
+
+    /// Completes when the job is asked to stop. A job that returns soon after ends as
+    /// cancelled; one that keeps running is dropped after the cancel grace period
+    /// ([`QueueBuilder::cancel_grace`](super::QueueBuilder::cancel_grace)).
+    pub async fn cancelled(&self) {
+        self.inner.cancel.wait().await;
+    }
+
+    pub(crate) fn scope<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> tokio::task::futures::TaskLocalFuture<JobContext, F> {
+        CURRENT.scope(self.clone(), fut)
+    }
+
+    pub(crate) fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
+    }
+
+    /// Whether both are the context of the same attempt.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.inner.cancel.set();
+    }
+
+    pub(crate) fn abort(&self) {
+        self.inner.cancel.set();
+        self.inner.abort.set();
+    }
+
+    pub(crate) async fn aborted(&self) {
+        self.inner.abort.wait().await;
+    }
+
+    pub(crate) fn progress_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.progress_changed.notified()
+    }
+
+    pub(crate) fn take_progress(&self) -> Option<Progress> {
+        self.inner
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.inner.id)
+            .field("attempt", &self.inner.attempt)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// A one-shot flag that tasks can wait for.
+pub(crate) struct Signal {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    pub(crate) fn new() -> Self {
+        Self {
+            set: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(crate) fn set(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a `set` between the check and the await is seen.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Signal").field(&self.is_set()).finish()
+    }
+}
+
+/// `SystemTime` as Unix milliseconds: compact, and what JavaScript clients expect.
+pub(crate) mod unix_ms {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    pub(crate) fn to_ms(time: SystemTime) -> u64 {
+        time.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(to_ms(*time))
+    }
+
+    pub(crate) mod option {
+        use std::time::SystemTime;
+
+        use serde::Serializer;
+
+        pub(crate) fn serialize<S: Serializer>(
+            time: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => s.serialize_some(&super::to_ms(*time)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_32_hex_digits_and_distinct() {
+        let a = JobId::random();
+        let b = JobId::random();
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn status_round_trips_through_strings() {
+        for status in [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ] {
+            assert_eq!(status.as_str().parse::<JobStatus>(), Ok(status));
+        }
+        assert!(!JobStatus::Queued.is_finished());
+        assert!(!JobStatus::Running.is_finished());
+    }
+
+    #[test]
+    fn context_is_only_current_inside_its_scope() {
+        assert!(JobContext::current().is_none());
+        let ctx = JobContext::new(JobId::from("a"), 2);
+        let seen = ctx.sync_scope(|| JobContext::current().map(|c| (c.id().clone(), c.attempt())));
+        assert_eq!(seen, Some((JobId::from("a"), 2)));
+    }
+
+    #[tokio::test]
+    async fn signal_wakes_waiters_set_before_or_after_they_wait() {
+        let signal = Arc::new(Signal::new());
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.wait().await }
+        });
+        tokio::task::yield_now().await;
+        signal.set();
+        waiter.await.unwrap();
+        // Already set: returns at once.
+        signal.wait().await;
+    }
+
+    #[test]
+    fn progress_is_coalesced_to_the_latest() {
+        let ctx = JobContext::new(JobId::from("a"), 1);
+        ctx.set_progress(Progress::new(1.0));
+        ctx.set_progress(Progress::new(2.0));
+        assert_eq!(ctx.take_progress(), Some(Progress::new(2.0)));
+        assert_eq!(ctx.take_progress(), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! The queue's metrics: names (public API), descriptions, and the handles a queue registers
+//! once when it is built.
+
+use ::metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
+
+pub(crate) const JOBS_TOTAL: &str = "layercake_queue_jobs_total";
+pub(crate) const DEPTH: &str = "layercake_queue_depth";
+pub(crate) const WAIT_SECONDS: &str = "layercake_queue_wait_seconds";
+pub(crate) const RUN_SECONDS: &str = "layercake_queue_run_seconds";
+
+/// Describes the queue's metrics to the installed recorder.
+pub(crate) fn describe() {
+    describe_counter!(
+        JOBS_TOTAL,
+        Unit::Count,
+        "Job events by queue: enqueued, deduplicated (an enqueue that found the job already \
+         queued or running), completed, failed, quarantined (failed because its payload could \
+         not be decoded), retried, cancelled, recovered (requeued after its worker's lease expired)."
+    );
+    describe_gauge!(
+        DEPTH,
+        Unit::Count,
+        "Jobs queued in this process's queue, waiting for a first attempt or a retry."
+    );
+    describe_histogram!(
+        WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from enqueue to the start of a job's first attempt."
+    );
+    describe_histogram!(
+        RUN_SECONDS,
+        Unit::Seconds,
+        "Time an attempt ran, whatever its outcome."
+    );
+}
+
+/// The handles of one queue, registered when it is built (not per job).
+pub(crate) struct QueueMetrics {
+    pub(crate) enqueued: Counter,
+    pub(crate) deduplicated: Counter,
+    pub(crate) completed: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) quarantined: Counter,
+    pub(crate) retried: Counter,
+    pub(crate) cancelled: Counter,
+    pub(crate) recovered: Counter,
+    pub(crate) depth: Gauge,
+    pub(crate) wait: Histogram,
+    pub(crate) run: Histogram,
+}
+
+impl QueueMetrics {
+    pub(crate) fn new(queue: &str) -> Self {
+        let event = |event: &'static str| counter!(JOBS_TOTAL, "queue" => queue.to_owned(), "event" => event);
+        Self {
+            enqueued: event("enqueued"),
+            deduplicated: event("deduplicated"),
+            completed: event("completed"),
+            failed: event("failed"),
+            quarantined: event("quarantined"),
+            retried: event("retried"),
+            cancelled: event("cancelled"),
+            recovered: event("recovered"),
+            depth: gauge!(DEPTH, "queue" => queue.to_owned()),
+            wait: histogram!(WAIT_SECONDS, "queue" => queue.to_owned()),
+            run: histogram!(RUN_SECONDS, "queue" => queue.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueMetrics").finish_non_exhaustive()
+    }
+}
