@@ -180,6 +180,24 @@ impl Cache {
         self.inner.l1.as_ref()?.get(key)
     }
 
+    /// Stores `value` under `key` (L1 now, Redis in the background) with `ttl` capped by
+    /// `time_to_live`, as a miss would; `false` when it was not stored (too large, or it does
+    /// not serialize). For adapters that store more than the value they load: the HTTP
+    /// layer's `Vary` markers and variants.
+    #[cfg(feature = "http")]
+    pub(crate) fn put<V>(&self, key: &[u8], value: &V, ttl: Duration) -> bool
+    where
+        V: Clone + Serialize + Send + Sync + 'static,
+    {
+        self.store(key, value, ttl).is_some()
+    }
+
+    /// Now, by the cache's clock, in Unix milliseconds (the HTTP layer's `Age`).
+    #[cfg(feature = "http")]
+    pub(crate) fn now_unix_ms(&self) -> u64 {
+        self.inner.clock.unix_ms()
+    }
+
     /// The miss path: single flight, then L2, then `load`; stores what `ttl_for` allows.
     ///
     /// `ttl_for` returns the TTL to store a response with (`None`: do not store); it is

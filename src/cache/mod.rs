@@ -32,6 +32,8 @@ mod builder;
 mod flight;
 mod future;
 mod handle;
+#[cfg(feature = "http")]
+pub mod http;
 mod layer;
 mod service;
 pub(crate) mod stats;

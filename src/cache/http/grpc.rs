@@ -1,0 +1,414 @@
+//! [`GrpcCacheLayer`]: caching of unary gRPC calls.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderMap};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::body::{collect, CacheBody, Collected};
+use super::future::{passthrough, ResponseFuture};
+use super::key;
+use super::policy::{self, VaryList};
+use super::service::{has_credentials, Admitted, Fresh};
+use super::stored::{Entry, Render, Source, Stored, X_CACHE};
+use super::{NoUser, UserKey};
+use crate::cache::stats::Outcome;
+use crate::cache::Cache;
+
+/// The settings of a [`GrpcCacheLayer`].
+#[derive(Debug, Clone)]
+struct Config {
+    methods: HashSet<String>,
+    max_request_size: usize,
+    max_response_size: usize,
+    x_cache: bool,
+}
+
+/// Caches the answers of chosen **unary** gRPC methods of a server (Tonic's
+/// `Server::builder().layer(...)`, or any `http` gRPC service) in a [`Cache`].
+///
+/// - Only the methods named with [`method`](Self::method) are cached, by their full path
+///   (`/package.Service/Method`). Every other call, streaming ones included, passes through
+///   untouched: nothing is buffered. Name only unary methods: the layer cannot tell a
+///   server-streaming method from a unary one, and would hold back a stream's messages
+///   until it ends or passes [`max_response_size`](Self::max_response_size).
+/// - The key is the method path, the `content-type`, `grpc-encoding` and
+///   `grpc-accept-encoding` headers, the per-user part (see [`per_user`](Self::per_user)),
+///   and the request message's bytes. A request body must be exactly one message of at
+///   most [`max_request_size`](Self::max_request_size) bytes; anything else passes through
+///   (the bytes already read are forwarded, nothing is lost).
+/// - Only HTTP `200` responses whose `grpc-status` (trailer, or header for a
+///   "trailers-only" response) is `0` are stored; errors never are. Responses are stored
+///   for the cache's `time_to_live`.
+/// - A call with an `authorization` or `cookie` header bypasses the cache unless
+///   [`per_user`](Self::per_user) names its user.
+///
+/// The service's error type is the inner one, and the request body the inner service sees
+/// is a [`CacheBody`] around the original, which Tonic's router accepts.
+///
+/// ```
+/// use layercake::cache::http::GrpcCacheLayer;
+/// use layercake::Cache;
+///
+/// let cache = Cache::builder("grpc").build()?;
+/// let layer = GrpcCacheLayer::new(cache)
+///     .method("/catalog.Catalog/GetItem")
+///     .max_request_size(16 * 1024);
+/// // tonic::transport::Server::builder().layer(layer).add_service(...)
+/// # let _ = layer;
+/// # Ok::<(), layercake::ConfigError>(())
+/// ```
+#[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
+pub struct GrpcCacheLayer<U = NoUser> {
+    cache: Cache,
+    config: Arc<Config>,
+    user: U,
+}
+
+impl GrpcCacheLayer {
+    /// A layer on `cache` that caches no method until [`method`](Self::method) names one.
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            config: Arc::new(Config {
+                methods: HashSet::new(),
+                max_request_size: 64 * 1024,
+                max_response_size: super::DEFAULT_MAX_BODY_SIZE,
+                x_cache: false,
+            }),
+            user: NoUser,
+        }
+    }
+}
+
+impl<U> GrpcCacheLayer<U> {
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Caches the unary method with this full path, `/package.Service/Method`.
+    pub fn method(mut self, path: impl Into<String>) -> Self {
+        self.config_mut().methods.insert(path.into());
+        self
+    }
+
+    /// The largest request body (one length-prefixed message) that is read to build a key,
+    /// in bytes (default 64 KiB). Larger requests pass through.
+    pub fn max_request_size(mut self, bytes: usize) -> Self {
+        self.config_mut().max_request_size = bytes;
+        self
+    }
+
+    /// The largest response body that is stored, in bytes (default 1 MiB). A larger one is
+    /// streamed through (the part read first) and not stored.
+    pub fn max_response_size(mut self, bytes: usize) -> Self {
+        self.config_mut().max_response_size = bytes;
+        self
+    }
+
+    /// Adds an `x-cache: HIT | MISS` header to responses of cached methods (default off).
+    pub fn x_cache_header(mut self, on: bool) -> Self {
+        self.config_mut().x_cache = on;
+        self
+    }
+
+    /// Gives each user their own entries, as
+    /// [`HttpCacheLayer::per_user`](super::HttpCacheLayer::per_user) does.
+    pub fn per_user<F, K>(self, user: F) -> GrpcCacheLayer<F>
+    where
+        F: Fn(&Parts) -> Option<K>,
+        K: AsRef<[u8]>,
+    {
+        GrpcCacheLayer {
+            cache: self.cache,
+            config: self.config,
+            user,
+        }
+    }
+
+    /// The cache this layer stores into.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+impl<U> fmt::Debug for GrpcCacheLayer<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcCacheLayer")
+            .field("cache", &self.cache)
+            .field("config", &self.config)
+            .field("per_user", &std::any::type_name::<U>())
+            .finish()
+    }
+}
+
+impl<S, U: Clone> Layer<S> for GrpcCacheLayer<U> {
+    type Service = GrpcCacheService<S, U>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcCacheService {
+            inner,
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+            user: self.user.clone(),
+        }
+    }
+}
+
+/// The service built by [`GrpcCacheLayer`].
+///
+/// Readiness and cloning behave as [`HttpCacheService`](super::HttpCacheService)'s do.
+#[derive(Clone)]
+pub struct GrpcCacheService<S, U> {
+    inner: S,
+    cache: Cache,
+    config: Arc<Config>,
+    user: U,
+}
+
+impl<S, U> GrpcCacheService<S, U> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+impl<S: fmt::Debug, U> fmt::Debug for GrpcCacheService<S, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcCacheService")
+            .field("inner", &self.inner)
+            .field("cache", &self.cache)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether `body` is exactly one length-prefixed message (flag byte, 4-byte length).
+fn is_one_message(body: &[u8]) -> bool {
+    match body {
+        [flag @ (0 | 1), a, b, c, d, message @ ..] => {
+            *flag <= 1 && u32::from_be_bytes([*a, *b, *c, *d]) as usize == message.len()
+        }
+        _ => false,
+    }
+}
+
+impl<S, U, ReqB, ResB> Service<Request<ReqB>> for GrpcCacheService<S, U>
+where
+    S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Body + Send + 'static,
+    ReqB::Data: Buf + Send,
+    ReqB::Error: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Buf + Send,
+    ResB::Error: Send + 'static,
+    U: UserKey,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let config = &*self.config;
+        let listed = self.cache.is_enabled()
+            && parts.method == Method::POST
+            && config.methods.contains(parts.uri.path())
+            && is_grpc(&parts.headers);
+        let user = if listed {
+            self.user.user_key(&parts).map(|k| k.as_ref().to_vec())
+        } else {
+            None
+        };
+        if !listed || (user.is_none() && has_credentials(&parts.headers)) {
+            self.cache.count(Outcome::Bypass);
+            let req = Request::from_parts(parts, CacheBody::inner(body));
+            return ResponseFuture::inner(self.inner.call(req), listed && config.x_cache);
+        }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let cache = self.cache.clone();
+        let config = Arc::clone(&self.config);
+        ResponseFuture::boxed(Box::pin(unary(cache, config, inner, parts, body, user)))
+    }
+}
+
+/// A call to a listed method: read the request message, then look it up.
+async fn unary<S, ReqB, ResB>(
+    cache: Cache,
+    config: Arc<Config>,
+    mut inner: S,
+    parts: Parts,
+    body: ReqB,
+    user: Option<Vec<u8>>,
+) -> Result<Response<CacheBody<ResB>>, S::Error>
+where
+    S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>>,
+    ReqB: Body,
+    ReqB::Data: Buf,
+    ResB: Body,
+    ResB::Data: Buf,
+{
+    let x_cache = config.x_cache;
+    let message = match collect(body, config.max_request_size).await {
+        Collected::Complete {
+            data,
+            trailers: None,
+        } if is_one_message(&data) => data,
+        Collected::Complete { data, trailers } => {
+            cache.count(Outcome::Bypass);
+            let req = Request::from_parts(parts, CacheBody::full(data, trailers));
+            return Ok(passthrough(inner.call(req).await?, x_cache));
+        }
+        Collected::Partial(body) => {
+            cache.count(Outcome::Bypass);
+            let req = Request::from_parts(parts, body);
+            return Ok(passthrough(inner.call(req).await?, x_cache));
+        }
+    };
+    let key = key::grpc(&parts, user.as_deref(), &message);
+    let mut call = Some((
+        inner,
+        Request::from_parts(parts, CacheBody::full(message, None)),
+    ));
+    let mut fresh: Option<Fresh<ResB>> = None;
+    let entry = {
+        let call = &mut call;
+        let fresh = &mut fresh;
+        let (cache_ref, config) = (&cache, &*config);
+        cache
+            .load(
+                &key,
+                move || {
+                    let (mut svc, req) = call.take().expect("the loader runs at most once");
+                    async move {
+                        let res = svc.call(req).await?;
+                        Ok(admit(res, config, cache_ref.now_unix_ms())
+                            .await
+                            .into_entry(fresh))
+                    }
+                },
+                |entry| match entry {
+                    Entry::Response(stored) => Some(stored.ttl()),
+                    _ => None,
+                },
+            )
+            .await?
+    };
+    let render = Render {
+        head: false,
+        age: false,
+        x_cache,
+    };
+    match (entry, fresh) {
+        (_, Some(Fresh::Pass(res))) => Ok(res),
+        (Entry::Response(stored), Some(Fresh::Loaded)) => {
+            Ok(stored.render(render, Source::Miss, 0))
+        }
+        (Entry::Response(stored), None) => Ok(stored.render(render, Source::Hit, 0)),
+        // Not something this layer stores under a gRPC key: ask the service.
+        (_, None) => match call.take() {
+            Some((mut svc, req)) => Ok(passthrough(svc.call(req).await?, x_cache)),
+            None => unreachable!("the loader did not run"),
+        },
+        (_, Some(Fresh::Loaded)) => unreachable!("a loaded entry is a response"),
+    }
+}
+
+fn grpc_status(headers: Option<&HeaderMap>) -> Option<&[u8]> {
+    headers?.get("grpc-status").map(|v| v.as_bytes())
+}
+
+/// Reads a response to a listed method; storable when it is an HTTP `200` with
+/// `grpc-status: 0`.
+async fn admit<B>(res: Response<B>, config: &Config, now_ms: u64) -> Admitted<B>
+where
+    B: Body,
+    B::Data: Buf,
+{
+    let failed_early = grpc_status(Some(res.headers())).is_some_and(|s| s != b"0");
+    if res.status() != StatusCode::OK || failed_early || !is_grpc(res.headers()) {
+        return Admitted::Pass(passthrough(res, config.x_cache));
+    }
+    let (mut parts, body) = res.into_parts();
+    if config.x_cache {
+        parts.headers.insert(X_CACHE, Source::Miss.header_value());
+    }
+    let (data, trailers): (Bytes, Option<HeaderMap>) =
+        match collect(body, config.max_response_size).await {
+            Collected::Complete { data, trailers } => (data, trailers),
+            Collected::Partial(body) => return Admitted::Pass(Response::from_parts(parts, body)),
+        };
+    let ok = grpc_status(trailers.as_ref()).or(grpc_status(Some(&parts.headers))) == Some(b"0");
+    if !ok {
+        return Admitted::Pass(Response::from_parts(parts, CacheBody::full(data, trailers)));
+    }
+    parts.headers.remove(X_CACHE);
+    policy::strip_hop_by_hop(&mut parts.headers);
+    Admitted::Store(Stored::new(
+        parts.status,
+        parts.headers,
+        data,
+        trailers,
+        now_ms,
+        0,
+        VaryList::from([]),
+        Duration::MAX,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_message_framing() {
+        assert!(is_one_message(&[0, 0, 0, 0, 0]));
+        assert!(is_one_message(&[0, 0, 0, 0, 2, 8, 1]));
+        assert!(is_one_message(&[1, 0, 0, 0, 1, 9]));
+        assert!(!is_one_message(&[0, 0, 0, 0, 1]), "truncated");
+        assert!(
+            !is_one_message(&[0, 0, 0, 0, 1, 9, 0, 0, 0, 0, 0]),
+            "two messages"
+        );
+        assert!(!is_one_message(&[2, 0, 0, 0, 0]), "bad flag");
+        assert!(!is_one_message(&[]));
+    }
+}

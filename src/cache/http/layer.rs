@@ -1,0 +1,232 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::request::Parts;
+use http::StatusCode;
+use tower_layer::Layer;
+
+use super::grpc::GrpcCacheLayer;
+use super::service::HttpCacheService;
+use super::{NoUser, QueryKey};
+use crate::cache::{Cache, CacheLayer};
+
+/// The settings of an [`HttpCacheLayer`], shared by its services.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_body_size: usize,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) query: QueryKey,
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) host: bool,
+    pub(crate) x_cache: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_body_size: super::DEFAULT_MAX_BODY_SIZE,
+            statuses: vec![StatusCode::OK],
+            query: QueryKey::Full,
+            key_headers: Vec::new(),
+            host: true,
+            x_cache: false,
+        }
+    }
+}
+
+/// Caches the responses of an `http::Request` → `http::Response` service (an Axum
+/// `Router`, a hyper service...) in a [`Cache`]: see the [module docs](super) for the key,
+/// the defaults and how `Vary`, `HEAD` and large bodies are handled.
+///
+/// The service it builds keeps the inner service's error type, and its response body is a
+/// [`CacheBody`](super::CacheBody) around the inner body, so it fits
+/// `Router::layer` unchanged.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use http::header::ACCEPT_LANGUAGE;
+/// use layercake::cache::http::{HttpCacheLayer, QueryKey};
+/// use layercake::Cache;
+///
+/// let cache = Cache::builder("pages").time_to_live(Duration::from_secs(30)).build()?;
+/// let app: Router = Router::new()
+///     .route("/search", get(|| async { "results" }))
+///     .layer(
+///         HttpCacheLayer::new(cache)
+///             .query(QueryKey::only(["q", "page"]))
+///             .key_headers([ACCEPT_LANGUAGE])
+///             .max_body_size(256 * 1024)
+///             .x_cache_header(true),
+///     );
+/// # let _ = app;
+/// # Ok::<(), layercake::ConfigError>(())
+/// ```
+#[derive(Clone)]
+#[must_use = "a layer does nothing until it wraps a service"]
+pub struct HttpCacheLayer<U = NoUser> {
+    cache: Cache,
+    config: Arc<Config>,
+    user: U,
+}
+
+impl HttpCacheLayer {
+    /// A layer that caches responses in `cache`, with the safe defaults listed in the
+    /// [module docs](super).
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            config: Arc::new(Config::default()),
+            user: NoUser,
+        }
+    }
+}
+
+impl CacheLayer<()> {
+    /// An [`HttpCacheLayer`] on `cache`: the same as [`HttpCacheLayer::new`].
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use layercake::{Cache, CacheLayer};
+    ///
+    /// let cache = Cache::builder("pages").build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(CacheLayer::http(cache));
+    /// # let _ = app;
+    /// # Ok::<(), layercake::ConfigError>(())
+    /// ```
+    pub fn http(cache: Cache) -> HttpCacheLayer {
+        HttpCacheLayer::new(cache)
+    }
+
+    /// A [`GrpcCacheLayer`] on `cache`: the same as [`GrpcCacheLayer::new`].
+    pub fn grpc(cache: Cache) -> GrpcCacheLayer {
+        GrpcCacheLayer::new(cache)
+    }
+}
+
+impl<U> HttpCacheLayer<U> {
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The largest response body that is stored, in bytes (default 1 MiB).
+    ///
+    /// Bodies are read frame by frame up to this size; a larger body (or one whose
+    /// `Content-Length` says so) is streamed to the client untouched, the part already
+    /// read first, and is not stored. `0` stores only empty bodies. The cache's own
+    /// [`max_entry_size`](crate::CacheBuilder::max_entry_size) applies as well.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.config_mut().max_body_size = bytes;
+        self
+    }
+
+    /// The response statuses that may be stored (default: `200 OK` alone).
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// # let cache = layercake::Cache::builder("pages").build().unwrap();
+    /// let layer = layercake::cache::http::HttpCacheLayer::new(cache)
+    ///     .statuses([StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::MOVED_PERMANENTLY]);
+    /// # let _ = layer;
+    /// ```
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config_mut().statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// How the query string joins the key (default [`QueryKey::Full`]).
+    pub fn query(mut self, query: QueryKey) -> Self {
+        self.config_mut().query = query;
+        self
+    }
+
+    /// Request headers whose values join the key, for every request (for example
+    /// `Accept-Language` or a tenant header). All values of each header are used, as raw
+    /// bytes: a value that is not UTF-8 still gives a key.
+    ///
+    /// Responses can also name such headers themselves, per resource, with `Vary`.
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config_mut().key_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Whether the request's host (the URI authority, else the `Host` header) joins the
+    /// key (default `true`, so that virtual hosts never share entries). Turn it off when
+    /// one application answers the same under several names.
+    pub fn host_in_key(mut self, host: bool) -> Self {
+        self.config_mut().host = host;
+        self
+    }
+
+    /// Adds an `x-cache` response header (default off): `HIT` for a response from the
+    /// cache (either tier, or shared from a concurrent miss), `MISS` for any other.
+    ///
+    /// There is no `STALE`: this layer does not serve stale responses.
+    pub fn x_cache_header(mut self, on: bool) -> Self {
+        self.config_mut().x_cache = on;
+        self
+    }
+
+    /// Gives each user their own entries, so that requests with `Authorization` or `Cookie`
+    /// can use the cache.
+    ///
+    /// `user` is called with each request's head. `Some(part)` puts `part` into the key
+    /// (hashed: a token is never stored in the clear); `None` leaves the request anonymous,
+    /// which means it bypasses the cache if it has `Authorization` or `Cookie` and shares
+    /// entries otherwise. Responses with `Set-Cookie` or `Cache-Control: private` are still
+    /// never stored.
+    ///
+    /// ```
+    /// use http::header::AUTHORIZATION;
+    /// # let cache = layercake::Cache::builder("pages").build().unwrap();
+    /// // Per bearer token (each token is its own user).
+    /// let layer = layercake::cache::http::HttpCacheLayer::new(cache)
+    ///     .per_user(|req| req.headers.get(AUTHORIZATION).map(|v| v.as_bytes().to_vec()));
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// Or by an identity an authentication layer put into the request's extensions:
+    /// `.per_user(|req| req.extensions.get::<UserId>().map(|id| id.to_string()))`.
+    pub fn per_user<F, K>(self, user: F) -> HttpCacheLayer<F>
+    where
+        F: Fn(&Parts) -> Option<K>,
+        K: AsRef<[u8]>,
+    {
+        HttpCacheLayer {
+            cache: self.cache,
+            config: self.config,
+            user,
+        }
+    }
+
+    /// The cache this layer stores into.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+impl<U> fmt::Debug for HttpCacheLayer<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheLayer")
+            .field("cache", &self.cache)
+            .field("config", &self.config)
+            .field("per_user", &std::any::type_name::<U>())
+            .finish()
+    }
+}
+
+impl<S, U: Clone> Layer<S> for HttpCacheLayer<U> {
+    type Service = HttpCacheService<S, U>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpCacheService::new(
+            inner,
+            self.cache.clone(),
+            Arc::clone(&self.config),
+            self.user.clone(),
+        )
+    }
+}

@@ -1,0 +1,458 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::{collect, CacheBody, Collected};
+use super::future::{passthrough, ResponseFuture};
+use super::key::{self, HttpKey, Key};
+use super::layer::Config;
+use super::policy::{self, CacheControl, RequestDirective, Vary, VaryList};
+use super::stored::{Entry, Render, Source, Stored, X_CACHE};
+use super::UserKey;
+use crate::cache::stats::Outcome;
+use crate::cache::Cache;
+
+/// The service built by [`HttpCacheLayer`](super::HttpCacheLayer).
+///
+/// Its `Error` is the inner service's: the cache adds none. `poll_ready` is the inner
+/// service's; on a miss the ready inner service moves into the response future and a fresh
+/// clone (not yet ready) stays, so the clone that is called is always one that was made
+/// ready. Cloning the service clones the inner service.
+#[derive(Clone)]
+pub struct HttpCacheService<S, U> {
+    inner: S,
+    cache: Cache,
+    config: Arc<Config>,
+    user: U,
+}
+
+impl<S, U> HttpCacheService<S, U> {
+    pub(crate) fn new(inner: S, cache: Cache, config: Arc<Config>, user: U) -> Self {
+        Self {
+            inner,
+            cache,
+            config,
+            user,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+impl<S: fmt::Debug, U> fmt::Debug for HttpCacheService<S, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheService")
+            .field("inner", &self.inner)
+            .field("cache", &self.cache)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with one request.
+enum Plan {
+    Bypass,
+    Lookup {
+        base: Key,
+        head: bool,
+        refresh: bool,
+    },
+}
+
+/// Whether a request carries credentials that make its response private by default.
+pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
+}
+
+impl<S, U: UserKey> HttpCacheService<S, U> {
+    fn plan(&self, req: &Parts) -> Plan {
+        if !self.cache.is_enabled() {
+            return Plan::Bypass;
+        }
+        let head = match req.method {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Plan::Bypass,
+        };
+        let refresh = match policy::request_directive(&req.headers) {
+            RequestDirective::Normal => false,
+            RequestDirective::Refresh => true,
+            RequestDirective::Bypass => return Plan::Bypass,
+        };
+        let user = self.user.user_key(req);
+        if user.is_none() && has_credentials(&req.headers) {
+            return Plan::Bypass;
+        }
+        let config = &*self.config;
+        let key = HttpKey {
+            query: &config.query,
+            key_headers: &config.key_headers,
+            host: config.host,
+        };
+        let base = key.base(req, user.as_ref().map(AsRef::as_ref));
+        Plan::Lookup {
+            base,
+            head,
+            refresh,
+        }
+    }
+}
+
+impl<S, U, ReqB, ResB> Service<Request<ReqB>> for HttpCacheService<S, U>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Buf + Send,
+    ResB::Error: Send + 'static,
+    U: UserKey,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let plan = self.plan(&parts);
+        let req = Request::from_parts(parts, body);
+        let x_cache = self.config.x_cache;
+        let (base, head, refresh) = match plan {
+            Plan::Bypass => {
+                self.cache.count(Outcome::Bypass);
+                return ResponseFuture::inner(self.inner.call(req), x_cache);
+            }
+            Plan::Lookup {
+                base,
+                head,
+                refresh,
+            } => (base, head, refresh),
+        };
+        let render = Render {
+            head,
+            age: true,
+            x_cache,
+        };
+        let mut known_vary = None;
+        if !refresh {
+            // The L1 hit path: no I/O, nothing boxed.
+            match self.cache.l1_get::<Entry>(&base) {
+                Some(Entry::Response(stored)) if stored.vary().is_empty() => {
+                    self.cache.count(Outcome::HitL1);
+                    let now = self.cache.now_unix_ms();
+                    return ResponseFuture::ready(stored.render(render, Source::Hit, now));
+                }
+                Some(Entry::Vary(vary)) => {
+                    let variant = key::variant(&base, &vary, req.headers());
+                    if let Some(Entry::Response(stored)) = self.cache.l1_get::<Entry>(&variant) {
+                        if *stored.vary() == vary {
+                            self.cache.count(Outcome::HitL1);
+                            let now = self.cache.now_unix_ms();
+                            return ResponseFuture::ready(stored.render(render, Source::Hit, now));
+                        }
+                    }
+                    known_vary = Some(vary);
+                }
+                _ => {}
+            }
+        }
+        // The ready service goes into the future; a fresh clone (not yet ready) stays.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let miss = Miss {
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+            base,
+            render,
+        };
+        if refresh {
+            ResponseFuture::boxed(Box::pin(miss.refresh(inner, req)))
+        } else {
+            ResponseFuture::boxed(Box::pin(miss.lookup(inner, req, known_vary)))
+        }
+    }
+}
+
+/// A response just received from the inner service.
+// Lives for one step of one miss and is moved once: not worth boxing the large variant.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Admitted<B: Body> {
+    /// Read in full and storable.
+    Store(Stored),
+    /// Not to be stored: give it to the client as it is.
+    Pass(Response<CacheBody<B>>),
+}
+
+/// What the loader did, told to the code after `Cache::load`.
+#[allow(clippy::large_enum_variant)] // as `Admitted`
+pub(crate) enum Fresh<B: Body> {
+    /// It called the service and got a storable response.
+    Loaded,
+    /// It called the service and got a response that is not stored.
+    Pass(Response<CacheBody<B>>),
+}
+
+impl<B: Body> Admitted<B> {
+    /// The cache entry for `Cache::load`, noting in `fresh` what happened.
+    pub(crate) fn into_entry(self, fresh: &mut Option<Fresh<B>>) -> Entry {
+        match self {
+            Admitted::Store(stored) => {
+                *fresh = Some(Fresh::Loaded);
+                Entry::Response(stored)
+            }
+            Admitted::Pass(res) => {
+                *fresh = Some(Fresh::Pass(res));
+                Entry::Uncacheable
+            }
+        }
+    }
+}
+
+/// Whether a stored response's `Vary` is the one expected under the key it was found at.
+fn same_vary(found: &VaryList, expected: Option<&VaryList>) -> bool {
+    match expected {
+        None => found.is_empty(),
+        Some(expected) => found == expected,
+    }
+}
+
+/// The state of one miss (or refresh).
+struct Miss {
+    cache: Cache,
+    config: Arc<Config>,
+    base: Key,
+    render: Render,
+}
+
+impl Miss {
+    /// Looks the request up (the base key, then the variant key when the base key holds a
+    /// `Vary` marker), calling the inner service on a miss.
+    async fn lookup<S, ReqB, ResB>(
+        self,
+        inner: S,
+        req: Request<ReqB>,
+        known_vary: Option<VaryList>,
+    ) -> Result<Response<CacheBody<ResB>>, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ResB: Body,
+        ResB::Data: Buf,
+    {
+        let headers = req.headers().clone();
+        let cache = &self.cache;
+        let mut call = Some((inner, req));
+        let (mut key, mut expected) = match known_vary {
+            Some(vary) => (key::variant(&self.base, &vary, &headers), Some(vary)),
+            None => (self.base, None),
+        };
+        // At most two steps: the base key, then the variant its marker leads to.
+        for _ in 0..2 {
+            let mut fresh: Option<Fresh<ResB>> = None;
+            let entry = {
+                let call = &mut call;
+                let fresh = &mut fresh;
+                let this = &self;
+                let expected = expected.as_ref();
+                cache
+                    .load(
+                        &key,
+                        move || {
+                            let (mut svc, req) = call.take().expect("the loader runs at most once");
+                            async move {
+                                let res = svc.call(req).await?;
+                                Ok(this.admit(res).await.into_entry(fresh))
+                            }
+                        },
+                        // Stored under `key` only when it belongs there; others are placed
+                        // by `store_under` below.
+                        move |entry| match entry {
+                            Entry::Response(s) if same_vary(s.vary(), expected) => Some(s.ttl()),
+                            _ => None,
+                        },
+                    )
+                    .await?
+            };
+            match (entry, fresh) {
+                (_, Some(Fresh::Pass(res))) => return Ok(res),
+                (Entry::Response(stored), Some(Fresh::Loaded)) => {
+                    if !same_vary(stored.vary(), expected.as_ref()) {
+                        self.store_under(&stored, &headers);
+                    }
+                    return Ok(stored.render(self.render, Source::Miss, 0));
+                }
+                (Entry::Response(stored), None) if same_vary(stored.vary(), expected.as_ref()) => {
+                    let now = cache.now_unix_ms();
+                    return Ok(stored.render(self.render, Source::Hit, now));
+                }
+                (Entry::Vary(vary), None) if expected.is_none() => {
+                    key = key::variant(&self.base, &vary, &headers);
+                    expected = Some(vary);
+                }
+                _ => break,
+            }
+        }
+        // An entry this request cannot use (a marker where a response was expected, or a
+        // second marker): answer from the inner service, store nothing.
+        match call.take() {
+            Some((mut svc, req)) => Ok(passthrough(svc.call(req).await?, self.config.x_cache)),
+            None => unreachable!("a loaded response is returned above"),
+        }
+    }
+
+    /// `Cache-Control: no-cache` on the request: call the inner service and store its
+    /// response, without looking up.
+    async fn refresh<S, ReqB, ResB>(
+        self,
+        mut inner: S,
+        req: Request<ReqB>,
+    ) -> Result<Response<CacheBody<ResB>>, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ResB: Body,
+        ResB::Data: Buf,
+    {
+        self.cache.count(Outcome::Miss);
+        let headers = req.headers().clone();
+        let res = inner.call(req).await?;
+        match self.admit(res).await {
+            Admitted::Store(stored) => {
+                self.store_under(&stored, &headers);
+                Ok(stored.render(self.render, Source::Miss, 0))
+            }
+            Admitted::Pass(res) => Ok(res),
+        }
+    }
+
+    /// Stores a fresh response where later requests look for it: under the base key, or,
+    /// when it has `Vary`, a marker under the base key and the response under its variant.
+    fn store_under(&self, stored: &Stored, request_headers: &HeaderMap) {
+        let cache = &self.cache;
+        let vary = stored.vary();
+        if vary.is_empty() {
+            cache.put(&self.base, &Entry::Response(stored.clone()), stored.ttl());
+        } else {
+            // The marker lives as long as the cache allows, so that the variants (which may
+            // have shorter lives) stay reachable.
+            cache.put(&self.base, &Entry::Vary(Arc::clone(vary)), Duration::MAX);
+            let variant = key::variant(&self.base, vary, request_headers);
+            cache.put(&variant, &Entry::Response(stored.clone()), stored.ttl());
+        }
+    }
+
+    /// Decides from the response head whether it may be stored, and if so reads its body
+    /// up to the limit.
+    async fn admit<B>(&self, res: Response<B>) -> Admitted<B>
+    where
+        B: Body,
+        B::Data: Buf,
+    {
+        let config = &*self.config;
+        let decision = if self.render.head {
+            None // a HEAD response has no body to store; HEADs are answered from GETs
+        } else {
+            storable(res.status(), res.headers(), config)
+        };
+        let Some(Storable { ttl, vary, age }) = decision else {
+            return Admitted::Pass(passthrough(res, config.x_cache));
+        };
+        let (mut parts, body) = res.into_parts();
+        match collect(body, config.max_body_size).await {
+            Collected::Partial(body) => {
+                if config.x_cache {
+                    parts.headers.insert(X_CACHE, Source::Miss.header_value());
+                }
+                Admitted::Pass(Response::from_parts(parts, body))
+            }
+            Collected::Complete { data, trailers } => {
+                parts.headers.remove(header::AGE);
+                policy::strip_hop_by_hop(&mut parts.headers);
+                let bodiless = parts.status.is_informational()
+                    || parts.status == StatusCode::NO_CONTENT
+                    || parts.status == StatusCode::NOT_MODIFIED;
+                if !bodiless {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+                }
+                Admitted::Store(Stored::new(
+                    parts.status,
+                    parts.headers,
+                    data,
+                    trailers,
+                    self.cache.now_unix_ms(),
+                    age,
+                    vary,
+                    ttl,
+                ))
+            }
+        }
+    }
+}
+
+/// Why and how a response may be stored.
+struct Storable {
+    /// How long (`Duration::MAX`: the cache's `time_to_live`).
+    ttl: Duration,
+    /// The `Vary` names (empty without `Vary`).
+    vary: VaryList,
+    /// The response's own `Age`, which its `max-age` counts from.
+    age: u64,
+}
+
+/// The safe defaults: whether a response with this head may be stored.
+fn storable(status: StatusCode, headers: &HeaderMap, config: &Config) -> Option<Storable> {
+    if !config.statuses.contains(&status) || headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    // Malformed: do not store.
+    let cc = CacheControl::parse(headers).ok()?;
+    if cc.no_store || cc.private || cc.no_cache {
+        return None;
+    }
+    let age = match headers.get(header::AGE) {
+        None => 0,
+        Some(v) => v.to_str().ok()?.trim().parse::<u64>().ok()?,
+    };
+    let ttl = match cc.shared_max_age() {
+        Some(max_age) if max_age <= age => return None,
+        Some(max_age) => Duration::from_secs(max_age - age),
+        None => Duration::MAX,
+    };
+    let vary = match policy::parse_vary(headers).ok()? {
+        Vary::None => VaryList::from([]),
+        Vary::Any => return None,
+        Vary::Names(names) => names,
+    };
+    Some(Storable { ttl, vary, age })
+}
