@@ -233,8 +233,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Checks the settings and builds the cache. It does not connect to Redis: that
-    /// happens in the background once the cache is first used inside a Tokio runtime.
+    /// Checks the settings and builds the cache. It never waits for Redis: built inside a
+    /// Tokio runtime, it starts connecting in the background at once; built outside one,
+    /// once it is first used inside a runtime.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first bad setting: an empty or non-`[A-Za-z0-9_.-]`
@@ -311,6 +312,12 @@ impl CacheBuilder {
             Some(url) => Some(Arc::new(L2::new(url, self.l2, Arc::clone(&name), Arc::clone(&ins))?)),
             None => None,
         };
+        // Connect now rather than on the first request: an idle cache (a readiness probe
+        // reading `stats().l2_connected()` before any traffic) would otherwise report
+        // `Connecting` forever. A no-op outside a runtime.
+        if let Some(l2) = &l2 {
+            l2.ensure_started();
+        }
         ins.set_breaker_open(false);
         let l1 = self
             .l1_enabled

@@ -211,8 +211,9 @@ impl L2 {
     }
 
     /// Starts the supervisor and the writer on the current Tokio runtime, once. Called from
-    /// every L2 entry point because a cache may be built outside any runtime.
-    fn ensure_started(self: &Arc<Self>) {
+    /// `build()` and from every L2 entry point because a cache may be built outside any
+    /// runtime.
+    pub(crate) fn ensure_started(self: &Arc<Self>) {
         if self.started.load(Ordering::Acquire) {
             return;
         }
