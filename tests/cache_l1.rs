@@ -362,3 +362,106 @@ fn config_errors_and_debug_output_never_contain_the_password() {
         assert!(shown.contains("***"), "the URL is shown, redacted: {shown}");
     }
 }
+
+// Single flight, driven poll by poll on one thread so that who leads and who waits is
+// deterministic (no sleeps): the first request polled registers the flight before its
+// first await.
+
+#[tokio::test]
+async fn a_dropped_leader_is_replaced_by_one_waiter() {
+    let cache = Cache::builder("flight_drop").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let inner = service_fn(move |req: String| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                // The first (leader's) call never answers: its caller gives up on it.
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, String>(format!("v:{req}#{n}"))
+        }
+    });
+    let svc = CacheLayer::new(cache.clone(), key).layer(inner);
+
+    let mut leader = Box::pin(svc.clone().oneshot("k".to_owned()));
+    assert!(futures::poll!(leader.as_mut()).is_pending());
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the leader is in its call");
+    let mut waiters: Vec<_> = (0..10)
+        .map(|_| Box::pin(svc.clone().oneshot("k".to_owned())))
+        .collect();
+    for w in &mut waiters {
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "waiters wait, they do not call"
+    );
+
+    drop(leader); // e.g. the client disconnected
+    let results = futures::future::join_all(waiters).await;
+    assert!(
+        results.iter().all(|r| r.as_deref() == Ok("v:k#1")),
+        "one waiter took over and shared its value: {results:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one more call");
+    let s = cache.stats();
+    // The others either joined the new flight or, woken after it ended, found its value in L1.
+    assert_eq!((s.misses, s.coalesced + s.hits_l1), (2, 9), "{s:?}");
+}
+
+/// Observed semantics when the leader's call fails: the error is returned to the leader
+/// only (errors are neither cached nor fanned out), and each waiter then calls the inner
+/// service itself, concurrently, and stores its own success.
+#[tokio::test]
+async fn a_failed_leader_lets_each_waiter_call_the_service_itself() {
+    let cache = Cache::builder("flight_error").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = Arc::new(std::sync::Mutex::new(Some(released)));
+    let c = calls.clone();
+    let inner = service_fn(move |req: String| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        let gate = if n == 0 {
+            released.lock().unwrap().take()
+        } else {
+            None
+        };
+        async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+                return Err(format!("leader failed on {req}"));
+            }
+            Ok(format!("v:{req}#{n}"))
+        }
+    });
+    let svc = CacheLayer::new(cache.clone(), key).layer(inner);
+
+    let mut leader = Box::pin(svc.clone().oneshot("k".to_owned()));
+    assert!(futures::poll!(leader.as_mut()).is_pending());
+    let mut waiters: Vec<_> = (0..5)
+        .map(|_| Box::pin(svc.clone().oneshot("k".to_owned())))
+        .collect();
+    for w in &mut waiters {
+        assert!(futures::poll!(w.as_mut()).is_pending());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    release.send(()).unwrap();
+    assert_eq!(leader.await.unwrap_err(), "leader failed on k");
+    let results = futures::future::join_all(waiters).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "the leader's error is not shared: every waiter called the service"
+    );
+    let s = cache.stats();
+    assert_eq!((s.misses, s.coalesced), (6, 0), "{s:?}");
+
+    // One of the waiters' values is cached now.
+    let v = get(&svc, "k").await.unwrap();
+    assert!(v.starts_with("v:k#"), "{v}");
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+}
