@@ -23,7 +23,9 @@ pub(crate) fn describe() {
     describe_gauge!(
         DEPTH,
         Unit::Count,
-        "Jobs queued in this process's queue, waiting for a first attempt or a retry."
+        "Queued jobs: those this process enqueued or requeued for a retry, minus those it \
+         started or cancelled. With one process it is the queue's depth; with processes \
+         sharing a store, the sum over them is."
     );
     describe_histogram!(
         WAIT_SECONDS,

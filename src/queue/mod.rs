@@ -91,9 +91,13 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `layercake_queue_jobs_total` | counter | `queue`, `event` = `enqueued` \| `deduplicated` \| `completed` \| `failed` \| `quarantined` \| `retried` \| `cancelled` \| `recovered` |
-//! | `layercake_queue_depth` | gauge | `queue` |
+//! | `layercake_queue_depth` | gauge | `queue` (see below) |
 //! | `layercake_queue_wait_seconds` | histogram | `queue` (enqueue to first start) |
 //! | `layercake_queue_run_seconds` | histogram | `queue` (each attempt) |
+//!
+//! `layercake_queue_depth` counts what this process put in the queue (new jobs, retries)
+//! minus what it took out (jobs started or cancelled): with one process it is the queue's
+//! depth, and with processes sharing a persistent store, `sum(layercake_queue_depth)` is.
 //!
 //! A queue registers its metric handles when it is built: install the recorder first.
 
