@@ -1,1 +1,644 @@
-//! placeholder
+//! `HttpCacheLayer` on a real Axum server over loopback, driven by a real HTTP client
+//! (reqwest): one test per safe default, plus bad input. Expiry is driven by a `MockClock`,
+//! never by sleeping. Redis-backed behaviour is in `http_redis.rs`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use layercake::cache::http::{HttpCacheLayer, QueryKey};
+use layercake::{Cache, MockClock};
+
+/// How many times each path (with its query) reached the handlers, behind the cache.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Calls {
+    fn get(&self, path: &str) -> u64 {
+        self.0.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// The number of this call to the path, handed to the handler.
+#[derive(Clone, Copy)]
+struct CallNo(u64);
+
+async fn count(calls: Extension<Calls>, mut req: Request, next: Next) -> Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .to_owned();
+    let n = {
+        let mut map = calls.0 .0.lock().unwrap();
+        let n = map.entry(path).or_insert(0);
+        *n += 1;
+        *n
+    };
+    req.extensions_mut().insert(CallNo(n));
+    next.run(req).await
+}
+
+const BIG_CHUNKS: usize = 64;
+const CHUNK: usize = 1024;
+
+/// 64 KiB of bytes that differ from chunk to chunk, so reordering or loss would show.
+fn big_body() -> Vec<u8> {
+    (0..BIG_CHUNKS * CHUNK)
+        .map(|i| (i / CHUNK) as u8 ^ (i % 251) as u8)
+        .collect()
+}
+
+fn with_header(name: &'static str, value: &'static str, body: String) -> Response {
+    (
+        [(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The routes, behind a call counter; the cache goes on top.
+fn routes(calls: &Calls) -> Router {
+    Router::new()
+        .route(
+            "/plain",
+            get(|Extension(CallNo(n)): Extension<CallNo>| async move { format!("plain #{n}") }),
+        )
+        .route(
+            "/cookie",
+            get(|Extension(CallNo(n)): Extension<CallNo>| async move {
+                with_header("set-cookie", "session=secret", format!("cookie #{n}"))
+            }),
+        )
+        .route(
+            "/cc/{value}",
+            get(
+                |Path(value): Path<String>, Extension(CallNo(n)): Extension<CallNo>| async move {
+                    let mut res = format!("cc #{n}").into_response();
+                    res.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_str(&value).unwrap(),
+                    );
+                    res
+                },
+            ),
+        )
+        .route(
+            "/vary/{value}",
+            get(
+                |Path(value): Path<String>,
+                 headers: HeaderMap,
+                 Extension(CallNo(n)): Extension<CallNo>| async move {
+                    let lang = headers
+                        .get(header::ACCEPT_LANGUAGE)
+                        .map_or("-".to_owned(), |v| {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        });
+                    let mut res = format!("lang={lang} #{n}").into_response();
+                    res.headers_mut()
+                        .insert(header::VARY, HeaderValue::from_str(&value).unwrap());
+                    res
+                },
+            ),
+        )
+        .route(
+            "/big",
+            get(|| async {
+                let chunks: Vec<Result<Bytes, Infallible>> = big_body()
+                    .chunks(CHUNK)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                Body::from_stream(futures::stream::iter(chunks))
+            }),
+        )
+        .route(
+            "/sized/{len}",
+            get(
+                |Path(len): Path<usize>, Extension(CallNo(n)): Extension<CallNo>| async move {
+                    let mut body = format!("#{n}:").into_bytes();
+                    body.resize(len, b'x');
+                    body
+                },
+            ),
+        )
+        .route(
+            "/status/{code}",
+            get(
+                |Path(code): Path<u16>, Extension(CallNo(n)): Extension<CallNo>| async move {
+                    (StatusCode::from_u16(code).unwrap(), format!("status #{n}"))
+                },
+            ),
+        )
+        .route(
+            "/tenant",
+            get(
+                |headers: HeaderMap, Extension(CallNo(n)): Extension<CallNo>| async move {
+                    let t = headers.get("x-tenant").map_or(&b"-"[..], |v| v.as_bytes());
+                    format!("tenant={:?} #{n}", t)
+                },
+            ),
+        )
+        .route(
+            "/submit",
+            post(|Extension(CallNo(n)): Extension<CallNo>| async move { format!("post #{n}") }),
+        )
+        .layer(middleware::from_fn(count))
+        .layer(Extension(calls.clone()))
+}
+
+struct App {
+    base: String,
+    client: reqwest::Client,
+    calls: Calls,
+    cache: Cache,
+    clock: MockClock,
+}
+
+fn test_cache(name: &str, clock: &MockClock) -> Cache {
+    Cache::builder(name)
+        .time_to_live(Duration::from_secs(60))
+        .ttl_jitter(0.0)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// The layer under test, with `x-cache` on so that tests can see hits.
+fn layer(cache: Cache) -> HttpCacheLayer {
+    HttpCacheLayer::new(cache).x_cache_header(true)
+}
+
+/// Serves `routes`, wrapped by `wrap` (given a fresh cache), on 127.0.0.1:0.
+async fn start(name: &str, wrap: impl FnOnce(Router, Cache) -> Router) -> App {
+    let clock = MockClock::new();
+    let cache = test_cache(name, &clock);
+    let calls = Calls::default();
+    let app = wrap(routes(&calls), cache.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    App {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        calls,
+        cache,
+        clock,
+    }
+}
+
+/// One response, read in full.
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn x_cache(&self) -> &str {
+        self.header("x-cache").expect("x-cache header")
+    }
+}
+
+impl App {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Got {
+        let res = req.send().await.expect("request failed");
+        Got {
+            status: res.status(),
+            headers: res.headers().clone(),
+            body: res.bytes().await.expect("body failed"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Got {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn get_with(&self, path: &str, headers: &[(&str, &[u8])]) -> Got {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            req = req.header(*name, HeaderValue::from_bytes(value).unwrap());
+        }
+        self.send(req).await
+    }
+}
+
+#[tokio::test]
+async fn miss_then_hit() {
+    let app = start("miss_then_hit", |r, c| r.layer(layer(c))).await;
+    let first = app.get("/plain").await;
+    assert_eq!(
+        (first.status, first.x_cache(), first.text().as_str()),
+        (StatusCode::OK, "MISS", "plain #1")
+    );
+    assert_eq!(first.header("age"), None, "a fresh response has no Age");
+
+    app.clock.advance(Duration::from_secs(3));
+    let second = app.get("/plain").await;
+    assert_eq!(
+        (second.status, second.x_cache(), second.text().as_str()),
+        (StatusCode::OK, "HIT", "plain #1")
+    );
+    assert_eq!(
+        second.header("age"),
+        Some("3"),
+        "Age counts from when it was stored"
+    );
+    assert_eq!(second.header("content-length"), Some("8"));
+    assert_eq!(second.header("content-type"), first.header("content-type"));
+    assert_eq!(app.calls.get("/plain"), 1);
+
+    // The query is part of the key.
+    assert_eq!(app.get("/plain?x=1").await.x_cache(), "MISS");
+    let stats = app.cache.stats();
+    assert_eq!((stats.misses, stats.hits_l1), (2, 1));
+}
+
+#[tokio::test]
+async fn set_cookie_is_never_stored() {
+    let app = start("set_cookie", |r, c| r.layer(layer(c))).await;
+    for n in 1..=2 {
+        let got = app.get("/cookie").await;
+        assert_eq!(got.x_cache(), "MISS");
+        assert_eq!(got.text(), format!("cookie #{n}"));
+        assert_eq!(
+            got.header("set-cookie"),
+            Some("session=secret"),
+            "passed to its own client"
+        );
+    }
+    assert_eq!(app.calls.get("/cookie"), 2);
+}
+
+#[tokio::test]
+async fn authorization_and_cookie_bypass_the_cache() {
+    let app = start("auth_bypass", |r, c| r.layer(layer(c))).await;
+    assert_eq!(app.get("/plain").await.text(), "plain #1"); // stored for anonymous requests
+    for creds in [
+        ("authorization", &b"Bearer alice"[..]),
+        ("cookie", &b"sid=1"[..]),
+    ] {
+        let got = app.get_with("/plain", &[creds]).await;
+        assert_eq!(
+            got.x_cache(),
+            "MISS",
+            "{creds:?} must not read the shared entry"
+        );
+        assert!(got.text().starts_with("plain #") && got.text() != "plain #1");
+    }
+    assert_eq!(app.calls.get("/plain"), 3);
+    assert_eq!(app.cache.stats().bypassed, 2);
+    // ... nor write it: the anonymous entry is still the first one.
+    assert_eq!(app.get("/plain").await.text(), "plain #1");
+}
+
+#[tokio::test]
+async fn per_user_key_gives_each_user_their_own_entries() {
+    let app = start("per_user", |r, c| {
+        r.layer(layer(c).per_user(|req| {
+            req.headers
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec())
+        }))
+    })
+    .await;
+    let alice = [("authorization", &b"Bearer alice"[..])];
+    let bob = [("authorization", &b"Bearer bob"[..])];
+    assert_eq!(app.get_with("/plain", &alice).await.text(), "plain #1");
+    let again = app.get_with("/plain", &alice).await;
+    assert_eq!(
+        (again.x_cache(), again.text().as_str()),
+        ("HIT", "plain #1")
+    );
+    let other = app.get_with("/plain", &bob).await;
+    assert_eq!(
+        (other.x_cache(), other.text().as_str()),
+        ("MISS", "plain #2"),
+        "never alice's entry"
+    );
+    let anonymous = app.get("/plain").await;
+    assert_eq!(
+        (anonymous.x_cache(), anonymous.text().as_str()),
+        ("MISS", "plain #3")
+    );
+    // Set-Cookie is still never stored, even per user.
+    app.get_with("/cookie", &alice).await;
+    assert_eq!(app.get_with("/cookie", &alice).await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn vary_adds_the_named_request_headers_to_the_key() {
+    let app = start("vary", |r, c| r.layer(layer(c))).await;
+    let path = "/vary/Accept-Language";
+    let en = [("accept-language", &b"en"[..])];
+    let de = [("accept-language", &b"de"[..])];
+    assert_eq!(app.get_with(path, &en).await.text(), "lang=en #1");
+    assert_eq!(app.get_with(path, &de).await.text(), "lang=de #2");
+    let got = app.get_with(path, &en).await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("HIT", "lang=en #1"));
+    assert_eq!(got.header("vary"), Some("Accept-Language"));
+    let got = app.get_with(path, &de).await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("HIT", "lang=de #2"));
+    // No Accept-Language is a variant of its own.
+    assert_eq!(app.get(path).await.text(), "lang=- #3");
+    assert_eq!(app.get(path).await.x_cache(), "HIT");
+    assert_eq!(app.calls.get(path), 3);
+
+    // `Vary: *` is never stored.
+    app.get_with("/vary/*", &en).await;
+    assert_eq!(app.get_with("/vary/*", &en).await.x_cache(), "MISS");
+    assert_eq!(app.calls.get("/vary/*"), 2);
+}
+
+#[tokio::test]
+async fn response_no_store_private_and_no_cache_are_not_stored() {
+    let app = start("response_cc", |r, c| r.layer(layer(c))).await;
+    for cc in [
+        "no-store",
+        "private",
+        "no-cache",
+        "max-age=0",
+        "public,%20max-age=60,%20private",
+    ] {
+        let path = format!("/cc/{cc}");
+        app.get(&path).await;
+        let got = app.get(&path).await;
+        assert_eq!(
+            (got.status, got.x_cache()),
+            (StatusCode::OK, "MISS"),
+            "{cc}"
+        );
+        assert_eq!(app.calls.get(&path), 2, "{cc}");
+    }
+    // Sanity: a public response is stored.
+    app.get("/cc/public").await;
+    assert_eq!(app.get("/cc/public").await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn request_no_store_bypasses_and_no_cache_refreshes() {
+    let app = start("request_cc", |r, c| r.layer(layer(c))).await;
+    assert_eq!(app.get("/plain").await.text(), "plain #1");
+
+    let got = app
+        .get_with("/plain", &[("cache-control", b"no-store")])
+        .await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("MISS", "plain #2"));
+    assert_eq!(
+        app.get("/plain").await.text(),
+        "plain #1",
+        "no-store left the entry alone"
+    );
+
+    let got = app
+        .get_with("/plain", &[("cache-control", b"no-cache")])
+        .await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("MISS", "plain #3"));
+    let got = app.get("/plain").await;
+    assert_eq!(
+        (got.x_cache(), got.text().as_str()),
+        ("HIT", "plain #3"),
+        "no-cache stored the fresh answer"
+    );
+
+    app.get_with("/plain", &[("pragma", b"no-cache")]).await;
+    assert_eq!(app.get("/plain").await.text(), "plain #4");
+    assert_eq!(app.calls.get("/plain"), 4);
+}
+
+#[tokio::test]
+async fn max_age_and_s_maxage_cap_the_ttl() {
+    let app = start("max_age", |r, c| r.layer(layer(c))).await;
+    app.get("/cc/max-age=5").await;
+    app.clock.advance(Duration::from_millis(4_900));
+    let got = app.get("/cc/max-age=5").await;
+    assert_eq!((got.x_cache(), got.header("age")), ("HIT", Some("4")));
+    app.clock.advance(Duration::from_millis(200));
+    assert_eq!(
+        app.get("/cc/max-age=5").await.x_cache(),
+        "MISS",
+        "expired after max-age"
+    );
+
+    // s-maxage wins over max-age in a shared cache.
+    let path = "/cc/max-age=600,%20s-maxage=2";
+    app.get(path).await;
+    app.clock.advance(Duration::from_millis(1_900));
+    assert_eq!(app.get(path).await.x_cache(), "HIT");
+    app.clock.advance(Duration::from_millis(200));
+    assert_eq!(app.get(path).await.x_cache(), "MISS");
+
+    // A max-age longer than the cache's time_to_live (60 s) is capped by it.
+    app.get("/cc/max-age=3600").await;
+    app.clock.advance(Duration::from_secs(59));
+    assert_eq!(app.get("/cc/max-age=3600").await.x_cache(), "HIT");
+    app.clock.advance(Duration::from_secs(2));
+    assert_eq!(app.get("/cc/max-age=3600").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_delivered_intact_and_not_stored() {
+    let app = start("over_limit", |r, c| r.layer(layer(c).max_body_size(1000))).await;
+    for _ in 0..2 {
+        let got = app.get("/big").await;
+        assert_eq!((got.status, got.x_cache()), (StatusCode::OK, "MISS"));
+        assert_eq!(got.body.len(), BIG_CHUNKS * CHUNK);
+        assert!(got.body[..] == big_body()[..], "bytes lost or reordered");
+    }
+    assert_eq!(app.calls.get("/big"), 2);
+
+    // A body of exactly the limit is stored; one byte more is not (Content-Length known).
+    app.get("/sized/1000").await;
+    assert_eq!(app.get("/sized/1000").await.x_cache(), "HIT");
+    let first = app.get("/sized/1001").await;
+    let second = app.get("/sized/1001").await;
+    assert_eq!(second.x_cache(), "MISS");
+    assert_eq!((first.body.len(), second.body.len()), (1001, 1001));
+    assert!(second.body.starts_with(b"#2:"));
+}
+
+#[tokio::test]
+async fn head_is_answered_from_the_stored_get() {
+    let app = start("head", |r, c| r.layer(layer(c))).await;
+    // A HEAD that misses goes to the service and is not stored...
+    let head = app
+        .send(app.client.head(format!("{}/plain", app.base)))
+        .await;
+    assert_eq!(
+        (head.status, head.x_cache(), head.body.len()),
+        (StatusCode::OK, "MISS", 0)
+    );
+    let get = app.get("/plain").await;
+    assert_eq!(
+        (get.x_cache(), get.text().as_str()),
+        ("MISS", "plain #2"),
+        "a HEAD stored nothing"
+    );
+    // ... and once a GET is stored, HEAD is a hit with the GET's headers, without a body.
+    let head = app
+        .send(app.client.head(format!("{}/plain", app.base)))
+        .await;
+    assert_eq!(
+        (head.status, head.x_cache(), head.body.len()),
+        (StatusCode::OK, "HIT", 0)
+    );
+    assert_eq!(head.header("content-length"), Some("8"));
+    assert_eq!(app.calls.get("/plain"), 2);
+}
+
+#[tokio::test]
+async fn only_configured_statuses_and_methods_are_stored() {
+    let app = start("statuses", |r, c| r.layer(layer(c))).await;
+    app.get("/status/404").await;
+    let got = app.get("/status/404").await;
+    assert_eq!((got.status, got.x_cache()), (StatusCode::NOT_FOUND, "MISS"));
+    let post = app
+        .send(app.client.post(format!("{}/submit", app.base)))
+        .await;
+    let post2 = app
+        .send(app.client.post(format!("{}/submit", app.base)))
+        .await;
+    assert_eq!(
+        (post.text().as_str(), post2.text().as_str()),
+        ("post #1", "post #2")
+    );
+
+    let app = start("statuses_404", |r, c| {
+        r.layer(layer(c).statuses([StatusCode::OK, StatusCode::NOT_FOUND]))
+    })
+    .await;
+    app.get("/status/404").await;
+    let got = app.get("/status/404").await;
+    assert_eq!(
+        (got.status, got.x_cache(), got.text().as_str()),
+        (StatusCode::NOT_FOUND, "HIT", "status #1")
+    );
+}
+
+#[tokio::test]
+async fn malformed_cache_control_or_vary_means_do_not_store() {
+    let app = start("malformed", |r, c| r.layer(layer(c))).await;
+    for path in [
+        "/cc/max-age=abc",
+        "/cc/max-age=1,%20max-age=2",
+        "/cc/private=%22open",
+        "/vary/a%20b",
+    ] {
+        let first = app.get(path).await;
+        let second = app.get(path).await;
+        assert_eq!(
+            (first.status, second.status),
+            (StatusCode::OK, StatusCode::OK),
+            "{path}"
+        );
+        assert_eq!(second.x_cache(), "MISS", "{path}");
+        assert_eq!(app.calls.get(path), 2, "{path}");
+    }
+    // A malformed request Cache-Control bypasses; the request is still served.
+    let got = app
+        .get_with("/plain", &[("cache-control", b"max-age=\"")])
+        .await;
+    assert_eq!((got.status, got.x_cache()), (StatusCode::OK, "MISS"));
+    assert_eq!(
+        app.get("/plain").await.x_cache(),
+        "MISS",
+        "the bypass stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn non_utf8_header_values_still_make_keys() {
+    let app = start("non_utf8", |r, c| {
+        r.layer(layer(c).key_headers([HeaderName::from_static("x-tenant")]))
+    })
+    .await;
+    let a = [("x-tenant", &b"caf\xe9"[..])];
+    let b = [("x-tenant", &b"caf\xe8"[..])];
+    assert_eq!(app.get_with("/tenant", &a).await.x_cache(), "MISS");
+    let got = app.get_with("/tenant", &a).await;
+    assert_eq!((got.status, got.x_cache()), (StatusCode::OK, "HIT"));
+    let other = app.get_with("/tenant", &b).await;
+    assert_eq!(other.x_cache(), "MISS", "another raw value is another key");
+    assert!(other.text().ends_with("#2"));
+    // The same through Vary.
+    let path = "/vary/Accept-Language";
+    app.get_with(path, &[("accept-language", b"\xff1")]).await;
+    assert_eq!(
+        app.get_with(path, &[("accept-language", b"\xff1")])
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        app.get_with(path, &[("accept-language", b"\xff2")])
+            .await
+            .x_cache(),
+        "MISS"
+    );
+}
+
+#[tokio::test]
+async fn query_modes_share_entries() {
+    let app = start("query", |r, c| {
+        r.layer(layer(c).query(QueryKey::only(["q"])))
+    })
+    .await;
+    assert_eq!(app.get("/plain?q=rust&utm=a").await.x_cache(), "MISS");
+    assert_eq!(app.get("/plain?utm=b&q=rust").await.x_cache(), "HIT");
+    assert_eq!(app.get("/plain?q=go").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn private_responses_are_never_shared_with_concurrent_requests() {
+    let app = Arc::new(start("private_flight", |r, c| r.layer(layer(c))).await);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { app.get("/cookie").await.text() })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        bodies.push(t.await.unwrap());
+    }
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        8,
+        "each request got its own response: {bodies:?}"
+    );
+    assert_eq!(app.calls.get("/cookie"), 8);
+}
+
+#[tokio::test]
+async fn switched_off_cache_passes_everything_through() {
+    let app = start("switch", |r, c| r.layer(layer(c))).await;
+    app.get("/plain").await;
+    app.cache.set_enabled(false);
+    let got = app.get("/plain").await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("MISS", "plain #2"));
+    app.cache.set_enabled(true);
+    assert_eq!(app.get("/plain").await.text(), "plain #1");
+}
