@@ -201,7 +201,7 @@ async fn shutdown_wakes_waiters_with_a_closed_error() {
 #[should_panic(expected = "before poll_ready")]
 async fn call_without_poll_ready_panics() {
     let (_queue, mut svc, _inner) = queue(1, false);
-    let _ = svc.call("oops".to_owned());
+    drop(svc.call("oops".to_owned()));
 }
 
 #[tokio::test]

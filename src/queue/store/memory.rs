@@ -389,7 +389,7 @@ impl Store for MemoryStore {
             .values()
             .filter(|entry| entry.record.status == status && !entry.is_expired(now))
             .collect();
-        matching.sort_unstable_by(|a, b| b.generation.cmp(&a.generation));
+        matching.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.generation));
         Ok(matching
             .into_iter()
             .take(limit)
