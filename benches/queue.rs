@@ -1,0 +1,182 @@
+//! Queue benchmarks, each measured against `tower::buffer::Buffer` on the same no-op service,
+//! in the same run and on the same runtime (multi-threaded, one worker per CPU).
+//!
+//! - `throughput`: 1,000 requests enqueued back to back, until all have completed. For
+//!   `Buffer`, the caller awaits every response future; for the queue, the caller enqueues
+//!   every job and waits until the last one is recorded as completed (counted by the
+//!   `on_change` hook), while the queue tracks each job: id, status, timestamps, encoded
+//!   request and result, metrics.
+//! - `latency`: one request at a time, from the call to its completion being visible
+//!   (`Queue::wait` for the queue, the response for `Buffer`): the per-job overhead of a
+//!   round trip through the workers.
+//!
+//! ```text
+//! cargo bench --bench queue
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use layercake::queue::{JobId, JobStatus, Queue, QueueLayer};
+use layercake::BoxError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tower::buffer::Buffer;
+use tower::{service_fn, Service, ServiceExt};
+use tower_layer::Layer;
+
+const JOBS: usize = 1_000;
+
+/// A small request, as a job would carry: an id and a short string.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Req {
+    id: u64,
+    name: String,
+}
+
+fn req(id: u64) -> Req {
+    Req {
+        id,
+        name: "thumbnail".to_owned(),
+    }
+}
+
+/// The no-op service under both: answers with the request's id.
+fn noop() -> impl Service<Req, Response = u64, Error = BoxError, Future = impl Send> + Send + 'static
+{
+    service_fn(|req: Req| async move { Ok::<_, BoxError>(req.id) })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Counts completions and wakes the waiter when the target is reached.
+#[derive(Default)]
+struct Completions {
+    done: AtomicUsize,
+    target: AtomicUsize,
+    all_done: Notify,
+}
+
+impl Completions {
+    fn completed(&self) {
+        let done = self.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if done == self.target.load(Ordering::Acquire) {
+            self.all_done.notify_one();
+        }
+    }
+
+    fn expect(&self, jobs: usize) {
+        self.done.store(0, Ordering::Release);
+        self.target.store(jobs, Ordering::Release);
+    }
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("throughput");
+    group
+        .throughput(Throughput::Elements(JOBS as u64))
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8));
+
+    let buffer = rt.block_on(async { Buffer::new(noop(), 1024) });
+    group.bench_function("buffer", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut buffer = buffer.clone();
+            async move {
+                let mut responses = Vec::with_capacity(JOBS);
+                for id in 0..JOBS as u64 {
+                    let svc = buffer.ready().await.expect("ready");
+                    responses.push(svc.call(req(id)));
+                }
+                for response in responses {
+                    response.await.expect("response");
+                }
+            }
+        });
+    });
+
+    let completions = Arc::new(Completions::default());
+    let (queue, svc) = rt.block_on(async {
+        let queue: Queue<Req, u64> = Queue::builder("bench")
+            .workers(64)
+            .capacity(1024)
+            .on_change({
+                let completions = completions.clone();
+                move |_: &JobId, status| {
+                    if status == JobStatus::Completed {
+                        completions.completed();
+                    }
+                }
+            })
+            .build()
+            .expect("queue");
+        let svc = QueueLayer::new(queue.clone()).layer(noop());
+        (queue, svc)
+    });
+    group.bench_function("queue", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut svc = svc.clone();
+            let completions = completions.clone();
+            async move {
+                completions.expect(JOBS);
+                for id in 0..JOBS as u64 {
+                    let ready = svc.ready().await.expect("ready");
+                    ready.call(req(id)).await.expect("enqueued");
+                }
+                completions.all_done.notified().await;
+            }
+        });
+    });
+    group.finish();
+    assert!(queue.info().failed == 0);
+}
+
+fn latency(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("latency");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+
+    let buffer = rt.block_on(async { Buffer::new(noop(), 1024) });
+    group.bench_function("buffer", |b| {
+        b.to_async(&rt).iter(|| {
+            let buffer = buffer.clone();
+            async move { buffer.oneshot(req(1)).await.expect("response") }
+        });
+    });
+
+    let (queue, svc) = rt.block_on(async {
+        let queue: Queue<Req, u64> = Queue::builder("bench-latency")
+            .workers(64)
+            .capacity(1024)
+            .build()
+            .expect("queue");
+        let svc = QueueLayer::new(queue.clone()).layer(noop());
+        (queue, svc)
+    });
+    group.bench_function("queue", |b| {
+        b.to_async(&rt).iter(|| {
+            let (queue, svc) = (queue.clone(), svc.clone());
+            async move {
+                let id = svc.oneshot(req(1)).await.expect("enqueued");
+                let job = queue.wait(&id).await.expect("store").expect("job");
+                assert_eq!(job.status, JobStatus::Completed);
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, throughput, latency);
+criterion_main!(benches);
