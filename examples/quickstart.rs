@@ -33,7 +33,10 @@ struct Hits {
 async fn search_provider(req: Search) -> Result<Hits, Infallible> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(Hits {
-        titles: vec![format!("{} in action", req.query), format!("The {} book", req.query)],
+        titles: vec![
+            format!("{} in action", req.query),
+            format!("The {} book", req.query),
+        ],
         query: req.query,
     })
 }
@@ -42,8 +45,7 @@ async fn search_provider(req: Search) -> Result<Hits, Infallible> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
 

@@ -130,13 +130,22 @@ mod tests {
         assert_eq!(decode::<Hit>(&good[..10]).unwrap_err(), DecodeError::Format);
         let mut future_version = good.clone();
         future_version[2] = 2;
-        assert_eq!(decode::<Hit>(&future_version).unwrap_err(), DecodeError::Format);
+        assert_eq!(
+            decode::<Hit>(&future_version).unwrap_err(),
+            DecodeError::Format
+        );
         let mut other_codec = good.clone();
         other_codec[3] = 9;
-        assert_eq!(decode::<Hit>(&other_codec).unwrap_err(), DecodeError::Format);
+        assert_eq!(
+            decode::<Hit>(&other_codec).unwrap_err(),
+            DecodeError::Format
+        );
         let mut bad_payload = good[..HEADER_LEN].to_vec();
         bad_payload.extend_from_slice(&[0xc1, 0xff]);
-        assert_eq!(decode::<Hit>(&bad_payload).unwrap_err(), DecodeError::Payload);
+        assert_eq!(
+            decode::<Hit>(&bad_payload).unwrap_err(),
+            DecodeError::Payload
+        );
         // A valid payload of another type is a payload error, not a panic.
         let other = encode(&42u32, 1, Duration::from_secs(1)).unwrap();
         assert_eq!(decode::<Hit>(&other).unwrap_err(), DecodeError::Payload);

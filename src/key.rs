@@ -100,7 +100,9 @@ mod tests {
         let (prefix, digest) = key.split_at("myapp:provider:v3:".len());
         assert_eq!(prefix, "myapp:provider:v3:");
         assert_eq!(digest.len(), 32);
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(digest
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         // Stable: the digest is the BLAKE3 prefix, so other languages can compute it.
         let expected: String = blake3::hash(b"query=rust").to_hex()[..32].to_string();
         assert_eq!(digest, expected);

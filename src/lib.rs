@@ -15,7 +15,9 @@ mod key;
 mod metrics;
 pub mod queue;
 
-pub use cache::{Cache, CacheBuilder, CacheLayer, CacheService, CacheStats, L2Cause, L2Error, L2State};
+pub use cache::{
+    Cache, CacheBuilder, CacheLayer, CacheService, CacheStats, L2Cause, L2Error, L2State,
+};
 pub use clock::{Clock, MockClock};
 pub use error::{BoxError, ConfigError};
 pub use metrics::describe_metrics;

@@ -84,7 +84,10 @@ impl std::fmt::Debug for CacheBuilder {
             .field("max_capacity", &self.max_capacity)
             .field("l1_enabled", &self.l1_enabled)
             // Never the password.
-            .field("redis_url", &self.redis_url.as_deref().map(super::tier::l2::redact_url))
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(super::tier::l2::redact_url),
+            )
             .field("l2", &self.l2)
             .finish_non_exhaustive()
     }
@@ -255,16 +258,28 @@ impl CacheBuilder {
         validate_part("name", &self.name)?;
         validate_part("namespace", &self.namespace)?;
         if self.ttl.is_zero() {
-            return Err(ConfigError::new("time_to_live", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "time_to_live",
+                "must be greater than zero",
+            ));
         }
         if self.ttl.as_millis() < 1 {
-            return Err(ConfigError::new("time_to_live", "must be at least 1 ms (Redis TTL resolution)"));
+            return Err(ConfigError::new(
+                "time_to_live",
+                "must be at least 1 ms (Redis TTL resolution)",
+            ));
         }
         if self.l1_ttl.is_some_and(|t| t.is_zero()) {
-            return Err(ConfigError::new("l1_time_to_live", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "l1_time_to_live",
+                "must be greater than zero",
+            ));
         }
         if !(0.0..=0.5).contains(&self.jitter) {
-            return Err(ConfigError::new("ttl_jitter", format!("must be within 0..=0.5, got {}", self.jitter)));
+            return Err(ConfigError::new(
+                "ttl_jitter",
+                format!("must be within 0..=0.5, got {}", self.jitter),
+            ));
         }
         if self.max_capacity == 0 {
             return Err(ConfigError::new(
@@ -273,7 +288,10 @@ impl CacheBuilder {
             ));
         }
         if self.max_entry_size == 0 {
-            return Err(ConfigError::new("max_entry_size", "must be at least 1 byte"));
+            return Err(ConfigError::new(
+                "max_entry_size",
+                "must be at least 1 byte",
+            ));
         }
         let l2 = &self.l2;
         for (setting, value) in [
@@ -309,7 +327,12 @@ impl CacheBuilder {
         let name: Arc<str> = Arc::from(self.name.as_str());
         let ins = Arc::new(Instruments::new(&name));
         let l2 = match &self.redis_url {
-            Some(url) => Some(Arc::new(L2::new(url, self.l2, Arc::clone(&name), Arc::clone(&ins))?)),
+            Some(url) => Some(Arc::new(L2::new(
+                url,
+                self.l2,
+                Arc::clone(&name),
+                Arc::clone(&ins),
+            )?)),
             None => None,
         };
         // Connect now rather than on the first request: an idle cache (a readiness probe

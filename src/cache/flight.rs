@@ -30,9 +30,12 @@ pub(crate) enum End {
     Abandoned,
 }
 
+/// A registered flight: its id (so a leader unregisters only its own) and its channel.
+type Registered = (u64, watch::Sender<State>);
+
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<Box<[u8]>, (u64, watch::Sender<State>)>>,
+    map: Mutex<HashMap<Box<[u8]>, Registered>>,
     ids: AtomicU64,
 }
 
@@ -65,6 +68,7 @@ impl Flights {
             key: key.into(),
             id,
             tx,
+            unregistered: false,
         })
     }
 
@@ -80,21 +84,30 @@ pub(crate) struct Leader<'a> {
     key: Box<[u8]>,
     id: u64,
     tx: watch::Sender<State>,
+    unregistered: bool,
 }
 
 impl Leader<'_> {
-    /// Ends the flight, sharing `value` with the waiters (or not, with `None`).
-    pub(crate) fn finish(self, value: Option<Value>) {
-        self.tx.send_replace(match value {
+    /// Ends the flight. `share` makes the value for the waiters (`None`: nothing to share);
+    /// it runs only if somebody waits, so a flight nobody joined clones nothing.
+    pub(crate) fn finish(mut self, share: impl FnOnce() -> Option<Value>) {
+        // Unregister first: waiters subscribe under the map lock, so once the flight is out
+        // of the map, the receiver count below can only go down.
+        self.unregister();
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        self.tx.send_replace(match share() {
             Some(v) => State::Value(v),
             None => State::Unshared,
         });
-        // Drop unregisters.
     }
-}
 
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
+    fn unregister(&mut self) {
+        if self.unregistered {
+            return;
+        }
+        self.unregistered = true;
         let mut map = match self.flights.map.lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
@@ -102,8 +115,14 @@ impl Drop for Leader<'_> {
         if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
             map.remove(&self.key);
         }
-        // Our `tx` and the map's clone are gone after this: a waiter still on `Running` sees
-        // the channel close and knows the flight was abandoned.
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        // Without `finish`, our `tx` and the map's clone are gone after this: a waiter still
+        // on `Running` sees the channel close and knows the flight was abandoned.
+        self.unregister();
     }
 }
 
@@ -139,7 +158,7 @@ mod tests {
             panic!("second waits")
         };
         let waiting = tokio::spawn(wait(rx));
-        leader.finish(Some(Arc::new(5u8)));
+        leader.finish(|| Some(Arc::new(5u8)));
         match waiting.await.unwrap() {
             End::Value(v) => assert_eq!(v.downcast_ref::<u8>(), Some(&5)),
             _ => panic!("expected the value"),
@@ -168,7 +187,7 @@ mod tests {
         let Role::Waiter(rx) = flights.join(b"k") else {
             panic!()
         };
-        leader.finish(None);
+        leader.finish(|| None);
         assert!(matches!(wait(rx).await, End::Unshared));
     }
 }

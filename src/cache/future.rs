@@ -74,6 +74,8 @@ impl<F, T, E> fmt::Debug for ResponseFuture<F, T, E> {
             Kind::Inner { .. } => "Inner",
             Kind::Load { .. } => "Load",
         };
-        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
     }
 }

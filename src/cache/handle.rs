@@ -202,7 +202,12 @@ impl Cache {
     ///
     /// `ttl_for` returns the TTL to store a response with (`None`: do not store); it is
     /// capped by the cache's own `time_to_live`.
-    pub(crate) async fn load<V, E, F, Fut, T>(&self, key: &[u8], load: F, ttl_for: T) -> Result<V, E>
+    pub(crate) async fn load<V, E, F, Fut, T>(
+        &self,
+        key: &[u8],
+        load: F,
+        ttl_for: T,
+    ) -> Result<V, E>
     where
         V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -216,12 +221,12 @@ impl Cache {
                     // A previous leader may have stored the key between our L1 miss and now.
                     if let Some(v) = self.l1_get::<V>(key) {
                         self.count(Outcome::HitL1);
-                        leader.finish(Some(Arc::new(v.clone())));
+                        leader.finish(|| Some(Arc::new(v.clone())));
                         return Ok(v);
                     }
-                    if let Some(v) = self.l2_get::<V>(key).await {
+                    if let Some((v, in_l1)) = self.l2_get::<V>(key).await {
                         self.count(Outcome::HitL2);
-                        leader.finish(Some(Arc::new(v.clone())));
+                        leader.finish(|| in_l1.or_else(|| Some(Arc::new(v.clone()))));
                         return Ok(v);
                     }
                     self.count(Outcome::Miss);
@@ -230,7 +235,7 @@ impl Cache {
                         Ok(v) => ttl_for(v).and_then(|ttl| self.store(key, v, ttl)),
                         Err(_) => None,
                     };
-                    leader.finish(shared);
+                    leader.finish(|| shared);
                     return result;
                 }
                 Role::Waiter(rx) => match flight::wait(rx).await {
@@ -272,8 +277,9 @@ impl Cache {
     }
 
     /// Reads `key` from Redis; every failure is a logged, counted miss. A hit is backfilled
-    /// into L1 with the entry's remaining TTL.
-    async fn l2_get<V>(&self, key: &[u8]) -> Option<V>
+    /// into L1 with the entry's remaining TTL, and returned with the L1 copy (if any) so
+    /// single-flight waiters can share it without another clone.
+    async fn l2_get<V>(&self, key: &[u8]) -> Option<(V, Option<Value>)>
     where
         V: Clone + DeserializeOwned + Send + Sync + 'static,
     {
@@ -298,11 +304,13 @@ impl Cache {
         match codec::decode::<V>(&bytes) {
             Ok((header, value)) => {
                 let remaining = header.remaining(inner.clock.unix_ms())?;
-                if let Some(l1) = &inner.l1 {
-                    l1.insert(key.into(), Arc::new(value.clone()), self.l1_ttl(remaining));
+                let in_l1 = inner.l1.as_ref().map(|l1| {
+                    let shared: Value = Arc::new(value.clone());
+                    l1.insert(key.into(), Arc::clone(&shared), self.l1_ttl(remaining));
                     inner.ins.set_l1_entries(l1.len());
-                }
-                Some(value)
+                    shared
+                });
+                Some((value, in_l1))
             }
             Err(e) => {
                 inner.ins.l2_error(L2Op::Get, L2Cause::Decode);

@@ -74,6 +74,11 @@ impl<S, K: Clone, P: Clone> Layer<S> for CacheLayer<K, P> {
     type Service = CacheService<S, K, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CacheService::new(inner, self.cache.clone(), self.key.clone(), self.policy.clone())
+        CacheService::new(
+            inner,
+            self.cache.clone(),
+            self.key.clone(),
+            self.policy.clone(),
+        )
     }
 }

@@ -123,6 +123,7 @@ where
     S::Future: Send + 'static,
     Req: Send + 'static,
     K: KeyExtractor<Req>,
+    K::Key: Send + 'static,
     P: StorePolicy<S::Response> + Clone + Send + 'static,
 {
     type Response = S::Response;
@@ -150,11 +151,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
         let policy = self.policy.clone();
-        let key: Box<[u8]> = key.as_ref().into();
         ResponseFuture::load(Box::pin(async move {
             cache
                 .load(
-                    &key,
+                    key.as_ref(),
                     move || inner.call(req),
                     // Duration::MAX: the cache's own time_to_live applies.
                     move |res| policy.should_store(res).then_some(Duration::MAX),

@@ -83,7 +83,11 @@ mod tests {
     fn expiry_follows_the_clock() {
         let mock = MockClock::new();
         let l1 = L1::new(10, mock.clone().into());
-        l1.insert(b"k".to_vec().into(), Arc::new(7u32), Duration::from_secs(10));
+        l1.insert(
+            b"k".to_vec().into(),
+            Arc::new(7u32),
+            Duration::from_secs(10),
+        );
         assert_eq!(l1.get::<u32>(b"k"), Some(7));
         assert_eq!(l1.get::<String>(b"k"), None, "another type is a miss");
         mock.advance(Duration::from_secs(9));
@@ -97,7 +101,11 @@ mod tests {
     fn bounded() {
         let l1 = L1::new(100, Clock::system());
         for i in 0..10_000u32 {
-            l1.insert(i.to_be_bytes().to_vec().into(), Arc::new(i), Duration::from_secs(60));
+            l1.insert(
+                i.to_be_bytes().to_vec().into(),
+                Arc::new(i),
+                Duration::from_secs(60),
+            );
         }
         assert!(l1.len() <= 100, "len {}", l1.len());
     }

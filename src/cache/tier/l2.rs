@@ -120,7 +120,12 @@ impl L2Error {
 
 impl fmt::Display for L2Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis cache tier: {}: {}", self.cause.as_str(), self.detail)
+        write!(
+            f,
+            "redis cache tier: {}: {}",
+            self.cause.as_str(),
+            self.detail
+        )
     }
 }
 
@@ -248,15 +253,21 @@ impl L2 {
     /// Reads `key`. `Ok(None)` is a plain miss; `Err` says why L2 could not answer.
     pub(crate) async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Vec<u8>>, L2Cause> {
         self.ensure_started();
-        if matches!(&*self.state.borrow(), Conn::Down) {
-            return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen));
-        }
+        // One read of the state serves the breaker check and, almost always, the connection.
+        let ready = match &*self.state.borrow() {
+            Conn::Ready { conn, gen } => Some((conn.clone(), *gen)),
+            Conn::Down => return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen)),
+            Conn::Connecting => None,
+        };
         let Some(_slot) = self.bulkhead() else {
             return Err(self.skipped(L2Op::Get, L2Cause::Bulkhead));
         };
         let started = Instant::now();
         let result = tokio::time::timeout(self.cfg.read_timeout, async {
-            let (mut conn, gen) = self.connection().await.map_err(|c| (c, None))?;
+            let (mut conn, gen) = match ready {
+                Some(ready) => ready,
+                None => self.connection().await.map_err(|c| (c, None))?,
+            };
             redis::cmd("GET")
                 .arg(key)
                 .query_async::<Option<Vec<u8>>>(&mut conn)
@@ -272,13 +283,9 @@ impl L2 {
             }
             // The first connection attempt failed while we waited for it.
             Ok(Err((cause, None))) => Err(self.skipped(L2Op::Get, cause)),
-            Ok(Err((cause, Some((gen, e))))) => Err(self.failed(
-                L2Op::Get,
-                cause,
-                Some(gen),
-                is_dead(&e),
-                Some(describe(&e)),
-            )),
+            Ok(Err((cause, Some((gen, e))))) => {
+                Err(self.failed(L2Op::Get, cause, Some(gen), is_dead(&e), Some(describe(&e))))
+            }
             Err(_elapsed) => {
                 let gen = self.current_gen();
                 Err(self.failed(
@@ -314,8 +321,7 @@ impl L2 {
         let (mut conn, gen) = self.admin_connection().await?;
         let mut cmd = redis::cmd("UNLINK");
         cmd.arg(keys);
-        match tokio::time::timeout(self.cfg.write_timeout, cmd.query_async::<()>(&mut conn)).await
-        {
+        match tokio::time::timeout(self.cfg.write_timeout, cmd.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {
                 self.succeeded();
                 Ok(())
@@ -323,7 +329,13 @@ impl L2 {
             Ok(Err(e)) => {
                 let cause = classify(&e);
                 let detail = describe(&e);
-                self.failed(L2Op::Del, cause, Some(gen), is_dead(&e), Some(detail.clone()));
+                self.failed(
+                    L2Op::Del,
+                    cause,
+                    Some(gen),
+                    is_dead(&e),
+                    Some(detail.clone()),
+                );
                 Err(L2Error::new(cause, detail))
             }
             Err(_) => {
@@ -372,7 +384,13 @@ impl L2 {
                 Ok(Err(e)) => {
                     let cause = classify(&e);
                     let detail = describe(&e);
-                    self.failed(L2Op::Del, cause, Some(gen), is_dead(&e), Some(detail.clone()));
+                    self.failed(
+                        L2Op::Del,
+                        cause,
+                        Some(gen),
+                        is_dead(&e),
+                        Some(detail.clone()),
+                    );
                     return Err(L2Error::new(cause, detail));
                 }
                 Err(_) => {
@@ -507,7 +525,12 @@ impl L2 {
             match w {
                 Write::Set { key, bytes, ttl } => {
                     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                    pipe.cmd("SET").arg(key).arg(bytes).arg("PX").arg(ms).ignore();
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(bytes)
+                        .arg("PX")
+                        .arg(ms)
+                        .ignore();
                 }
                 Write::Del { key } => {
                     pipe.cmd("UNLINK").arg(key).ignore();
@@ -736,8 +759,14 @@ mod tests {
         assert_eq!(redact_url("not a url"), "not a url");
         assert!(!redact_url("redis://u:p@ss@host/").contains("p@ss"));
         // Malformed URLs and query-string credentials (found by tests/cache_l1.rs).
-        assert_eq!(redact_url("redis:/:s3cr3t@host:6379/"), "redis:/:***@host:6379/");
-        assert_eq!(redact_url("redis//user:s3cr3t@host"), "redis//user:***@host");
+        assert_eq!(
+            redact_url("redis:/:s3cr3t@host:6379/"),
+            "redis:/:***@host:6379/"
+        );
+        assert_eq!(
+            redact_url("redis//user:s3cr3t@host"),
+            "redis//user:***@host"
+        );
         assert_eq!(redact_url("redis://:pa/ss@host/0"), "redis://:***@host/0");
         assert_eq!(
             redact_url("unix:///tmp/r.sock?db=1&pass=s3cr3t&user=me"),
