@@ -1,6 +1,9 @@
 //! `HttpCacheLayer` on a real Axum server over loopback, driven by a real HTTP client
 //! (reqwest): one test per safe default, plus bad input. Expiry is driven by a `MockClock`,
-//! never by sleeping. Redis-backed behaviour is in `http_redis.rs`.
+//! never by sleeping. The last tests put a real Redis (L2) behind the cache: responses
+//! round-trip through it between two replicas, and a broken Redis never fails a request.
+
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,6 +21,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use layercake::cache::http::{HttpCacheLayer, QueryKey};
 use layercake::{Cache, MockClock};
+use support::{eventually, RedisServer};
 
 /// How many times each path (with its query) reached the handlers, behind the cache.
 #[derive(Clone, Default)]
@@ -167,11 +171,12 @@ struct App {
     clock: MockClock,
 }
 
-fn test_cache(name: &str, clock: &MockClock) -> Cache {
+fn test_cache(name: &str, clock: &MockClock, redis_url: Option<String>) -> Cache {
     Cache::builder(name)
         .time_to_live(Duration::from_secs(60))
         .ttl_jitter(0.0)
         .clock(clock.clone())
+        .redis_url(redis_url)
         .build()
         .unwrap()
 }
@@ -181,10 +186,13 @@ fn layer(cache: Cache) -> HttpCacheLayer {
     HttpCacheLayer::new(cache).x_cache_header(true)
 }
 
-/// Serves `routes`, wrapped by `wrap` (given a fresh cache), on 127.0.0.1:0.
+/// Serves `routes`, wrapped by `wrap` (given a fresh L1-only cache), on 127.0.0.1:0.
 async fn start(name: &str, wrap: impl FnOnce(Router, Cache) -> Router) -> App {
     let clock = MockClock::new();
-    let cache = test_cache(name, &clock);
+    serve(test_cache(name, &clock, None), clock, wrap).await
+}
+
+async fn serve(cache: Cache, clock: MockClock, wrap: impl FnOnce(Router, Cache) -> Router) -> App {
     let calls = Calls::default();
     let app = wrap(routes(&calls), cache.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -641,4 +649,146 @@ async fn switched_off_cache_passes_everything_through() {
     assert_eq!((got.x_cache(), got.text().as_str()), ("MISS", "plain #2"));
     app.cache.set_enabled(true);
     assert_eq!(app.get("/plain").await.text(), "plain #1");
+}
+
+// ---- With Redis (L2) -------------------------------------------------------------------
+
+/// Two replicas (separate processes' worth of cache: own L1, same Redis and cache name),
+/// both connected to Redis.
+async fn replicas(name: &str, redis: &RedisServer) -> (App, App) {
+    let a = MockClock::new();
+    let b = MockClock::new();
+    // Each replica listens on its own port, which is part of the Host header; replicas
+    // behind one load balancer would see the same host.
+    let wrap = |r: Router, c: Cache| r.layer(layer(c).host_in_key(false));
+    let a = serve(test_cache(name, &a, Some(redis.url())), a, wrap).await;
+    let b = serve(test_cache(name, &b, Some(redis.url())), b, wrap).await;
+    eventually(
+        Duration::from_secs(5),
+        "both replicas connected to Redis",
+        || async { a.cache.stats().l2_connected() && b.cache.stats().l2_connected() },
+    )
+    .await;
+    (a, b)
+}
+
+/// The Redis keys of cache `name`.
+async fn redis_keys(redis: &Arc<RedisServer>, name: &str) -> Vec<String> {
+    let redis = Arc::clone(redis);
+    let pattern = format!("layercake:{name}:*");
+    tokio::task::spawn_blocking(move || redis.query::<Vec<String>>(&["KEYS", &pattern]))
+        .await
+        .unwrap()
+}
+
+async fn wait_for_keys(redis: &Arc<RedisServer>, name: &str, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} keys of {name} in Redis"),
+        || async { redis_keys(redis, name).await.len() >= n },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_round_trip_through_redis_between_replicas() {
+    let redis = Arc::new(RedisServer::start());
+    let (a, b) = replicas("l2_round_trip", &redis).await;
+    let first = a.get("/cc/max-age=30").await;
+    assert_eq!(first.x_cache(), "MISS");
+    wait_for_keys(&redis, "l2_round_trip", 1).await;
+
+    let got = b.get("/cc/max-age=30").await;
+    assert_eq!(
+        (got.status, got.x_cache(), got.text().as_str()),
+        (StatusCode::OK, "HIT", "cc #1")
+    );
+    assert_eq!(got.header("cache-control"), Some("max-age=30"));
+    assert_eq!(got.header("content-length"), first.header("content-length"));
+    assert!(got.header("age").is_some());
+    assert_eq!(
+        b.calls.get("/cc/max-age=30"),
+        0,
+        "replica b never called its handler"
+    );
+    let stats = b.cache.stats();
+    assert_eq!((stats.hits_l2, stats.misses), (1, 0));
+    // Backfilled into b's L1.
+    assert_eq!(b.get("/cc/max-age=30").await.x_cache(), "HIT");
+    assert_eq!(b.cache.stats().hits_l1, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_marker_and_variants_round_trip_through_redis() {
+    let redis = Arc::new(RedisServer::start());
+    let (a, b) = replicas("l2_vary", &redis).await;
+    let path = "/vary/Accept-Language";
+    a.get_with(path, &[("accept-language", b"en")]).await;
+    a.get_with(path, &[("accept-language", b"de")]).await;
+    wait_for_keys(&redis, "l2_vary", 3).await; // the marker and two variants
+
+    let en = b.get_with(path, &[("accept-language", b"en")]).await;
+    assert_eq!((en.x_cache(), en.text().as_str()), ("HIT", "lang=en #1"));
+    let de = b.get_with(path, &[("accept-language", b"de")]).await;
+    assert_eq!((de.x_cache(), de.text().as_str()), ("HIT", "lang=de #2"));
+    let fr = b.get_with(path, &[("accept-language", b"fr")]).await;
+    assert_eq!((fr.x_cache(), fr.text().as_str()), ("MISS", "lang=fr #1"));
+    assert_eq!(b.calls.get(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_redis_is_a_miss_never_an_error() {
+    let redis = Arc::new(RedisServer::start());
+    let (a, b) = replicas("l2_garbage", &redis).await;
+    a.get("/plain").await;
+    wait_for_keys(&redis, "l2_garbage", 1).await;
+    let keys = redis_keys(&redis, "l2_garbage").await;
+    {
+        let redis = Arc::clone(&redis);
+        tokio::task::spawn_blocking(move || {
+            for key in &keys {
+                redis.cmd(&["SET", key, "lc\x01\x01 not an envelope"]);
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let got = b.get("/plain").await;
+    assert_eq!(
+        (got.status, got.x_cache(), got.text().as_str()),
+        (StatusCode::OK, "MISS", "plain #1")
+    );
+    assert!(b.cache.stats().l2_errors.decode >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_never_fails_a_request() {
+    let mut redis = RedisServer::start();
+    let clock = MockClock::new();
+    let app = serve(
+        test_cache("l2_down", &clock, Some(redis.url())),
+        clock,
+        |r, c| r.layer(layer(c)),
+    )
+    .await;
+    assert_eq!(app.get("/plain").await.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "redis connected", || async {
+        app.cache.stats().l2_connected()
+    })
+    .await;
+    redis.kill();
+    for n in 0..5 {
+        let path = format!("/plain?n={n}");
+        let miss = app.get(&path).await;
+        assert_eq!((miss.status, miss.x_cache()), (StatusCode::OK, "MISS"));
+        let hit = app.get(&path).await;
+        assert_eq!(
+            (hit.status, hit.x_cache(), hit.text()),
+            (StatusCode::OK, "HIT", miss.text())
+        );
+    }
+    eventually(Duration::from_secs(5), "L2 failures counted", || async {
+        app.cache.stats().l2_errors.total() > 0
+    })
+    .await;
 }

@@ -62,7 +62,8 @@
 //!
 //! # The key
 //! The key of a `GET` or `HEAD` is made of:
-//! 1. the host (the URI authority, else `Host`; see [`host_in_key`](HttpCacheLayer::host_in_key));
+//! 1. the host as the client sent it, port included (the URI authority, else `Host`; see
+//!    [`host_in_key`](HttpCacheLayer::host_in_key));
 //! 2. the path;
 //! 3. the query, per [`QueryKey`] (default: the whole query string as sent);
 //! 4. the values of the [`key_headers`](HttpCacheLayer::key_headers) (default none);
