@@ -1,4 +1,44 @@
-//! layercake — Tower middleware for a two-tier cache and a tracked job queue.
+//! Tower middleware for a two-tier cache that never fails a request because of Redis, and a
+//! job queue that tracks work detached from requests.
+//!
+//! - [`CacheLayer`] wraps any `tower::Service` with an in-process L1 and an optional Redis
+//!   L2 (through a `bb8-redis` pool). A Redis error, timeout or outage is a logged, counted
+//!   miss; the service's error type is unchanged. See [`cache`] for the read path and the
+//!   non-blocking contract, and the README for the stable key and value formats.
+//! - [`QueueLayer`] turns a service into a job queue: calling it returns a [`JobId`] at
+//!   once, workers run the inner service, and the [`Queue`] handle reports status, results,
+//!   progress, and cancels. See [`queue`].
+//! - Every metric goes through the [`metrics`](https://docs.rs/metrics) facade under the
+//!   `layercake_` prefix; see [`describe_metrics`] for the list.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use layercake::{Cache, CacheLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = Cache::builder("lengths")
+//!     .time_to_live(Duration::from_secs(60))
+//!     .redis_url(std::env::var("LAYERCAKE_DOC_REDIS_URL").ok()) // none: L1 only
+//!     .build()?;
+//! let svc = ServiceBuilder::new()
+//!     .layer(CacheLayer::new(cache.clone(), |s: &String| Some(s.clone())))
+//!     .service(service_fn(|s: String| async move { Ok::<_, Infallible>(s.len()) }));
+//!
+//! assert_eq!(svc.clone().oneshot("layercake".to_string()).await?, 9); // miss
+//! assert_eq!(svc.oneshot("layercake".to_string()).await?, 9);         // L1 hit
+//! let stats = cache.stats();
+//! assert_eq!((stats.misses, stats.hits_l1), (1, 1));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! - `http` (default): the HTTP adapter for `http::Request` / `http::Response` services
+//!   (Axum, Tonic, hyper) in [`cache::http`].
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -21,6 +61,11 @@ pub use cache::{
 pub use clock::{Clock, MockClock};
 pub use error::{BoxError, ConfigError};
 pub use metrics::describe_metrics;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use queue::{
     Backoff, CancelOutcome, JobContext, JobId, JobInfo, JobStatus, Permanent, Progress, Queue,
     QueueBuilder, QueueError, QueueInfo, QueueLayer, QueueService, ShutdownReport,

@@ -17,7 +17,7 @@
 //! (single flight) and got its result. L1 lookups are not timed: they take tens of
 //! nanoseconds, less than reading the clock twice would cost.
 //!
-//! The queue's metrics are listed in [`crate::queue`].
+//! The queue's metrics (`layercake_queue_*`) are listed in [`crate::queue`].
 
 use std::sync::Once;
 
@@ -40,7 +40,7 @@ pub(crate) const CACHE_NOT_STORED: &str = "layercake_cache_not_stored_total";
 /// ```
 pub fn describe_metrics() {
     describe_cache();
-    // queue metrics are described here too once the queue module lands
+    crate::queue::metrics::describe();
 }
 
 pub(crate) fn describe_once() {
