@@ -1,4 +1,8 @@
-//! A slow service behind `CacheLayer`: a miss, then a hit, with their times and the stats.
+//! The crate's two jobs on their embedded defaults:
+//!
+//! 1. a slow service behind `CacheLayer`: a miss, then a hit, with their times and the stats;
+//! 2. long work behind `QueueLayer`: the call returns a job id at once, the job runs on a
+//!    background worker, and the `Queue` handle reports its status and result.
 //!
 //! ```text
 //! cargo run --example quickstart                                   # L1 only
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
+use layercake::queue::{JobStatus, Queue, QueueLayer};
 use layercake::{Cache, CacheLayer};
 
 /// A search request, as an application would define it.
@@ -39,6 +44,18 @@ async fn search_provider(req: Search) -> Result<Hits, Infallible> {
         ],
         query: req.query,
     })
+}
+
+/// A long job: translating a document.
+#[derive(Debug, Serialize, Deserialize)]
+struct Translate {
+    file_id: u64,
+    text: String,
+}
+
+async fn translate(req: Translate) -> Result<String, layercake::BoxError> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(req.text.to_uppercase())
 }
 
 #[tokio::main]
@@ -91,5 +108,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.hit_rate(),
         stats.l2
     );
+
+    // 2. The queue: in-process store, four workers, dedup by file id.
+    let queue = Queue::builder("translate")
+        .workers(4)
+        .capacity(1_000)
+        .max_attempts(3)
+        .result_ttl(Duration::from_secs(3600))
+        .job_id(|req: &Translate| Some(format!("file-{}", req.file_id)))
+        .build()?;
+    let jobs = ServiceBuilder::new()
+        .layer(QueueLayer::new(queue.clone()))
+        .service(service_fn(translate));
+
+    let started = Instant::now();
+    let id = jobs
+        .clone()
+        .oneshot(Translate {
+            file_id: 7,
+            text: "hola mundo".into(),
+        })
+        .await?;
+    println!("queued: job {id} in {:.3?}", started.elapsed());
+    // The same file again while the job is live: the same job, not a copy.
+    let again = jobs
+        .oneshot(Translate {
+            file_id: 7,
+            text: "hola mundo".into(),
+        })
+        .await?;
+    assert_eq!(again, id);
+    if let Some(job) = queue.job(&id).await? {
+        println!("status: {:?}", job.status);
+    }
+    let job = queue.wait(&id).await?.ok_or("the job vanished")?;
+    assert_eq!(job.status, JobStatus::Completed);
+    println!(
+        "done:   {:?} after {:.3?}, {} attempt(s), result {:?}",
+        job.status,
+        started.elapsed(),
+        job.attempts,
+        job.result
+    );
+    let report = queue.shutdown(Duration::from_secs(5)).await;
+    println!("shutdown: {} job(s) left queued", report.queued.len());
     Ok(())
 }
