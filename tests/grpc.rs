@@ -1,1 +1,161 @@
-//! placeholder
+//! `GrpcCacheLayer` on a real Tonic server (`examples/tonic.rs`) over loopback, called by a
+//! real Tonic client.
+
+#[allow(dead_code)] // the example's `main` is not used here
+#[path = "../examples/tonic.rs"]
+mod example;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use example::{Catalog, CatalogClient, GetItemRequest, ListItemsRequest};
+use layercake::cache::http::{GrpcCacheLayer, UserKey};
+use layercake::Cache;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request};
+
+struct Fixture {
+    client: CatalogClient,
+    catalog: Arc<Catalog>,
+    cache: Cache,
+}
+
+async fn start<U: UserKey>(name: &str, layer: impl FnOnce(Cache) -> GrpcCacheLayer<U>) -> Fixture {
+    let cache = Cache::builder(name).build().unwrap();
+    let catalog = Arc::new(Catalog::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(example::serve(
+        listener,
+        Arc::clone(&catalog),
+        layer(cache.clone()),
+    ));
+    let client = CatalogClient::connect(addr).await.expect("connect");
+    Fixture {
+        client,
+        catalog,
+        cache,
+    }
+}
+
+fn x_cache<T>(res: &tonic::Response<T>) -> &str {
+    res.metadata()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+}
+
+#[tokio::test]
+async fn unary_method_is_cached_by_request_message() {
+    let mut f = start("grpc_unary", example::cache_layer).await;
+    let first = f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+    assert_eq!(x_cache(&first), "MISS");
+    let second = f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+    assert_eq!(x_cache(&second), "HIT");
+    assert_eq!(first.into_inner(), second.into_inner());
+    assert_eq!(
+        f.catalog.get_calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
+
+    // Another message is another key.
+    let other = f.client.get_item(GetItemRequest { id: 8 }).await.unwrap();
+    assert_eq!((x_cache(&other), other.get_ref().id), ("MISS", 8));
+    assert_eq!(f.catalog.get_calls.load(Ordering::SeqCst), 2);
+    let stats = f.cache.stats();
+    assert_eq!((stats.hits_l1, stats.misses), (1, 2));
+}
+
+#[tokio::test]
+async fn error_status_is_not_stored() {
+    let mut f = start("grpc_error", example::cache_layer).await;
+    for _ in 0..2 {
+        let err = f
+            .client
+            .get_item(GetItemRequest { id: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::NotFound, "no item 0"));
+        assert_eq!(err.metadata().get("x-cache").unwrap(), "MISS");
+    }
+    assert_eq!(f.catalog.get_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(f.cache.stats().l1_entries, 0);
+}
+
+#[tokio::test]
+async fn streaming_method_passes_through_unbuffered() {
+    let mut f = start("grpc_stream", example::cache_layer).await;
+    for round in 1..=2 {
+        let mut stream = f
+            .client
+            .list_items(ListItemsRequest {
+                count: 3,
+                interval_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ids = Vec::new();
+        while let Some(item) = stream.message().await.unwrap() {
+            assert_eq!(item.served, round, "each call reached the handler");
+            ids.push(item.id);
+        }
+        assert_eq!(ids, [1, 2, 3]);
+    }
+    assert_eq!(f.catalog.list_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(f.cache.stats().bypassed, 2);
+
+    // Not held back: the first message arrives while the server is still waiting an hour
+    // to send the second.
+    let mut stream = f
+        .client
+        .list_items(ListItemsRequest {
+            count: 2,
+            interval_ms: 3_600_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the first message of a stream must not wait for the stream's end")
+        .unwrap();
+    assert_eq!(first.map(|i| i.id), Some(1));
+}
+
+#[tokio::test]
+async fn unlisted_methods_and_credentials_bypass() {
+    // Nothing listed: GetItem passes through too.
+    let mut f = start("grpc_unlisted", GrpcCacheLayer::new).await;
+    f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+    f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+    assert_eq!(f.catalog.get_calls.load(Ordering::SeqCst), 2);
+
+    // A call with `authorization` bypasses unless a per-user key is configured.
+    let mut f = start("grpc_auth", example::cache_layer).await;
+    let with_token = |token: &'static str| {
+        let mut req = Request::new(GetItemRequest { id: 7 });
+        req.metadata_mut()
+            .insert("authorization", MetadataValue::from_static(token));
+        req
+    };
+    f.client.get_item(with_token("Bearer a")).await.unwrap();
+    f.client.get_item(with_token("Bearer a")).await.unwrap();
+    assert_eq!(f.catalog.get_calls.load(Ordering::SeqCst), 2);
+
+    let mut f = start("grpc_per_user", |cache| {
+        example::cache_layer(cache).per_user(|req| {
+            req.headers
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec())
+        })
+    })
+    .await;
+    f.client.get_item(with_token("Bearer a")).await.unwrap();
+    let hit = f.client.get_item(with_token("Bearer a")).await.unwrap();
+    assert_eq!(x_cache(&hit), "HIT");
+    let other = f.client.get_item(with_token("Bearer b")).await.unwrap();
+    assert_eq!((x_cache(&other), other.get_ref().served), ("MISS", 2));
+}
