@@ -18,6 +18,9 @@ pin_project! {
     ///
     /// An L1 hit is ready at once; a bypassed request is the inner future itself (its
     /// response's body wrapped in a [`CacheBody`]); only a miss is boxed.
+    ///
+    /// # Panics
+    /// Polling it again after it returned `Ready` panics, as most futures do.
     pub struct ResponseFuture<F, B: Body, E> {
         #[pin]
         kind: Kind<F, B, E>,

@@ -456,3 +456,108 @@ fn storable(status: StatusCode, headers: &HeaderMap, config: &Config) -> Option<
     };
     Some(Storable { ttl, vary, age })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use super::*;
+    use crate::cache::http::HttpCacheLayer;
+
+    type TestBody =
+        StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, &'static str>>>>;
+
+    fn body(frames: Vec<Result<Frame<Bytes>, &'static str>>) -> TestBody {
+        StreamBody::new(futures::stream::iter(frames))
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn trailers_are_stored_and_replayed() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = service_fn(move |_: Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+            let frames = vec![
+                Ok(Frame::data(Bytes::from("hello"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            async move { Ok::<_, Infallible>(Response::new(body(frames))) }
+        });
+        let cache = Cache::builder("trailers").build().unwrap();
+        let svc = HttpCacheLayer::new(cache).layer(inner);
+        for _ in 0..2 {
+            let res = svc.clone().oneshot(get("/t")).await.unwrap();
+            let collected = res.into_body().collect().await.unwrap();
+            assert_eq!(
+                collected.trailers().map(|t| &t["x-checksum"]),
+                Some(&HeaderValue::from_static("abc"))
+            );
+            assert_eq!(collected.to_bytes(), "hello");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_error_while_buffering_reaches_the_client_after_the_data_read() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = service_fn(move |_: Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let frames = vec![Ok(Frame::data(Bytes::from("ab"))), Err("connection reset")];
+            async move { Ok::<_, Infallible>(Response::new(body(frames))) }
+        });
+        let cache = Cache::builder("body_error").build().unwrap();
+        let svc = HttpCacheLayer::new(cache.clone()).layer(inner);
+        for _ in 0..2 {
+            let mut body = svc.clone().oneshot(get("/e")).await.unwrap().into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap(), "ab");
+            assert_eq!(body.frame().await.unwrap().unwrap_err(), "connection reset");
+            assert!(body.frame().await.is_none());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "not stored");
+        assert_eq!(cache.stats().l1_entries, 0);
+    }
+
+    #[test]
+    fn storable_decisions() {
+        let config = Config::default();
+        let decide = |status: u16, headers: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (n, v) in headers {
+                map.append(*n, HeaderValue::from_static(v));
+            }
+            storable(StatusCode::from_u16(status).unwrap(), &map, &config)
+                .map(|s| (s.ttl, s.vary.len(), s.age))
+        };
+        assert_eq!(decide(200, &[]), Some((Duration::MAX, 0, 0)));
+        assert_eq!(decide(201, &[]), None);
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=10"), ("age", "4")]),
+            Some((Duration::from_secs(6), 0, 4))
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", "max-age=10"), ("age", "10")]),
+            None
+        );
+        assert_eq!(decide(200, &[("age", "x")]), None, "malformed Age");
+        assert_eq!(
+            decide(200, &[("vary", "accept, x-a")]).map(|d| d.1),
+            Some(2)
+        );
+        assert_eq!(decide(200, &[("vary", "*")]), None);
+        assert_eq!(decide(200, &[("set-cookie", "a=b")]), None);
+    }
+}
