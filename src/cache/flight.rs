@@ -30,8 +30,13 @@ pub(crate) enum End {
     Abandoned,
 }
 
-/// A registered flight: its id (so a leader unregisters only its own) and its channel.
-type Registered = (u64, watch::Sender<State>);
+/// A registered flight: its id (so a leader unregisters only its own flight) and, once
+/// somebody waits, the channel the leader publishes on. Most flights are never joined, so
+/// the channel is made by the first waiter, not by every leader.
+struct Registered {
+    id: u64,
+    tx: Option<watch::Sender<State>>,
+}
 
 #[derive(Default)]
 pub(crate) struct Flights {
@@ -52,38 +57,44 @@ pub(crate) enum Role<'a> {
 }
 
 impl Flights {
-    pub(crate) fn join<'a>(&'a self, key: &[u8]) -> Role<'a> {
-        let mut map = match self.map.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Registered>> {
+        // The map stays consistent whatever panicked while holding the lock: every update
+        // is a single insert or remove.
+        match self.map.lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((_, tx)) = map.get(key) {
+        }
+    }
+
+    pub(crate) fn join<'a>(&'a self, key: &'a [u8]) -> Role<'a> {
+        let mut map = self.lock();
+        if let Some(flight) = map.get_mut(key) {
+            let tx = flight
+                .tx
+                .get_or_insert_with(|| watch::channel(State::Running).0);
             return Role::Waiter(tx.subscribe());
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let (tx, _) = watch::channel(State::Running);
-        map.insert(key.into(), (id, tx.clone()));
+        map.insert(key.into(), Registered { id, tx: None });
         Role::Leader(Leader {
             flights: self,
-            key: key.into(),
+            key,
             id,
-            tx,
             unregistered: false,
         })
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.lock().len()
     }
 }
 
 /// The leader's side of a flight. Dropping it without [`Leader::finish`] abandons the flight.
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
-    key: Box<[u8]>,
+    key: &'a [u8],
     id: u64,
-    tx: watch::Sender<State>,
     unregistered: bool,
 }
 
@@ -91,38 +102,34 @@ impl Leader<'_> {
     /// Ends the flight. `share` makes the value for the waiters (`None`: nothing to share);
     /// it runs only if somebody waits, so a flight nobody joined clones nothing.
     pub(crate) fn finish(mut self, share: impl FnOnce() -> Option<Value>) {
-        // Unregister first: waiters subscribe under the map lock, so once the flight is out
-        // of the map, the receiver count below can only go down.
-        self.unregister();
-        if self.tx.receiver_count() == 0 {
-            return;
+        // Unregister first: waiters join under the map lock, so once the flight is out of
+        // the map nobody else can join it.
+        if let Some(tx) = self.unregister() {
+            tx.send_replace(match share() {
+                Some(v) => State::Value(v),
+                None => State::Unshared,
+            });
         }
-        self.tx.send_replace(match share() {
-            Some(v) => State::Value(v),
-            None => State::Unshared,
-        });
     }
 
-    fn unregister(&mut self) {
-        if self.unregistered {
-            return;
+    /// Removes this flight from the map, returning its channel if anybody joined.
+    fn unregister(&mut self) -> Option<watch::Sender<State>> {
+        if std::mem::replace(&mut self.unregistered, true) {
+            return None;
         }
-        self.unregistered = true;
-        let mut map = match self.flights.map.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            map.remove(&self.key);
+        let mut map = self.flights.lock();
+        match map.get(self.key) {
+            Some(flight) if flight.id == self.id => map.remove(self.key).and_then(|f| f.tx),
+            _ => None,
         }
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        // Without `finish`, our `tx` and the map's clone are gone after this: a waiter still
-        // on `Running` sees the channel close and knows the flight was abandoned.
-        self.unregister();
+        // Without `finish`, the channel is dropped here still holding `Running`: waiters see
+        // it close and know the flight was abandoned.
+        drop(self.unregister());
     }
 }
 
