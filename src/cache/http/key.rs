@@ -6,7 +6,7 @@
 //! and query can produce another request's parts), header values are hashed as raw bytes
 //! (so a value that is not UTF-8 still has a key), and no secret (a per-user part built
 //! from a token, say) is kept in memory or sent to Redis in the clear. Hashing also keeps
-//! L1 keys at 32 bytes whatever the URL's length, and needs no allocation.
+//! L1 keys at 32 bytes whatever the URL's length.
 
 use blake3::Hasher;
 use http::header::{self, HeaderMap, HeaderName};
@@ -17,31 +17,53 @@ use super::QueryKey;
 
 pub(crate) type Key = [u8; 32];
 
-fn part(h: &mut Hasher, bytes: &[u8]) {
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(bytes);
+/// Where key bytes go: a buffer hashed at the end (HTTP keys: small, and one
+/// `blake3::hash` of a short buffer costs half of what feeding a `Hasher` does), or a
+/// `Hasher` (gRPC keys, which include a message of up to `max_request_size` bytes). Both
+/// hash the same byte sequence, so they give the same key.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Hasher {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+fn part(h: &mut impl Sink, bytes: &[u8]) {
+    h.put(&(bytes.len() as u64).to_le_bytes());
+    h.put(bytes);
 }
 
 /// All values of `name`, in order, then a count (so no values and one empty value differ).
-fn header_values(h: &mut Hasher, headers: &HeaderMap, name: &HeaderName) {
+fn header_values(h: &mut impl Sink, headers: &HeaderMap, name: &HeaderName) {
     let mut n = 0u64;
     for value in headers.get_all(name) {
         part(h, value.as_bytes());
         n += 1;
     }
-    h.update(&n.to_le_bytes());
+    h.put(&n.to_le_bytes());
 }
 
-fn optional(h: &mut Hasher, bytes: Option<&[u8]>) {
+fn optional(h: &mut impl Sink, bytes: Option<&[u8]>) {
     match bytes {
         Some(bytes) => {
-            h.update(&[1]);
+            h.put(&[1]);
             part(h, bytes);
         }
-        None => {
-            h.update(&[0]);
-        }
+        None => h.put(&[0]),
     }
+}
+
+fn finish(buf: &[u8]) -> Key {
+    *blake3::hash(buf).as_bytes()
 }
 
 /// What the key of an HTTP request is made of (see [`super`] for the documented list).
@@ -55,8 +77,8 @@ impl HttpKey<'_> {
     /// The base key: host, path, query, configured headers and the per-user part. `GET`
     /// and `HEAD` share it (a `HEAD` is answered from the stored `GET` response).
     pub(crate) fn base(&self, req: &Parts, user: Option<&[u8]>) -> Key {
-        let mut h = Hasher::new();
-        h.update(b"layercake/http/1\0");
+        let mut h: Vec<u8> = Vec::with_capacity(256);
+        h.put(b"layercake/http/1\0");
         let host = self.host.then(|| {
             req.uri
                 .authority()
@@ -66,21 +88,19 @@ impl HttpKey<'_> {
         optional(&mut h, host.flatten());
         part(&mut h, req.uri.path().as_bytes());
         self.hash_query(&mut h, req.uri.query());
-        h.update(&(self.key_headers.len() as u64).to_le_bytes());
+        h.put(&(self.key_headers.len() as u64).to_le_bytes());
         for name in self.key_headers {
             part(&mut h, name.as_str().as_bytes());
             header_values(&mut h, &req.headers, name);
         }
         optional(&mut h, user);
-        *h.finalize().as_bytes()
+        finish(&h)
     }
 
-    fn hash_query(&self, h: &mut Hasher, query: Option<&str>) {
+    fn hash_query(&self, h: &mut Vec<u8>, query: Option<&str>) {
         match self.query {
             QueryKey::Full => optional(h, query.map(str::as_bytes)),
-            QueryKey::Ignore => {
-                h.update(&[2]);
-            }
+            QueryKey::Ignore => h.put(&[2]),
             QueryKey::Sorted | QueryKey::Only(_) => {
                 let mut pairs: Vec<&str> = query
                     .unwrap_or("")
@@ -93,8 +113,8 @@ impl HttpKey<'_> {
                     .collect();
                 // A stable sort keeps repeated parameters (`a=2&a=1`) in their order.
                 pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
-                h.update(&[3]);
-                h.update(&(pairs.len() as u64).to_le_bytes());
+                h.put(&[3]);
+                h.put(&(pairs.len() as u64).to_le_bytes());
                 for p in pairs {
                     part(h, p.as_bytes());
                 }
@@ -111,22 +131,22 @@ fn param_name(pair: &str) -> &str {
 /// The key of one variant of a response that has `Vary`: the base key and, for each
 /// varied header name, all of the request's values for it.
 pub(crate) fn variant(base: &Key, vary: &VaryList, headers: &HeaderMap) -> Key {
-    let mut h = Hasher::new();
-    h.update(b"layercake/vary/1\0");
-    h.update(base);
-    h.update(&(vary.len() as u64).to_le_bytes());
+    let mut h: Vec<u8> = Vec::with_capacity(128);
+    h.put(b"layercake/vary/1\0");
+    h.put(base);
+    h.put(&(vary.len() as u64).to_le_bytes());
     for name in vary.iter() {
         part(&mut h, name.as_str().as_bytes());
         header_values(&mut h, headers, name);
     }
-    *h.finalize().as_bytes()
+    finish(&h)
 }
 
 /// The key of a unary gRPC call: method path, the headers that change the encoding of the
 /// response, the per-user part, and the request message bytes.
 pub(crate) fn grpc(req: &Parts, user: Option<&[u8]>, message: &[u8]) -> Key {
     let mut h = Hasher::new();
-    h.update(b"layercake/grpc/1\0");
+    h.put(b"layercake/grpc/1\0");
     part(&mut h, req.uri.path().as_bytes());
     for name in ["content-type", "grpc-encoding", "grpc-accept-encoding"] {
         header_values(&mut h, &req.headers, &HeaderName::from_static(name));
