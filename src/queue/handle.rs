@@ -84,7 +84,9 @@ pub(crate) struct Tracker {
     registry: Mutex<Registry>,
     running: AtomicUsize,
     idle: Notify,
-    pub(crate) finished: Notify,
+    finished: Notify,
+    /// `Queue::wait` calls waiting for `finished`: while none is, settling skips the signal.
+    waiters: AtomicUsize,
     pub(crate) metrics: QueueMetrics,
     counts: Counts,
     queued: AtomicI64,
@@ -134,6 +136,7 @@ impl Tracker {
             running: AtomicUsize::new(0),
             idle: Notify::new(),
             finished: Notify::new(),
+            waiters: AtomicUsize::new(0),
             counts: Counts::default(),
             queued: AtomicI64::new(0),
             closed: Signal::new(),
@@ -247,7 +250,9 @@ impl Tracker {
             JobStatus::Running => {}
         }
         self.changed(id, status);
-        if status.is_finished() {
+        // SeqCst pairs with `Queue::wait`: either this sees its `waiters` increment, or its
+        // next look at the store sees the job finished.
+        if status.is_finished() && self.waiters.load(Ordering::SeqCst) > 0 {
             self.finished.notify_waiters();
         }
     }
@@ -463,8 +468,8 @@ impl<Req, Res, St: Store> Queue<Req, Res, St> {
         let deadline = tokio::time::Instant::now() + timeout;
         tracker.close();
 
-        // Every dispatcher stops at its next step; once they have, every started job is
-        // registered, so the registry is the complete list of running jobs.
+        // Stop the dispatchers (safe at any of their `.await`s); once they have stopped,
+        // every started job is registered, so the registry lists every running job.
         let dispatchers = std::mem::take(
             &mut *tracker
                 .dispatchers
@@ -472,6 +477,7 @@ impl<Req, Res, St: Store> Queue<Req, Res, St> {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for dispatcher in dispatchers {
+            dispatcher.abort();
             let _ = dispatcher.await;
         }
 
@@ -533,8 +539,11 @@ where
             .store()
             .lease_duration()
             .map(|_| Duration::from_millis(500));
+        let tracker = self.tracker();
+        tracker.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiter(&tracker.waiters);
         loop {
-            let notified = self.tracker().finished.notified();
+            let notified = tracker.finished.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.job(id).await? {
@@ -565,6 +574,15 @@ where
             .into_iter()
             .map(info)
             .collect()
+    }
+}
+
+/// Counts a waiting `Queue::wait` until it returns or is dropped.
+struct Waiter<'a>(&'a AtomicUsize);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tower_service::Service;
 
 use super::codec;
@@ -31,8 +31,7 @@ use super::job::JobContext;
 use super::store::{Lease, LeaseState, Settled, Settlement, Store};
 use crate::BoxError;
 
-/// How long one `dequeue` waits before the dispatcher looks around (recovery, shutdown by
-/// drop). Shutdown itself interrupts the wait.
+/// How long one `dequeue` waits before the dispatcher looks around again.
 const DEQUEUE_WAIT: Duration = Duration::from_secs(30);
 /// The pause after a store error before the dispatcher tries again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -49,13 +48,25 @@ where
 {
     let tracker = core.tracker.clone();
     let dispatcher = tracker.runtime.spawn(dispatch(core, service));
-    tracker
+    let mut dispatchers = tracker
         .dispatchers
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(dispatcher);
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // `shutdown` sets `closed` before it takes the list: either it takes this dispatcher
+    // and aborts it, or this sees `closed`.
+    if tracker.closed.is_set() {
+        dispatcher.abort();
+    } else {
+        dispatchers.push(dispatcher);
+    }
 }
 
+/// The dispatcher loop.
+///
+/// Shutdown aborts it, which is safe at each of its `.await`s: waiting for a worker slot or
+/// for readiness holds no job, and `Store::dequeue` and `Store::recover` are cancel-safe.
+/// Between taking a job and spawning its attempt there is no `.await`. So the hot path
+/// needs no `select!`: each step tries the non-blocking way first.
 async fn dispatch<S, Req, St>(core: Arc<Core<Req, St>>, mut service: S)
 where
     S: Service<Req> + Send + 'static,
@@ -66,24 +77,19 @@ where
     St: Store,
 {
     let tracker = &core.tracker;
-    let lease_duration = core.store.lease_duration();
-    let wait = lease_duration.map_or(DEQUEUE_WAIT, |lease| (lease / 2).min(DEQUEUE_WAIT));
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = tracker.closed.wait() => return,
-            permit = tracker.workers.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        let permit = match tracker.workers.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                match tracker.workers.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                }
+            }
         };
 
-        let ready = tokio::select! {
-            biased;
-            () = tracker.closed.wait() => return,
-            ready = poll_fn(|cx| service.poll_ready(cx)) => ready,
-        };
-        if let Err(err) = ready {
+        if let Err(err) = poll_fn(|cx| service.poll_ready(cx)).await {
             // Tower: a service whose poll_ready failed cannot be used again.
             let err: BoxError = err.into();
             tracing::error!(
@@ -94,36 +100,12 @@ where
             return;
         }
 
-        let lease = loop {
-            let orphaned = tracker.orphaned.is_set();
-            let dequeued = tokio::select! {
-                biased;
-                () = tracker.closed.wait() => return,
-                () = tracker.orphaned.wait(), if !orphaned => continue,
-                dequeued = core.store.dequeue(if orphaned { Duration::ZERO } else { wait }) => dequeued,
-            };
-            match dequeued {
-                Ok(Some(lease)) => break lease,
-                // Every handle is gone and nothing is left to run.
-                Ok(None) if orphaned => return,
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");
-                    tokio::select! {
-                        () = tracker.closed.wait() => return,
-                        () = tokio::time::sleep(STORE_ERROR_PAUSE) => {}
-                    }
-                }
-            }
-            if lease_duration.is_some() {
-                match core.store.recover().await {
-                    Ok(0) => {}
-                    Ok(jobs) => tracker.recovered(jobs),
-                    Err(err) => {
-                        tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "lease recovery failed");
-                    }
-                }
-            }
+        let lease = match core.store.dequeue(Duration::ZERO).await {
+            Ok(Some(lease)) => lease,
+            _ => match next_job(&core).await {
+                Some(lease) => lease,
+                None => return,
+            },
         };
 
         let waited = SystemTime::now().duration_since(lease.enqueued_at()).ok();
@@ -143,6 +125,41 @@ where
         tracker
             .runtime
             .spawn(attempt(core.clone(), lease, ctx, start, permit));
+    }
+}
+
+/// Waits for a job when none was ready, recovering expired leases meanwhile (for stores
+/// whose leases expire). `None` when every handle is gone and the queue is empty.
+async fn next_job<Req, St: Store>(core: &Core<Req, St>) -> Option<Lease> {
+    let tracker = &core.tracker;
+    let lease_duration = core.store.lease_duration();
+    let wait = lease_duration.map_or(DEQUEUE_WAIT, |lease| (lease / 2).min(DEQUEUE_WAIT));
+    loop {
+        if lease_duration.is_some() {
+            match core.store.recover().await {
+                Ok(0) => {}
+                Ok(jobs) => tracker.recovered(jobs),
+                Err(err) => {
+                    tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "lease recovery failed");
+                }
+            }
+        }
+        let orphaned = tracker.orphaned.is_set();
+        let dequeued = tokio::select! {
+            biased;
+            () = tracker.orphaned.wait(), if !orphaned => continue,
+            dequeued = core.store.dequeue(if orphaned { Duration::ZERO } else { wait }) => dequeued,
+        };
+        match dequeued {
+            Ok(Some(lease)) => return Some(lease),
+            // Every handle is gone and nothing is left to run.
+            Ok(None) if orphaned => return None,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");
+                tokio::time::sleep(STORE_ERROR_PAUSE).await;
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +41,8 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled when a job becomes queued, so that a waiting `dequeue` looks again.
     queued: Notify,
+    /// `dequeue` calls waiting for `queued`: while none is, enqueueing skips the signal.
+    waiting: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -107,11 +110,21 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn try_dequeue(&self) -> Result<Option<Lease>, Option<Instant>> {
-        let now = Instant::now();
+    /// Wakes a waiting `dequeue`, if any. SeqCst pairs with `dequeue`: either this sees its
+    /// `waiting` increment, or its next look at the state (under the lock) sees the job.
+    fn job_queued(&self) {
+        if self.inner.waiting.load(Ordering::SeqCst) > 0 {
+            self.inner.queued.notify_one();
+        }
+    }
+
+    /// Takes the oldest due job, or says when the next retry is due.
+    fn try_dequeue(&self) -> Result<Lease, Option<Instant>> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        state.promote_due(now);
+        if !state.delayed.is_empty() {
+            state.promote_due(Instant::now());
+        }
         while let Some((id, generation)) = state.ready.pop_front() {
             let token = state.next_token;
             let Some(entry) = state.jobs.get_mut(&id) else {
@@ -137,7 +150,7 @@ impl MemoryStore {
             );
             state.next_token += 1;
             state.queued -= 1;
-            return Ok(Some(lease));
+            return Ok(lease);
         }
         Err(state.delayed.first_key_value().map(|((due, _), _)| *due))
     }
@@ -240,18 +253,26 @@ impl Store for MemoryStore {
             },
         );
         drop(guard);
-        self.inner.queued.notify_one();
+        self.job_queued();
         ready(Ok(Enqueued::New))
     }
 
     async fn dequeue(&self, wait: Duration) -> Result<Option<Lease>, StoreError> {
+        // Fast path: a job is ready, no need to register for a wake-up.
+        match self.try_dequeue() {
+            Ok(lease) => return Ok(Some(lease)),
+            Err(_) if wait.is_zero() => return Ok(None),
+            Err(_) => {}
+        }
         let deadline = Instant::now() + wait;
+        self.inner.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.inner.waiting);
         loop {
             let notified = self.inner.queued.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let next_due = match self.try_dequeue() {
-                Ok(lease) => return Ok(lease),
+                Ok(lease) => return Ok(Some(lease)),
                 Err(next_due) => next_due,
             };
             if Instant::now() >= deadline {
@@ -320,7 +341,7 @@ impl Store for MemoryStore {
                 }
                 state.queued += 1;
                 drop(guard);
-                self.inner.queued.notify_one();
+                self.job_queued();
                 return Ok(Settled::Applied(JobStatus::Queued));
             }
         };
@@ -410,6 +431,15 @@ impl Store for MemoryStore {
         // Their expiry entries no longer match a job and are skipped by `purge`.
         state.jobs.retain(|_, entry| entry.record.status != status);
         Ok(before - state.jobs.len())
+    }
+}
+
+/// Counts a waiting `dequeue` until it returns or is dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
