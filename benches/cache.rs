@@ -26,7 +26,7 @@ use tower::{service_fn, Service, ServiceExt};
 use layercake::{Cache, CacheLayer};
 use tower_layer::Layer;
 
-#[allow(dead_code, unreachable_pub)]
+#[allow(unreachable_pub)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
