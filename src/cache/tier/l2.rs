@@ -321,10 +321,22 @@ impl L2 {
         let (mut conn, gen) = self.admin_connection().await?;
         let mut cmd = redis::cmd("UNLINK");
         cmd.arg(keys);
-        match tokio::time::timeout(self.cfg.write_timeout, cmd.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {
+        let outcome =
+            tokio::time::timeout(self.cfg.write_timeout, cmd.query_async::<()>(&mut conn)).await;
+        self.admin_outcome(outcome, gen, "UNLINK")
+    }
+
+    /// Counts and converts the outcome of one admin step (`invalidate`, `clear`).
+    fn admin_outcome<T>(
+        &self,
+        outcome: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+        gen: u64,
+        what: &str,
+    ) -> Result<T, L2Error> {
+        match outcome {
+            Ok(Ok(value)) => {
                 self.succeeded();
-                Ok(())
+                Ok(value)
             }
             Ok(Err(e)) => {
                 let cause = classify(&e);
@@ -340,7 +352,7 @@ impl L2 {
             }
             Err(_) => {
                 self.failed(L2Op::Del, L2Cause::Timeout, Some(gen), false, None);
-                Err(L2Error::new(L2Cause::Timeout, "UNLINK timed out"))
+                Err(L2Error::new(L2Cause::Timeout, format!("{what} timed out")))
             }
         }
     }
@@ -372,31 +384,15 @@ impl L2 {
                 };
                 Ok::<_, RedisError>((next, n))
             };
-            match tokio::time::timeout(self.cfg.write_timeout, step).await {
-                Ok(Ok((next, n))) => {
-                    removed += n;
-                    cursor = next;
-                    if cursor == 0 {
-                        self.succeeded();
-                        return Ok(removed);
-                    }
-                }
-                Ok(Err(e)) => {
-                    let cause = classify(&e);
-                    let detail = describe(&e);
-                    self.failed(
-                        L2Op::Del,
-                        cause,
-                        Some(gen),
-                        is_dead(&e),
-                        Some(detail.clone()),
-                    );
-                    return Err(L2Error::new(cause, detail));
-                }
-                Err(_) => {
-                    self.failed(L2Op::Del, L2Cause::Timeout, Some(gen), false, None);
-                    return Err(L2Error::new(L2Cause::Timeout, "SCAN/UNLINK timed out"));
-                }
+            let (next, n) = self.admin_outcome(
+                tokio::time::timeout(self.cfg.write_timeout, step).await,
+                gen,
+                "SCAN/UNLINK",
+            )?;
+            removed += n;
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
             }
         }
     }
