@@ -265,3 +265,21 @@ async fn dropping_every_handle_runs_the_queued_jobs_then_stops_the_workers() {
     assert_eq!(*ran.lock().unwrap(), [0, 1, 2]);
     assert_eq!(store.tracked_jobs(), 3);
 }
+
+#[tokio::test]
+async fn progress_reported_just_before_returning_is_kept() {
+    let queue: Queue<u32, u32> = Queue::builder("progress").build().unwrap();
+    let svc = QueueLayer::new(queue.clone()).layer(service_fn(|n: u32| async move {
+        // No `.await` between the report and the return.
+        JobContext::current()
+            .unwrap()
+            .set_progress(Progress::new(1.0).with_message("all done"));
+        Ok::<_, BoxError>(n)
+    }));
+    let id = svc.oneshot(5).await.unwrap();
+    let job = queue.wait(&id).await.unwrap().unwrap();
+    assert_eq!(
+        job.progress,
+        Some(Progress::new(1.0).with_message("all done"))
+    );
+}

@@ -234,8 +234,8 @@ impl Progress {
 /// [`Queue::wait`](super::Queue::wait) and [`Queue::list`](super::Queue::list).
 ///
 /// Serializes to JSON-friendly form (timestamps as Unix milliseconds), so an HTTP handler
-/// can return it as is.
-#[derive(Debug, Clone, Serialize)]
+/// can return it as is, and a client (or a cache) can read it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct JobInfo<Res> {
     /// The job's id.
@@ -481,23 +481,31 @@ impl fmt::Debug for Signal {
 
 /// `SystemTime` as Unix milliseconds: compact, and what JavaScript clients expect.
 pub(crate) mod unix_ms {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn to_ms(time: SystemTime) -> u64 {
         time.duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
+    pub(crate) fn from_ms(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
     pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(to_ms(*time))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        u64::deserialize(d).map(from_ms)
     }
 
     pub(crate) mod option {
         use std::time::SystemTime;
 
-        use serde::Serializer;
+        use serde::{Deserialize, Deserializer, Serializer};
 
         pub(crate) fn serialize<S: Serializer>(
             time: &Option<SystemTime>,
@@ -507,6 +515,12 @@ pub(crate) mod unix_ms {
                 Some(time) => s.serialize_some(&super::to_ms(*time)),
                 None => s.serialize_none(),
             }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Ok(Option::<u64>::deserialize(d)?.map(super::from_ms))
         }
     }
 }
@@ -559,6 +573,31 @@ mod tests {
         waiter.await.unwrap();
         // Already set: returns at once.
         signal.wait().await;
+    }
+
+    #[test]
+    fn job_info_round_trips_through_json_with_millisecond_timestamps() {
+        let at = unix_ms::from_ms(1_700_000_000_123);
+        let info = JobInfo {
+            id: JobId::from("a"),
+            status: JobStatus::Completed,
+            attempts: 2,
+            enqueued_at: at,
+            started_at: Some(at),
+            finished_at: None,
+            progress: Some(Progress::new(1.0)),
+            result: Some(7u32),
+            error: None,
+            quarantined: false,
+        };
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["enqueued_at"], 1_700_000_000_123u64);
+        assert_eq!(json["status"], "completed");
+        assert!(json["finished_at"].is_null());
+        let back: JobInfo<u32> = serde_json::from_value(json).unwrap();
+        assert_eq!(back.enqueued_at, at);
+        assert_eq!(back.started_at, Some(at));
+        assert_eq!(back.result, Some(7));
     }
 
     #[test]

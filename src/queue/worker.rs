@@ -203,7 +203,16 @@ async fn attempt<F, T, E, Req, St>(
             return;
         }
         Start::Panicked(message) => Outcome::Panicked(message),
-        Start::Run(fut) => drive(&core, &lease, &ctx, fut).await,
+        Start::Run(fut) => {
+            let outcome = drive(&core, &lease, &ctx, fut).await;
+            // Progress reported just before the job returned, with no `.await` after it.
+            if let Some(progress) = ctx.take_progress() {
+                if let Err(err) = core.store.progress(&lease, &progress).await {
+                    tracing::warn!(queue = %tracker.name, job = %lease.id(), error = %error_chain(&err), "could not record progress");
+                }
+            }
+            outcome
+        }
     };
     tracker.metrics.run.record(started.elapsed().as_secs_f64());
 
