@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use layercake::queue::store::MemoryStore;
+use layercake::queue::store::{MemoryStore, Store};
 use layercake::queue::{Backoff, JobContext, JobId, JobStatus, Progress, Queue, QueueLayer};
 use layercake::BoxError;
 use tokio::sync::Semaphore;
@@ -282,4 +282,44 @@ async fn progress_reported_just_before_returning_is_kept() {
         job.progress,
         Some(Progress::new(1.0).with_message("all done"))
     );
+}
+
+#[tokio::test]
+async fn dropping_every_handle_still_runs_pending_retries() {
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let queue: Queue<u32, ()> = Queue::builder("orphan-retry")
+        .max_attempts(2)
+        .backoff(Backoff::fixed(Duration::from_millis(20)).without_jitter())
+        .build()
+        .unwrap();
+    let store = queue.store().clone();
+    let svc = QueueLayer::new(queue.clone()).layer(service_fn({
+        let ran = ran.clone();
+        move |n: u32| {
+            let ran = ran.clone();
+            async move {
+                let attempt = JobContext::current().unwrap().attempt();
+                ran.lock().unwrap().push(attempt);
+                if attempt == 1 {
+                    return Err::<(), BoxError>("first attempt fails".into());
+                }
+                let _ = n;
+                Ok(())
+            }
+        }
+    }));
+    let id = svc.clone().oneshot(1).await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    drop((queue, svc));
+
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.num_alive_tasks() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the workers end once the retry has run");
+    assert_eq!(*ran.lock().unwrap(), [1, 2]);
+    let record = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Completed);
 }

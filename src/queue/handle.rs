@@ -316,6 +316,11 @@ impl Tracker {
         registry.pending_cancels.push((id.clone(), now));
     }
 
+    /// Attempts running in this process.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
     fn running_jobs(&self) -> Vec<JobContext> {
         self.registry().running.values().cloned().collect()
     }

@@ -33,6 +33,8 @@ use crate::BoxError;
 
 /// How long one `dequeue` waits before the dispatcher looks around again.
 const DEQUEUE_WAIT: Duration = Duration::from_secs(30);
+/// How often a dispatcher whose handles are all gone looks for the last jobs.
+const ORPHAN_POLL: Duration = Duration::from_millis(50);
 /// The pause after a store error before the dispatcher tries again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -148,12 +150,17 @@ async fn next_job<Req, St: Store>(core: &Core<Req, St>) -> Option<Lease> {
         let dequeued = tokio::select! {
             biased;
             () = tracker.orphaned.wait(), if !orphaned => continue,
-            dequeued = core.store.dequeue(if orphaned { Duration::ZERO } else { wait }) => dequeued,
+            dequeued = core.store.dequeue(if orphaned { ORPHAN_POLL } else { wait }) => dequeued,
         };
         match dequeued {
             Ok(Some(lease)) => return Some(lease),
-            // Every handle is gone and nothing is left to run.
-            Ok(None) if orphaned => return None,
+            // Every handle is gone: stop once nothing is queued (retries included) and no
+            // running attempt can queue a retry.
+            Ok(None) if orphaned && tracker.running() == 0 => {
+                if matches!(core.store.queued().await, Ok(0)) {
+                    return None;
+                }
+            }
             Ok(None) => {}
             Err(err) => {
                 tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");

@@ -109,7 +109,8 @@ pub trait Store: Send + Sync + 'static {
     fn clear(&self, status: JobStatus) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Requeues running jobs whose lease expired (their worker died) and returns how many.
-    /// Stores whose leases do not expire keep the default, which does nothing.
+    /// Stores whose leases do not expire keep the default, which does nothing. Dropping the
+    /// future must leave every job either requeued or still leased.
     fn recover(&self) -> impl Future<Output = Result<usize, StoreError>> + Send {
         async { Ok(0) }
     }
