@@ -30,6 +30,8 @@ fn counting(
     })
 }
 
+// A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
+#[allow(clippy::ptr_arg)]
 fn key(req: &String) -> Option<String> {
     Some(req.clone())
 }

@@ -10,20 +10,19 @@ use tower_test::mock::{self, Spawn};
 
 type Mock = mock::Mock<String, String>;
 type Handle = mock::Handle<String, String>;
+type KeyFn = fn(&String) -> Option<String>;
+type Cached = Spawn<layercake::CacheService<Mock, KeyFn>>;
 
+// A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
+#[allow(clippy::ptr_arg)]
 fn key(req: &String) -> Option<String> {
     (!req.starts_with("nocache")).then(|| req.clone())
 }
 
-fn cached(
-    name: &str,
-) -> (
-    Spawn<layercake::CacheService<Mock, fn(&String) -> Option<String>>>,
-    Handle,
-) {
+fn cached(name: &str) -> (Cached, Handle) {
     let cache = Cache::builder(name).build().unwrap();
     let (inner, handle) = mock::pair::<String, String>();
-    let layer = CacheLayer::new(cache, key as fn(&String) -> Option<String>);
+    let layer = CacheLayer::new(cache, key as KeyFn);
     (Spawn::new(layer.layer(inner)), handle)
 }
 
