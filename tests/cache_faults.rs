@@ -324,3 +324,81 @@ async fn a_wrong_password_runs_l1_only_and_never_shows_the_password() {
     );
     assert!(!cache.stats().l2_connected());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_bulkhead_l2_is_skipped() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let cache = builder("bulkhead", proxy.url())
+        .l2_timeout(Duration::from_secs(2))
+        .l2_max_in_flight(1)
+        .build()
+        .unwrap();
+    until_connected(&cache, "connected through the proxy").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = CacheLayer::new(cache.clone(), key).layer(counting(calls.clone()));
+
+    proxy.set(Fault::Delay(Duration::from_millis(100)));
+    // The first read holds the only slot (taken on its first poll); the second skips L2.
+    let (a, b) = tokio::join!(timed_get(&svc, "a"), timed_get(&svc, "b"));
+    assert_eq!((a.as_str(), b.as_str()), ("v:a", "v:b"));
+    let s = cache.stats();
+    assert_eq!(s.l2_errors.bulkhead, 1, "{s:?}");
+    assert_eq!(s.misses, 2);
+    // The slot is released: the next read uses Redis again.
+    timed_get(&svc, "c").await;
+    assert_eq!(cache.stats().l2_errors.bulkhead, 1);
+    assert!(cache.stats().l2_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_drops_and_counts_writes_instead_of_queueing_them() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let cache = builder("writer", proxy.url())
+        .l2_timeout(Duration::from_secs(2))
+        .l2_write_queue(1)
+        .build()
+        .unwrap();
+    until_connected(&cache, "connected through the proxy").await;
+    let svc = CacheLayer::new(cache.clone(), key).layer(counting(Arc::default()));
+
+    proxy.set(Fault::Delay(Duration::from_millis(100)));
+    // 20 misses whose reads overlap, so their 20 writes arrive at once at a slow writer.
+    let reqs: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    let results = futures::future::join_all(reqs.iter().map(|r| timed_get(&svc, r))).await;
+    assert_eq!(results.len(), 20);
+    let dropped = cache.stats().l2_errors.dropped;
+    assert!(dropped > 0, "a queue of 1 cannot take 20 writes at once");
+    eventually(WAIT, "the writes that were queued landed", || async {
+        server.query::<u64>(&["DBSIZE"]) == 20 - dropped
+    })
+    .await;
+    assert!(
+        cache.stats().l2_connected(),
+        "dropping writes is not a failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_fails_writes_only_and_does_not_trip_the_breaker() {
+    let server = RedisServer::start();
+    let cache = builder("oom", server.url()).build().unwrap();
+    until_connected(&cache, "connected").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = CacheLayer::new(cache.clone(), key).layer(counting(calls.clone()));
+    server.cmd(&["CONFIG", "SET", "maxmemory", "1"]); // noeviction: writes get OOM
+
+    for i in 0..10 {
+        timed_get(&svc, &format!("k{i}")).await;
+    }
+    eventually(WAIT, "OOM counted as a server error", || async {
+        cache.stats().l2_errors.server >= 1
+    })
+    .await;
+    let s = cache.stats();
+    assert!(s.l2_connected(), "OOM is not an outage: {s:?}");
+    assert_eq!((s.l2_errors.timeout, s.l2_errors.io), (0, 0), "{s:?}");
+    assert_eq!(server.query::<u64>(&["DBSIZE"]), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
