@@ -476,3 +476,34 @@ async fn two_hundred_concurrent_misses_on_one_key_make_one_inner_call() {
     assert_eq!(s.coalesced + s.hits_l1 + s.hits_l2, 199, "{s:?}");
     assert!(s.coalesced > 0, "the requests overlapped: {s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_jitter_spreads_expiries_and_only_shortens_them() {
+    let server = RedisServer::start();
+    let cache = Cache::builder("jitter")
+        .namespace("test")
+        .time_to_live(Duration::from_secs(100))
+        .ttl_jitter(0.2)
+        .redis_url(server.url())
+        .build()
+        .unwrap();
+    let svc = CacheLayer::new(cache.clone(), key).layer(counting(Arc::default()));
+    let mut pttls = Vec::new();
+    for i in 0..20 {
+        let req = format!("k{i}");
+        get(&svc, &req).await;
+        let rk = cache.redis_key(&req);
+        until_written(&server, &rk).await;
+        pttls.push(server.query::<i64>(&["PTTL", &rk]));
+    }
+    assert!(
+        pttls.iter().all(|p| (79_000..=100_000).contains(p)),
+        "within [80%, 100%] of the TTL: {pttls:?}"
+    );
+    pttls.sort();
+    pttls.dedup_by(|a, b| (*a - *b).abs() < 50);
+    assert!(
+        pttls.len() >= 10,
+        "entries written together do not expire together: {pttls:?}"
+    );
+}
