@@ -507,11 +507,20 @@ impl L2 {
     }
 
     async fn flush(&self, batch: &[Write]) {
-        let (mut conn, gen) = match &*self.state.borrow() {
-            Conn::Ready { conn, gen } => (conn.clone(), *gen),
-            _ => {
+        // Writes queued while the first connection is being made wait for it (within the
+        // write budget) rather than being dropped; with the breaker open they are skipped.
+        let connected = tokio::time::timeout(self.cfg.write_timeout, self.connection()).await;
+        let (mut conn, gen) = match connected {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(cause)) => {
                 for w in batch.iter() {
-                    self.skipped(op_of(w), L2Cause::BreakerOpen);
+                    self.skipped(op_of(w), cause);
+                }
+                return;
+            }
+            Err(_) => {
+                for w in batch.iter() {
+                    self.skipped(op_of(w), L2Cause::Timeout);
                 }
                 return;
             }
