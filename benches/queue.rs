@@ -9,6 +9,8 @@
 //! - `latency`: one request at a time, from the call to its completion being visible
 //!   (`Queue::wait` for the queue, the response for `Buffer`): the per-job overhead of a
 //!   round trip through the workers.
+//! - `store/memory_cycle`: the `MemoryStore` part of one job alone (enqueue, dequeue,
+//!   settle as completed), with the same result TTL: what tracking costs in the store.
 //!
 //! ```text
 //! cargo bench --bench queue
@@ -19,7 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use layercake::queue::store::{MemoryStore, NewJob, Settlement, Store};
 use layercake::queue::{JobId, JobStatus, Queue, QueueLayer};
 use layercake::BoxError;
 use serde::{Deserialize, Serialize};
@@ -190,5 +193,44 @@ fn latency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, throughput, latency);
+fn store(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("store");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let store = MemoryStore::new();
+    let payload: Arc<[u8]> = Arc::from(&b"\x82\xa2id\x01\xa4name\xa9thumbnail"[..]);
+    let next = AtomicUsize::new(0);
+    group.bench_function("memory_cycle", |b| {
+        b.to_async(&rt).iter_batched(
+            // Ids are made outside the measurement.
+            || {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                NewJob::new(JobId::from(format!("{n:032x}")), payload.clone())
+            },
+            |job| {
+                let store = store.clone();
+                async move {
+                    let _ = store.enqueue(job).await.expect("enqueue");
+                    let lease = store
+                        .dequeue(Duration::ZERO)
+                        .await
+                        .expect("dequeue")
+                        .expect("a job");
+                    let done = Settlement::Complete(vec![0x01]);
+                    let _ = store
+                        .settle(&lease, done, RESULT_TTL)
+                        .await
+                        .expect("settle");
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, throughput, latency, store);
 criterion_main!(benches);
