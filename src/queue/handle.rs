@@ -468,6 +468,10 @@ impl<Req, Res, St: Store> Queue<Req, Res, St> {
     /// Jobs still queued are not dropped silently: they stay queued in the store and are
     /// listed in the report (with a persistent store, another process can run them).
     /// Calling it again reports the state at that time.
+    ///
+    /// A stopped job's future is dropped at its next poll; one that blocks its thread
+    /// without ever yielding cannot be stopped (as with any Tokio task), and shutdown then
+    /// waits for it.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let tracker = self.tracker();
         let deadline = tokio::time::Instant::now() + timeout;
