@@ -1,4 +1,10 @@
-//! The in-process store: one mutex around a map of jobs and three indexes.
+//! The in-process store: one mutex around an arena of jobs, an index by id, and queues.
+//!
+//! Hot-path layout (measured in `benches/queue.rs`): job records live in a slab (a `Vec`
+//! with a free list) and everything but the id index refers to them by slot, so dequeue,
+//! settle and expiry do not hash the id. A lease's token carries its slot. Finished jobs
+//! expire in the order they finished (one result TTL per queue), so expiry pops from the
+//! front of a `VecDeque` instead of searching a tree.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -14,6 +20,11 @@ use super::{
     Enqueued, JobRecord, Lease, LeaseState, NewJob, Settled, Settlement, Store, StoreError,
 };
 use crate::queue::job::{CancelOutcome, JobId, JobStatus, Progress};
+
+/// The id index's hasher: foldhash with a random per-map seed (what `hashbrown` uses by
+/// default), several times faster than SipHash on 32-byte ids. Ids can be chosen by
+/// clients (deduplication keys), so the seed stays random.
+type IdHasher = foldhash::fast::RandomState;
 
 /// A [`Store`] in this process's memory: the default store of a
 /// [`Queue`](crate::queue::Queue).
@@ -45,23 +56,35 @@ struct Inner {
     waiting: AtomicUsize,
 }
 
+/// A slot of the arena, with the generation of the job in it.
+type Slot = u32;
+
 #[derive(Default)]
 struct State {
-    jobs: HashMap<JobId, Entry>,
-    /// Due queued jobs, oldest first, by (id, generation).
-    ready: VecDeque<(JobId, u64)>,
+    /// The live and finished-but-unexpired jobs, by id.
+    index: HashMap<JobId, Slot, IdHasher>,
+    /// The arena: `None` for a free slot.
+    slots: Vec<Option<Entry>>,
+    /// Free slots, reused last-freed first (warm in cache).
+    free: Vec<Slot>,
+    /// Due queued jobs, oldest first, by (slot, generation).
+    ready: VecDeque<(Slot, u64)>,
     /// Queued jobs waiting for a retry's backoff, by (due, generation).
-    delayed: BTreeMap<(Instant, u64), JobId>,
-    /// Finished jobs, by (expiry, generation).
-    expiry: BTreeMap<(Instant, u64), JobId>,
+    delayed: BTreeMap<(Instant, u64), Slot>,
+    /// Finished jobs in the order they expire, by (expiry, slot, generation).
+    expiry: VecDeque<(Instant, Slot, u64)>,
+    /// Finished jobs that expire before the back of `expiry` (a shorter TTL than a job
+    /// finished earlier: a store shared by queues with different TTLs), by
+    /// (expiry, generation).
+    expiry_early: BTreeMap<(Instant, u64), Slot>,
     next_generation: u64,
-    next_token: u64,
+    next_token: u32,
     queued: usize,
 }
 
 struct Entry {
     record: JobRecord,
-    /// Tells apart jobs that reuse a finished job's id.
+    /// Tells apart jobs that reuse a slot or a finished job's id.
     generation: u64,
     /// The current lease's token, while running.
     token: Option<u64>,
@@ -77,7 +100,10 @@ impl Entry {
     }
 
     fn lease_state(&self, lease: &Lease) -> LeaseState {
-        if self.record.status != JobStatus::Running || self.token != Some(lease.token()) {
+        if self.record.status != JobStatus::Running
+            || self.token != Some(lease.token())
+            || self.record.id != *lease.id()
+        {
             LeaseState::Lost
         } else if self.record.cancel_requested {
             LeaseState::CancelRequested
@@ -85,6 +111,17 @@ impl Entry {
             LeaseState::Active
         }
     }
+}
+
+/// A lease token: a per-store counter in the high half (so that each lease of a job
+/// differs from the last), the job's slot in the low half.
+fn token(counter: u32, slot: Slot) -> u64 {
+    (u64::from(counter) << 32) | u64::from(slot)
+}
+
+fn token_slot(token: u64) -> Slot {
+    // The low half, by construction.
+    (token & u64::from(u32::MAX)) as Slot
 }
 
 impl MemoryStore {
@@ -98,7 +135,7 @@ impl MemoryStore {
     pub fn tracked_jobs(&self) -> usize {
         let mut state = self.lock();
         state.purge(Instant::now());
-        state.jobs.len()
+        state.index.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -125,30 +162,31 @@ impl MemoryStore {
         if !state.delayed.is_empty() {
             state.promote_due(Instant::now());
         }
-        while let Some((id, generation)) = state.ready.pop_front() {
-            let token = state.next_token;
-            let Some(entry) = state.jobs.get_mut(&id) else {
+        while let Some((slot, generation)) = state.ready.pop_front() {
+            let counter = state.next_token;
+            let Some(entry) = state.entry_mut(slot, generation) else {
                 continue;
             };
-            if entry.generation != generation || entry.record.status != JobStatus::Queued {
+            if entry.record.status != JobStatus::Queued {
                 continue;
             }
             let Some(payload) = entry.record.payload.clone() else {
                 continue;
             };
+            let token = token(counter, slot);
             entry.record.status = JobStatus::Running;
             entry.record.attempts += 1;
             entry.record.started_at = Some(SystemTime::now());
             entry.record.progress = None;
             entry.token = Some(token);
             let lease = Lease::new(
-                id,
+                entry.record.id.clone(),
                 token,
                 entry.record.attempts,
                 payload,
                 entry.record.enqueued_at,
             );
-            state.next_token += 1;
+            state.next_token = counter.wrapping_add(1);
             state.queued -= 1;
             return Ok(lease);
         }
@@ -157,39 +195,97 @@ impl MemoryStore {
 }
 
 impl State {
+    /// The entry in `slot` if it still holds this generation.
+    fn entry_mut(&mut self, slot: Slot, generation: u64) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(slot as usize)?
+            .as_mut()
+            .filter(|entry| entry.generation == generation)
+    }
+
+    /// The entry of the job with this id.
+    fn get(&self, id: &JobId) -> Option<(Slot, &Entry)> {
+        let slot = *self.index.get(id)?;
+        let entry = self.slots.get(slot as usize)?.as_ref()?;
+        Some((slot, entry))
+    }
+
+    /// The entry a lease refers to, if the lease is the job's current one (checked by
+    /// [`Entry::lease_state`]).
+    fn leased(&mut self, lease: &Lease) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(token_slot(lease.token()) as usize)?
+            .as_mut()
+    }
+
+    fn insert(&mut self, entry: Entry) -> Slot {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                let slot = Slot::try_from(self.slots.len())
+                    .expect("more than 4 billion jobs tracked by one MemoryStore");
+                self.slots.push(Some(entry));
+                slot
+            }
+        }
+    }
+
+    /// Forgets the job in `slot` (index, arena).
+    fn remove(&mut self, slot: Slot) {
+        if let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+            self.index.remove(&entry.record.id);
+            self.free.push(slot);
+        }
+    }
+
     /// Moves retries whose backoff has passed to the ready queue.
     fn promote_due(&mut self, now: Instant) {
         while let Some(entry) = self.delayed.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            let ((_, generation), id) = entry.remove_entry();
-            if let Some(job) = self.jobs.get_mut(&id) {
+            let ((_, generation), slot) = entry.remove_entry();
+            if let Some(job) = self.entry_mut(slot, generation) {
                 job.due = None;
             }
-            self.ready.push_back((id, generation));
+            self.ready.push_back((slot, generation));
         }
     }
 
     /// Forgets finished jobs whose TTL has passed.
     fn purge(&mut self, now: Instant) {
-        while let Some(entry) = self.expiry.first_entry() {
+        while let Some(&(at, slot, generation)) = self.expiry.front() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop_front();
+            self.expire(slot, generation);
+        }
+        while let Some(entry) = self.expiry_early.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            let ((_, generation), id) = entry.remove_entry();
-            if self
-                .jobs
-                .get(&id)
-                .is_some_and(|e| e.generation == generation)
-            {
-                self.jobs.remove(&id);
-            }
+            let ((_, generation), slot) = entry.remove_entry();
+            self.expire(slot, generation);
         }
     }
 
-    fn finish(&mut self, id: &JobId, status: JobStatus, ttl: Duration, now: Instant) {
-        let Some(entry) = self.jobs.get_mut(id) else {
+    /// Removes the job in `slot` if it is still this generation and finished (a reused id
+    /// or slot holds a newer generation, which stays).
+    fn expire(&mut self, slot: Slot, generation: u64) {
+        if self
+            .entry_mut(slot, generation)
+            .is_some_and(|entry| entry.expires_at.is_some())
+        {
+            self.remove(slot);
+        }
+    }
+
+    fn finish(&mut self, slot: Slot, status: JobStatus, ttl: Duration, now: Instant) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
         };
         let expires_at = now + ttl;
@@ -197,13 +293,18 @@ impl State {
         entry.record.finished_at = Some(SystemTime::now());
         entry.token = None;
         entry.expires_at = Some(expires_at);
-        self.expiry
-            .insert((expires_at, entry.generation), id.clone());
+        let generation = entry.generation;
+        match self.expiry.back() {
+            Some(&(last, _, _)) if expires_at < last => {
+                self.expiry_early.insert((expires_at, generation), slot);
+            }
+            _ => self.expiry.push_back((expires_at, slot, generation)),
+        }
     }
 
     /// Takes a queued job out of the ready queue or the delayed set.
-    fn unqueue(&mut self, id: &JobId) {
-        let Some(entry) = self.jobs.get_mut(id) else {
+    fn unqueue(&mut self, slot: Slot) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
         };
         let generation = entry.generation;
@@ -212,7 +313,7 @@ impl State {
         } else if let Some(pos) = self
             .ready
             .iter()
-            .position(|(i, g)| *g == generation && i == id)
+            .position(|&(s, g)| s == slot && g == generation)
         {
             self.ready.remove(pos);
         }
@@ -228,30 +329,40 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.purge(now);
-        if let Some(entry) = state.jobs.get(&job.id) {
-            if !entry.is_expired(now) && !entry.record.status.is_finished() {
-                return ready(Ok(Enqueued::Existing));
-            }
-            // A finished job's id is reused: its expiry entry no longer matches a generation.
-            if let Some(at) = entry.expires_at {
-                let key = (at, entry.generation);
-                state.expiry.remove(&key);
-            }
-        }
         let generation = state.next_generation;
         state.next_generation += 1;
-        state.ready.push_back((job.id.clone(), generation));
+        let entry = Entry {
+            record: JobRecord::new(job),
+            generation,
+            token: None,
+            due: None,
+            expires_at: None,
+        };
+        let slot = match state.index.get(&entry.record.id).copied() {
+            Some(slot) => {
+                let Some(old) = state.slots[slot as usize].as_mut() else {
+                    unreachable!("an indexed slot holds a job")
+                };
+                if !old.is_expired(now) && !old.record.status.is_finished() {
+                    return ready(Ok(Enqueued::Existing));
+                }
+                // A finished job's id is reused, in the same slot: its expiry entry no
+                // longer matches the slot's generation and is skipped.
+                if let Some(at) = old.expires_at {
+                    state.expiry_early.remove(&(at, old.generation));
+                }
+                *old = entry;
+                slot
+            }
+            None => {
+                let id = entry.record.id.clone();
+                let slot = state.insert(entry);
+                state.index.insert(id, slot);
+                slot
+            }
+        };
+        state.ready.push_back((slot, generation));
         state.queued += 1;
-        state.jobs.insert(
-            job.id.clone(),
-            Entry {
-                record: JobRecord::new(job),
-                generation,
-                token: None,
-                due: None,
-                expires_at: None,
-            },
-        );
         drop(guard);
         self.job_queued();
         ready(Ok(Enqueued::New))
@@ -296,7 +407,7 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.purge(now);
-        let Some(entry) = state.jobs.get_mut(lease.id()) else {
+        let Some(entry) = state.leased(lease) else {
             return Ok(Settled::Stale);
         };
         if entry.lease_state(lease) == LeaseState::Lost {
@@ -332,12 +443,13 @@ impl Store for MemoryStore {
                 entry.record.status = JobStatus::Queued;
                 entry.token = None;
                 let generation = entry.generation;
+                let slot = token_slot(lease.token());
                 if delay.is_zero() {
-                    state.ready.push_back((lease.id().clone(), generation));
+                    state.ready.push_back((slot, generation));
                 } else {
                     let due = now + delay;
                     entry.due = Some(due);
-                    state.delayed.insert((due, generation), lease.id().clone());
+                    state.delayed.insert((due, generation), slot);
                 }
                 state.queued += 1;
                 drop(guard);
@@ -345,13 +457,13 @@ impl Store for MemoryStore {
                 return Ok(Settled::Applied(JobStatus::Queued));
             }
         };
-        state.finish(lease.id(), status, result_ttl, now);
+        state.finish(token_slot(lease.token()), status, result_ttl, now);
         Ok(Settled::Applied(status))
     }
 
     async fn progress(&self, lease: &Lease, progress: &Progress) -> Result<LeaseState, StoreError> {
         let mut state = self.lock();
-        let Some(entry) = state.jobs.get_mut(lease.id()) else {
+        let Some(entry) = state.leased(lease) else {
             return Ok(LeaseState::Lost);
         };
         let lease_state = entry.lease_state(lease);
@@ -362,10 +474,9 @@ impl Store for MemoryStore {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<LeaseState, StoreError> {
-        let state = self.lock();
+        let mut state = self.lock();
         Ok(state
-            .jobs
-            .get(lease.id())
+            .leased(lease)
             .map_or(LeaseState::Lost, |entry| entry.lease_state(lease)))
     }
 
@@ -374,18 +485,22 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.purge(now);
-        let Some(entry) = state.jobs.get_mut(id) else {
+        let Some((slot, entry)) = state.get(id) else {
             return Ok(CancelOutcome::NotFound);
         };
         match entry.record.status {
             JobStatus::Queued => {
-                entry.record.payload = None;
-                state.unqueue(id);
-                state.finish(id, JobStatus::Cancelled, result_ttl, now);
+                state.unqueue(slot);
+                if let Some(entry) = state.slots[slot as usize].as_mut() {
+                    entry.record.payload = None;
+                }
+                state.finish(slot, JobStatus::Cancelled, result_ttl, now);
                 Ok(CancelOutcome::Cancelled)
             }
             JobStatus::Running => {
-                entry.record.cancel_requested = true;
+                if let Some(entry) = state.slots[slot as usize].as_mut() {
+                    entry.record.cancel_requested = true;
+                }
                 Ok(CancelOutcome::Stopping)
             }
             finished => Ok(CancelOutcome::AlreadyFinished(finished)),
@@ -396,18 +511,18 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let state = self.lock();
         Ok(state
-            .jobs
             .get(id)
-            .filter(|entry| !entry.is_expired(now))
-            .map(|entry| entry.record.clone()))
+            .filter(|(_, entry)| !entry.is_expired(now))
+            .map(|(_, entry)| entry.record.clone()))
     }
 
     async fn list(&self, status: JobStatus, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let now = Instant::now();
         let state = self.lock();
         let mut matching: Vec<&Entry> = state
-            .jobs
-            .values()
+            .slots
+            .iter()
+            .flatten()
             .filter(|entry| entry.record.status == status && !entry.is_expired(now))
             .collect();
         matching.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.generation));
@@ -426,11 +541,20 @@ impl Store for MemoryStore {
         if !status.is_finished() {
             return Ok(0);
         }
-        let mut state = self.lock();
-        let before = state.jobs.len();
-        // Their expiry entries no longer match a job and are skipped by `purge`.
-        state.jobs.retain(|_, entry| entry.record.status != status);
-        Ok(before - state.jobs.len())
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        // Their expiry entries no longer match a generation and are skipped by `purge`.
+        let matching: Vec<Slot> = state
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.record.status == status))
+            .map(|(slot, _)| slot as Slot)
+            .collect();
+        for &slot in &matching {
+            state.remove(slot);
+        }
+        Ok(matching.len())
     }
 }
 
@@ -447,7 +571,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("MemoryStore")
-            .field("jobs", &state.jobs.len())
+            .field("jobs", &state.index.len())
             .field("queued", &state.queued)
             .finish()
     }
@@ -533,5 +657,46 @@ mod tests {
         assert_eq!(outcome, CancelOutcome::Cancelled);
         assert_eq!(store.queued().await.unwrap(), 0);
         assert!(store.lock().delayed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_ttl_after_a_longer_one_still_expires_on_time() {
+        let store = MemoryStore::new();
+        for (id, ttl) in [("long", 60), ("short", 10)] {
+            let _ = enqueue(&store, id).await;
+            let lease = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
+            let ttl = Duration::from_secs(ttl);
+            let _ = store
+                .settle(&lease, Settlement::Complete(vec![1]), ttl)
+                .await;
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(store.tracked_jobs(), 1);
+        assert!(store.get(&JobId::from("short")).await.unwrap().is_none());
+        assert!(store.get(&JobId::from("long")).await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(store.tracked_jobs(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lease_on_a_reused_slot_is_stale() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(10);
+        let _ = enqueue(&store, "a").await;
+        let first = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
+        let _ = store
+            .settle(&first, Settlement::Complete(vec![1]), ttl)
+            .await;
+        let _ = store.clear(JobStatus::Completed).await.unwrap();
+        // "b" takes the slot "a" had.
+        let _ = enqueue(&store, "b").await;
+        let second = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(second.id().as_str(), "b");
+        let settled = store
+            .settle(&first, Settlement::Fail("late".into()), ttl)
+            .await;
+        assert_eq!(settled.unwrap(), Settled::Stale);
+        assert_eq!(store.renew(&first).await.unwrap(), LeaseState::Lost);
+        assert_eq!(store.renew(&second).await.unwrap(), LeaseState::Active);
     }
 }
