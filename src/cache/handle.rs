@@ -170,8 +170,12 @@ impl Cache {
         self.inner.enabled.load(Ordering::Relaxed)
     }
 
+    /// Counts a lookup's outcome and logs it at `debug` (with `debug` off, the log costs
+    /// one cached check of the call site's interest).
+    #[inline]
     pub(crate) fn count(&self, outcome: Outcome) {
         self.inner.ins.outcome(outcome);
+        tracing::debug!(cache = %self.inner.name, result = outcome.as_str(), "cache lookup");
     }
 
     /// The L1 hit path: no I/O, no allocation beyond the response's own `Clone`.

@@ -139,6 +139,19 @@ pub(crate) enum Outcome {
     Bypass,
 }
 
+impl Outcome {
+    /// The value of the metric label `result`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::HitL1 => "hit_l1",
+            Outcome::HitL2 => "hit_l2",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
 impl Instruments {
     pub(crate) fn new(cache: &str) -> Self {
         let name = cache.to_owned();
@@ -160,11 +173,11 @@ impl Instruments {
             Tally::new(counter!(CACHE_NOT_STORED, "cache" => name.clone(), "reason" => reason))
         };
         Self {
-            hit_l1: req("hit_l1"),
-            hit_l2: req("hit_l2"),
-            miss: req("miss"),
-            coalesced: req("coalesced"),
-            bypass: req("bypass"),
+            hit_l1: req(Outcome::HitL1.as_str()),
+            hit_l2: req(Outcome::HitL2.as_str()),
+            miss: req(Outcome::Miss.as_str()),
+            coalesced: req(Outcome::Coalesced.as_str()),
+            bypass: req(Outcome::Bypass.as_str()),
             l2_errors,
             not_stored_oversized: not_stored("oversized"),
             not_stored_encode: not_stored("encode"),
