@@ -113,6 +113,29 @@ fn l1_hit(c: &mut Criterion) {
     assert_eq!(cache.stats().misses, 1, "every layered run was an L1 hit");
 }
 
+/// Runs one baseline round and one layered round, alternating which goes first (A-B, then
+/// B-A) so that order effects cancel, and returns their times.
+async fn paired<A, AF, B, BF>(i: u64, baseline: A, layer: B) -> (Duration, Duration)
+where
+    A: FnOnce() -> AF,
+    AF: Future,
+    B: FnOnce() -> BF,
+    BF: Future,
+{
+    async fn timed<F: Future>(f: F) -> Duration {
+        let t = Instant::now();
+        f.await;
+        t.elapsed()
+    }
+    if i.is_multiple_of(2) {
+        let a = timed(baseline()).await;
+        (a, timed(layer()).await)
+    } else {
+        let b = timed(layer()).await;
+        (timed(baseline()).await, b)
+    }
+}
+
 /// Which half of an interleaved pair a benchmark times.
 #[derive(Clone, Copy)]
 enum Side {
@@ -262,16 +285,18 @@ fn l2_hit(c: &mut Criterion) {
                 let k = k.clone();
                 async move {
                     let mut timed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        raw_get(&conn, &k).await;
-                        let raw = t.elapsed();
-                        let t = Instant::now();
-                        svc.clone()
-                            .oneshot(Search { query: "q0".into() })
-                            .await
-                            .expect("infallible");
-                        let layered = t.elapsed();
+                    for i in 0..iters {
+                        let (raw, layered) = paired(
+                            i,
+                            || raw_get(&conn, &k),
+                            || async {
+                                svc.clone()
+                                    .oneshot(Search { query: "q0".into() })
+                                    .await
+                                    .expect("infallible");
+                            },
+                        )
+                        .await;
                         timed += side.pick(raw, layered);
                     }
                     timed
@@ -298,41 +323,45 @@ fn l2_hit(c: &mut Criterion) {
                 let layered = layered.clone();
                 async move {
                     let mut timed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        let tasks: Vec<_> = (0..CALLERS)
-                            .map(|i| {
-                                let conn = conn.clone();
-                                let k = keys[i].clone();
-                                tokio::spawn(async move {
-                                    for _ in 0..PER_CALLER {
-                                        raw_get(&conn, &k).await;
-                                    }
+                    for i in 0..iters {
+                        let raw_round = || async {
+                            let tasks: Vec<_> = (0..CALLERS)
+                                .map(|i| {
+                                    let conn = conn.clone();
+                                    let k = keys[i].clone();
+                                    tokio::spawn(async move {
+                                        for _ in 0..PER_CALLER {
+                                            raw_get(&conn, &k).await;
+                                        }
+                                    })
                                 })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await.expect("task");
-                        }
-                        let raw = t.elapsed();
-                        let t = Instant::now();
-                        let tasks: Vec<_> = (0..CALLERS)
-                            .map(|i| {
-                                let svc = layered.clone();
-                                tokio::spawn(async move {
-                                    let req = Search {
-                                        query: format!("q{i}"),
-                                    };
-                                    for _ in 0..PER_CALLER {
-                                        svc.clone().oneshot(req.clone()).await.expect("infallible");
-                                    }
+                                .collect();
+                            for t in tasks {
+                                t.await.expect("task");
+                            }
+                        };
+                        let layer_round = || async {
+                            let tasks: Vec<_> = (0..CALLERS)
+                                .map(|i| {
+                                    let svc = layered.clone();
+                                    tokio::spawn(async move {
+                                        let req = Search {
+                                            query: format!("q{i}"),
+                                        };
+                                        for _ in 0..PER_CALLER {
+                                            svc.clone()
+                                                .oneshot(req.clone())
+                                                .await
+                                                .expect("infallible");
+                                        }
+                                    })
                                 })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await.expect("task");
-                        }
-                        let layered = t.elapsed();
+                                .collect();
+                            for t in tasks {
+                                t.await.expect("task");
+                            }
+                        };
+                        let (raw, layered) = paired(i, raw_round, layer_round).await;
                         timed += side.pick(raw, layered);
                     }
                     timed
