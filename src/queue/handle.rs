@@ -99,7 +99,8 @@ pub(crate) struct Tracker {
 
 #[derive(Default)]
 struct Registry {
-    running: HashMap<JobId, JobContext>,
+    /// foldhash, as the memory store's index: SipHash was a visible share of each job.
+    running: HashMap<JobId, JobContext, foldhash::fast::RandomState>,
     /// Cancellations requested for a job the store says is running but which is not (yet)
     /// registered: a worker took it a moment ago, or it runs in another process.
     pending_cancels: Vec<(JobId, std::time::Instant)>,
