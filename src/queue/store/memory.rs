@@ -6,9 +6,10 @@
 //! expire in the order they finished (one result TTL per queue), so expiry pops from the
 //! front of a `VecDeque` instead of searching a tree.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::{ready, Ready};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,11 @@ use crate::queue::job::{CancelOutcome, JobId, JobStatus, Progress};
 /// default), several times faster than SipHash on 32-byte ids. Ids can be chosen by
 /// clients (deduplication keys), so the seed stays random.
 type IdHasher = foldhash::fast::RandomState;
+
+/// The id index: slots, hashed by their job's id. A `HashTable` rather than a `HashMap`
+/// so that each entry keeps its hash and expiry removes it by slot, without reading the
+/// (by then cold) id again.
+type Index = hashbrown::HashTable<Slot>;
 
 /// A [`Store`] in this process's memory: the default store of a
 /// [`Queue`](crate::queue::Queue).
@@ -62,7 +68,8 @@ type Slot = u32;
 #[derive(Default)]
 struct State {
     /// The live and finished-but-unexpired jobs, by id.
-    index: HashMap<JobId, Slot, IdHasher>,
+    index: Index,
+    hasher: IdHasher,
     /// The arena: `None` for a free slot.
     slots: Vec<Option<Entry>>,
     /// Free slots, reused last-freed first (warm in cache).
@@ -84,6 +91,8 @@ struct State {
 
 struct Entry {
     record: JobRecord,
+    /// The id's hash in `State::index`.
+    hash: u64,
     /// Tells apart jobs that reuse a slot or a finished job's id.
     generation: u64,
     /// The current lease's token, while running.
@@ -203,9 +212,25 @@ impl State {
             .filter(|entry| entry.generation == generation)
     }
 
+    fn hash(&self, id: &JobId) -> u64 {
+        self.hasher.hash_one(id.as_str())
+    }
+
+    /// The slot of the job with this id and hash.
+    fn find(&self, id: &JobId, hash: u64) -> Option<Slot> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&slot| {
+                slots[slot as usize]
+                    .as_ref()
+                    .is_some_and(|entry| entry.record.id == *id)
+            })
+            .copied()
+    }
+
     /// The entry of the job with this id.
     fn get(&self, id: &JobId) -> Option<(Slot, &Entry)> {
-        let slot = *self.index.get(id)?;
+        let slot = self.find(id, self.hash(id))?;
         let entry = self.slots.get(slot as usize)?.as_ref()?;
         Some((slot, entry))
     }
@@ -219,7 +244,8 @@ impl State {
     }
 
     fn insert(&mut self, entry: Entry) -> Slot {
-        match self.free.pop() {
+        let hash = entry.hash;
+        let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(entry);
                 slot
@@ -230,13 +256,20 @@ impl State {
                 self.slots.push(Some(entry));
                 slot
             }
-        }
+        };
+        let slots = &self.slots;
+        self.index.insert_unique(hash, slot, |&slot| {
+            slots[slot as usize].as_ref().map_or(0, |entry| entry.hash)
+        });
+        slot
     }
 
     /// Forgets the job in `slot` (index, arena).
     fn remove(&mut self, slot: Slot) {
         if let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) {
-            self.index.remove(&entry.record.id);
+            if let Ok(indexed) = self.index.find_entry(entry.hash, |&s| s == slot) {
+                indexed.remove();
+            }
             self.free.push(slot);
         }
     }
@@ -331,14 +364,17 @@ impl Store for MemoryStore {
         state.purge(now);
         let generation = state.next_generation;
         state.next_generation += 1;
+        let hash = state.hash(&job.id);
+        let existing = state.find(&job.id, hash);
         let entry = Entry {
             record: JobRecord::new(job),
+            hash,
             generation,
             token: None,
             due: None,
             expires_at: None,
         };
-        let slot = match state.index.get(&entry.record.id).copied() {
+        let slot = match existing {
             Some(slot) => {
                 let Some(old) = state.slots[slot as usize].as_mut() else {
                     unreachable!("an indexed slot holds a job")
@@ -354,12 +390,7 @@ impl Store for MemoryStore {
                 *old = entry;
                 slot
             }
-            None => {
-                let id = entry.record.id.clone();
-                let slot = state.insert(entry);
-                state.index.insert(id, slot);
-                slot
-            }
+            None => state.insert(entry),
         };
         state.ready.push_back((slot, generation));
         state.queued += 1;
