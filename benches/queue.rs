@@ -34,7 +34,7 @@ use tower_layer::Layer;
 const JOBS: usize = 1_000;
 /// Long enough for every check a caller makes, short enough that the store's size is steady
 /// during a run of millions of jobs (with the default hour, the bench would measure the
-/// growth of a hash table of millions of finished jobs instead).
+/// growth of a store of millions of finished jobs instead).
 const RESULT_TTL: Duration = Duration::from_secs(1);
 
 /// A small request, as a job would carry: an id and a short string.
