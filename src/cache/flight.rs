@@ -38,16 +38,34 @@ struct Registered {
     tx: Option<watch::Sender<State>>,
 }
 
-#[derive(Default)]
+/// Shards of the flight map. Two locks per miss on one shared map made threads queue on
+/// each other under load; with keys spread over shards they rarely meet.
+const SHARDS: usize = 32;
+
+type Shard = Mutex<HashMap<Box<[u8]>, Registered, foldhash::fast::RandomState>>;
+
 pub(crate) struct Flights {
-    map: Mutex<HashMap<Box<[u8]>, Registered>>,
+    shards: Box<[Shard]>,
+    /// Picks a shard; a per-process random seed, like the maps' own hashers.
+    hasher: foldhash::fast::RandomState,
     ids: AtomicU64,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            ids: AtomicU64::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for Flights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.map.lock().map(|m| m.len()).unwrap_or(0);
-        f.debug_struct("Flights").field("in_flight", &n).finish()
+        f.debug_struct("Flights")
+            .field("in_flight", &self.len())
+            .finish()
     }
 }
 
@@ -57,17 +75,23 @@ pub(crate) enum Role<'a> {
 }
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Registered>> {
+    fn lock(
+        &self,
+        key: &[u8],
+    ) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Registered, foldhash::fast::RandomState>>
+    {
+        use std::hash::BuildHasher;
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
         // The map stays consistent whatever panicked while holding the lock: every update
         // is a single insert or remove.
-        match self.map.lock() {
+        match shard.lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
     pub(crate) fn join<'a>(&'a self, key: &'a [u8]) -> Role<'a> {
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         if let Some(flight) = map.get_mut(key) {
             let tx = flight
                 .tx
@@ -84,9 +108,11 @@ impl Flights {
         })
     }
 
-    #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().map_or(0, |map| map.len()))
+            .sum()
     }
 }
 
@@ -117,7 +143,7 @@ impl Leader<'_> {
         if std::mem::replace(&mut self.unregistered, true) {
             return None;
         }
-        let mut map = self.flights.lock();
+        let mut map = self.flights.lock(self.key);
         match map.get(self.key) {
             Some(flight) if flight.id == self.id => map.remove(self.key).and_then(|f| f.tx),
             _ => None,
