@@ -10,31 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use layercake::{Cache, CacheBuilder, CacheLayer, L2State};
-use support::{eventually, Fault, FaultProxy, LogCapture, RedisServer};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use support::{counting, eventually, key, Fault, FaultProxy, LogCapture, RedisServer};
+use tower::{Layer, Service, ServiceExt};
 
 const WAIT: Duration = Duration::from_secs(5);
 /// "Does not hang": far above a 50 ms budget plus an instant inner service.
 const BOUND: Duration = Duration::from_secs(1);
-
-fn counting(
-    calls: Arc<AtomicUsize>,
-) -> impl Service<String, Response = String, Error = String, Future: Send> + Clone + Send + 'static
-{
-    service_fn(move |req: String| {
-        let calls = Arc::clone(&calls);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(format!("v:{req}"))
-        }
-    })
-}
-
-// A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
-#[allow(clippy::ptr_arg)]
-fn key(req: &String) -> Option<String> {
-    Some(req.clone())
-}
 
 /// One request, which must succeed within [`BOUND`].
 async fn timed_get<S>(svc: &S, req: &str) -> String

@@ -9,25 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercake::{Cache, CacheLayer, MockClock};
+use support::counting;
 use tower::{service_fn, Layer, Service, ServiceExt};
-
-/// A service that counts its calls and answers `v:{req}`; `fail:*` requests are errors.
-fn counting(
-    calls: Arc<AtomicUsize>,
-) -> impl Service<String, Response = String, Error = String, Future: Send> + Clone + Send + 'static
-{
-    service_fn(move |req: String| {
-        let calls = Arc::clone(&calls);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            if req.starts_with("fail:") {
-                Err(format!("boom on {req}"))
-            } else {
-                Ok(format!("v:{req}"))
-            }
-        }
-    })
-}
 
 // A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
 #[allow(clippy::ptr_arg)]

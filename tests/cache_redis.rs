@@ -10,30 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercake::{Cache, CacheBuilder, CacheLayer, MockClock};
-use support::{eventually, RedisServer};
+use support::{counting, eventually, key, RedisServer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// A service that counts its calls and answers `v:{req}`.
-fn counting(
-    calls: Arc<AtomicUsize>,
-) -> impl Service<String, Response = String, Error = String, Future: Send> + Clone + Send + 'static
-{
-    service_fn(move |req: String| {
-        let calls = Arc::clone(&calls);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(format!("v:{req}"))
-        }
-    })
-}
-
-// A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
-#[allow(clippy::ptr_arg)]
-fn key(req: &String) -> Option<String> {
-    Some(req.clone())
-}
 
 async fn get<S>(svc: &S, req: &str) -> String
 where

@@ -511,3 +511,29 @@ impl LogCapture {
         lock(&self.buf).clear();
     }
 }
+
+/// A service that counts its calls in `calls` and answers `v:{req}`; requests starting with
+/// `fail:` are errors (`boom on {req}`).
+pub fn counting(
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<String, Response = String, Error = String, Future: Send> + Clone + Send + 'static
+{
+    tower::service_fn(move |req: String| {
+        let calls = Arc::clone(&calls);
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if req.starts_with("fail:") {
+                Err(format!("boom on {req}"))
+            } else {
+                Ok(format!("v:{req}"))
+            }
+        }
+    })
+}
+
+/// The key extractor most cache tests use: the request itself.
+// A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
+#[allow(clippy::ptr_arg)]
+pub fn key(req: &String) -> Option<String> {
+    Some(req.clone())
+}
