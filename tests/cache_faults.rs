@@ -121,6 +121,28 @@ async fn redis_never_started_then_appearing_is_used_without_a_rebuild() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cache_notices_redis_going_away_and_coming_back() {
+    // No request touches this cache: only its own health check can tell that the
+    // connection died, which is what a readiness probe on `stats()` relies on.
+    let mut server = RedisServer::start();
+    let cache = builder("idle", server.url()).build().unwrap();
+    until_connected(&cache, "the idle cache connected").await;
+
+    server.kill();
+    eventually(WAIT, "the idle cache reports Redis gone", || async {
+        !cache.stats().l2_connected()
+    })
+    .await;
+    assert_eq!(cache.stats().l2, L2State::BreakerOpen);
+
+    server.restart();
+    until_connected(&cache, "the idle cache reconnected").await;
+    let stats = cache.stats();
+    assert_eq!(stats.l2_errors.total(), 0, "no request failed: {stats:?}");
+    assert_eq!(stats.misses + stats.hits_l1 + stats.hits_l2, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_keeps_serving_and_l2_comes_back() {
     let mut server = RedisServer::start();
     let a = builder("restart", server.url()).build().unwrap();

@@ -487,6 +487,33 @@ impl L2 {
         }
     }
 
+    /// PINGs the published connection; trips the breaker and returns `false` if it is dead
+    /// or does not answer within the connect timeout. Only the supervisor calls it, and
+    /// only while no request has reported a failure.
+    async fn health_check(&self) -> bool {
+        let Some((mut conn, gen)) = (match &*self.state.borrow() {
+            Conn::Ready { conn, gen } => Some((conn.clone(), *gen)),
+            _ => None,
+        }) else {
+            return false;
+        };
+        let cmd = redis::cmd("PING");
+        match tokio::time::timeout(self.cfg.connect_timeout, cmd.query_async::<()>(&mut conn)).await
+        {
+            Ok(Ok(())) => true,
+            // A server error (say, LOADING) says the connection is alive.
+            Ok(Err(e)) if !is_dead(&e) && !e.is_timeout() && !e.is_io_error() => true,
+            Ok(Err(_)) => {
+                self.trip(gen, L2Cause::Io);
+                false
+            }
+            Err(_) => {
+                self.trip(gen, L2Cause::Timeout);
+                false
+            }
+        }
+    }
+
     fn build_pool(&self, errors: mpsc::Sender<RedisError>) -> bb8::Pool<RedisConnectionManager> {
         bb8::Pool::builder()
             .max_size(self.cfg.pool_size)
@@ -601,6 +628,7 @@ async fn supervise(l2: Weak<L2>, wake: Arc<Notify>) {
     let mut was_down = false;
     loop {
         let Some(this) = l2.upgrade() else { return };
+        let interval = this.cfg.probe_interval;
         let pool = pool
             .get_or_insert_with(|| this.build_pool(errors_tx.clone()))
             .clone();
@@ -631,8 +659,20 @@ async fn supervise(l2: Weak<L2>, wake: Arc<Notify>) {
                 }
                 was_down = false;
                 drop(this);
-                // Sleeps until a request trips the breaker or the cache is dropped.
-                wake.notified().await;
+                // Until a request trips the breaker or the cache is dropped, check the
+                // connection every probe interval, so that a cache with no traffic does not
+                // report a dead connection as connected.
+                loop {
+                    match tokio::time::timeout(interval, wake.notified()).await {
+                        // Tripped by a request, or the cache is gone (checked above).
+                        Ok(()) => break,
+                        Err(_elapsed) => match l2.upgrade() {
+                            Some(this) if this.health_check().await => {}
+                            Some(_) => break,
+                            None => return,
+                        },
+                    }
+                }
             }
             failure => {
                 let detail = match failure {
