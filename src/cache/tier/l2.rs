@@ -14,7 +14,9 @@
 //!   timeouts or I/O errors trip it too. While it is open, L2 is skipped at the cost of one
 //!   state read, and the supervisor probes Redis every `probe_interval` by
 //!   checking out (and so `PING`ing) a connection; the first success closes it. No request
-//!   ever pays for a probe.
+//!   ever pays for a probe. While the breaker is closed, the supervisor `PING`s the shared
+//!   connection every `probe_interval` too, so a cache with no traffic still notices a dead
+//!   Redis.
 //! - **Bulkhead.** At most `max_in_flight` reads at once; above that, L2 is skipped.
 //! - **Writer.** Writes and deletes go through a bounded channel to a background task that
 //!   pipelines them in batches. A full channel drops the write and counts it.
