@@ -30,8 +30,8 @@
 //! `GET /jobs/{id}` reads the job through a [`CacheLayer`] keyed by job id, with a short
 //! TTL, and the queue's change hook invalidates a job's entry whenever the job changes: a
 //! client that polls gets fresh status without a store read on every poll. (A read that
-//! began just before a change can put the old status back after the invalidation; the hook
-//! invalidates a second time 100 ms later for that.)
+//! began just before a change is not stored after the invalidation: the cache drops what a
+//! load read before its key was invalidated.)
 //!
 //! Ctrl-C stops the server, then the queue: running jobs get 10 s to finish, and jobs
 //! still queued are logged.
@@ -123,16 +123,11 @@ pub fn jobs(settings: Settings) -> Result<Jobs, ConfigError> {
             let cache = cache.clone();
             move |id: &JobId, _status| {
                 // The hook is synchronous and runs on the queue's tasks: hand the
-                // invalidation (which may reach Redis) to a task of its own. It runs twice:
-                // a status read that began before the change may put the old status back
-                // just after the first; the second, a moment later, removes it.
+                // invalidation (which may reach Redis) to a task of its own.
                 let (cache, id) = (cache.clone(), id.clone());
                 tokio::spawn(async move {
-                    for pause in [Duration::ZERO, Duration::from_millis(100)] {
-                        tokio::time::sleep(pause).await;
-                        if let Err(err) = cache.invalidate(&id).await {
-                            tracing::debug!(job = %id, error = %err, "status cache: Redis not invalidated; its TTL will");
-                        }
+                    if let Err(err) = cache.invalidate(&id).await {
+                        tracing::debug!(job = %id, error = %err, "status cache: Redis not invalidated; its TTL will");
                     }
                 });
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercake::{Cache, CacheLayer, MockClock};
-use support::counting;
+use support::{counting, eventually, gated};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 // A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
@@ -449,4 +449,42 @@ async fn a_failed_leader_lets_each_waiter_call_the_service_itself() {
     let v = get(&svc, "k").await.unwrap();
     assert!(v.starts_with("v:k#"), "{v}");
     assert_eq!(calls.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn a_load_under_way_when_its_key_is_invalidated_does_not_store_what_it_read() {
+    // The load read the source of truth before it changed; storing its result after the
+    // invalidation would serve the old value for a whole TTL.
+    let cache = Cache::builder("epochs").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = CacheLayer::new(cache.clone(), |r: &String| Some(r.clone()))
+        .layer(gated(calls.clone(), gate.clone()));
+
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { get(&svc, "a").await }
+    });
+    eventually(Duration::from_secs(5), "the first load started", || async {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    cache.invalidate("a").await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(
+        first.await.unwrap().unwrap(),
+        "v1:a",
+        "the request itself is served"
+    );
+
+    gate.add_permits(1);
+    assert_eq!(
+        get(&svc, "a").await.unwrap(),
+        "v2:a",
+        "a fresh load, not the old value"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // A load that began after the invalidation is stored as usual.
+    assert_eq!(get(&svc, "a").await.unwrap(), "v2:a");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

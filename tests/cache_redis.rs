@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layercake::{Cache, CacheBuilder, CacheLayer, MockClock};
-use support::{counting, eventually, key, RedisServer};
+use support::{counting, eventually, gated, key, RedisServer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -485,5 +485,37 @@ async fn ttl_jitter_spreads_expiries_and_only_shortens_them() {
     assert!(
         pttls.len() >= 10,
         "entries written together do not expire together: {pttls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_under_way_when_its_key_is_invalidated_writes_nothing_to_redis() {
+    let server = RedisServer::start();
+    let cache = builder("epochs", &server).build().unwrap();
+    until_connected(&cache).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = CacheLayer::new(cache.clone(), key).layer(gated(calls.clone(), gate.clone()));
+
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.oneshot("a".to_owned()).await }
+    });
+    eventually(WAIT, "the first load started", || async {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    cache.invalidate("a").await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap(), "v1:a");
+
+    // The writer is first in, first out: once a later write has landed, the earlier one
+    // (if any) has been sent too.
+    gate.add_permits(1);
+    assert_eq!(svc.clone().oneshot("b".to_owned()).await.unwrap(), "v2:b");
+    until_written(&server, &cache.redis_key("b")).await;
+    assert!(
+        !exists(&server, &cache.redis_key("a")),
+        "the value read before the invalidation reached Redis"
     );
 }

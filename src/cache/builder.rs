@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::epoch::Epochs;
 use super::flight::Flights;
 use super::handle::{Cache, Inner};
 use super::stats::Instruments;
@@ -326,12 +327,14 @@ impl CacheBuilder {
         crate::metrics::describe_once();
         let name: Arc<str> = Arc::from(self.name.as_str());
         let ins = Arc::new(Instruments::new(&name));
+        let epochs = Arc::new(Epochs::default());
         let l2 = match &self.redis_url {
             Some(url) => Some(Arc::new(L2::new(
                 url,
                 self.l2,
                 Arc::clone(&name),
                 Arc::clone(&ins),
+                Arc::clone(&epochs),
             )?)),
             None => None,
         };
@@ -357,6 +360,7 @@ impl CacheBuilder {
                 l1,
                 l2,
                 flights: Flights::default(),
+                epochs,
                 enabled: AtomicBool::new(true),
                 ins,
             }),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::builder::CacheBuilder;
+use super::epoch::{Epochs, Ticket};
 use super::flight::{self, End, Flights, Role};
 use super::stats::{CacheStats, Instruments, L2Cause, L2Op, L2State, Outcome};
 use super::tier::l1::{Value, L1};
@@ -31,7 +32,9 @@ use crate::key::{self, KeyScheme};
 /// and from Redis, but other replicas keep their L1 copy until it expires: bound that with
 /// [`l1_time_to_live`](CacheBuilder::l1_time_to_live) where it matters. Writes to Redis are
 /// asynchronous (a background writer), so another replica may miss an entry for the
-/// moment it takes to write it.
+/// moment it takes to write it. A load already under way when its key is invalidated (or the
+/// cache cleared) still answers its own request, but what it read is not stored, in L1 or
+/// Redis: an invalidation is never undone by a read that began before it.
 #[derive(Clone)]
 pub struct Cache {
     pub(crate) inner: Arc<Inner>,
@@ -48,6 +51,7 @@ pub(crate) struct Inner {
     pub(crate) l1: Option<L1>,
     pub(crate) l2: Option<Arc<L2>>,
     pub(crate) flights: Flights,
+    pub(crate) epochs: Arc<Epochs>,
     pub(crate) enabled: AtomicBool,
     pub(crate) ins: Arc<Instruments>,
 }
@@ -117,6 +121,8 @@ impl Cache {
     /// ```
     pub async fn invalidate(&self, key: impl AsRef<[u8]>) -> Result<(), L2Error> {
         let key = key.as_ref();
+        // First, so that loads already under way do not store what they read.
+        self.inner.epochs.bump(key);
         if let Some(l1) = &self.inner.l1 {
             l1.remove(key);
             self.inner.ins.set_l1_entries(l1.len());
@@ -133,6 +139,7 @@ impl Cache {
     /// Redis keys are found with `SCAN MATCH {namespace}:{name}:*` and removed with
     /// `UNLINK`, in batches: never `KEYS`, which blocks the server.
     pub async fn clear(&self) -> Result<u64, L2Error> {
+        self.inner.epochs.bump_all();
         if let Some(l1) = &self.inner.l1 {
             l1.clear();
             self.inner.ins.set_l1_entries(0);
@@ -193,7 +200,10 @@ impl Cache {
     where
         V: Clone + Serialize + Send + Sync + 'static,
     {
-        self.store(key, value, ttl).is_some()
+        // Adapters call this right after their own load; a ticket taken now only guards
+        // against invalidations from here on.
+        let ticket = self.inner.epochs.ticket(key);
+        self.store(key, value, ttl, ticket).is_some()
     }
 
     /// Now, by the cache's clock, in Unix milliseconds (the HTTP layer's `Age`).
@@ -222,13 +232,15 @@ impl Cache {
         loop {
             match inner.flights.join(key) {
                 Role::Leader(leader) => {
+                    // Before anything is read: an invalidation from here on outdates it.
+                    let ticket = inner.epochs.ticket(key);
                     // A previous leader may have stored the key between our L1 miss and now.
                     if let Some(v) = self.l1_get::<V>(key) {
                         self.count(Outcome::HitL1);
                         leader.finish(|| Some(Arc::new(v.clone())));
                         return Ok(v);
                     }
-                    if let Some((v, in_l1)) = self.l2_get::<V>(key).await {
+                    if let Some((v, in_l1)) = self.l2_get::<V>(key, ticket).await {
                         self.count(Outcome::HitL2);
                         leader.finish(|| in_l1.or_else(|| Some(Arc::new(v.clone()))));
                         return Ok(v);
@@ -236,7 +248,7 @@ impl Cache {
                     self.count(Outcome::Miss);
                     let result = load().await;
                     let shared = match &result {
-                        Ok(v) => ttl_for(v).and_then(|ttl| self.store(key, v, ttl)),
+                        Ok(v) => ttl_for(v).and_then(|ttl| self.store(key, v, ttl, ticket)),
                         Err(_) => None,
                     };
                     leader.finish(|| shared);
@@ -271,10 +283,11 @@ impl Cache {
         T: FnOnce(&V) -> Option<Duration>,
     {
         self.count(Outcome::Miss);
+        let ticket = self.inner.epochs.ticket(key);
         let result = load().await;
         if let Ok(v) = &result {
             if let Some(ttl) = ttl_for(v) {
-                self.store(key, v, ttl);
+                self.store(key, v, ttl, ticket);
             }
         }
         result
@@ -283,7 +296,7 @@ impl Cache {
     /// Reads `key` from Redis; every failure is a logged, counted miss. A hit is backfilled
     /// into L1 with the entry's remaining TTL, and returned with the L1 copy (if any) so
     /// single-flight waiters can share it without another clone.
-    async fn l2_get<V>(&self, key: &[u8]) -> Option<(V, Option<Value>)>
+    async fn l2_get<V>(&self, key: &[u8], ticket: Ticket) -> Option<(V, Option<Value>)>
     where
         V: Clone + DeserializeOwned + Send + Sync + 'static,
     {
@@ -308,7 +321,10 @@ impl Cache {
         match codec::decode::<V>(&bytes) {
             Ok((header, value)) => {
                 let remaining = header.remaining(inner.clock.unix_ms())?;
-                let in_l1 = inner.l1.as_ref().map(|l1| {
+                // Read before an invalidation that has since happened: serve it to this
+                // request, but do not put it back into L1.
+                let fresh = inner.epochs.is_current(ticket);
+                let in_l1 = inner.l1.as_ref().filter(|_| fresh).map(|l1| {
                     let shared: Value = Arc::new(value.clone());
                     l1.insert(key.into(), Arc::clone(&shared), self.l1_ttl(remaining));
                     inner.ins.set_l1_entries(l1.len());
@@ -327,11 +343,16 @@ impl Cache {
 
     /// Stores `value` in L1 now and in Redis through the background writer. Returns the
     /// stored value for single-flight waiters, or `None` when it was not stored.
-    fn store<V>(&self, key: &[u8], value: &V, ttl: Duration) -> Option<Value>
+    /// Skipped when the key was invalidated since `ticket` was taken (see `epoch.rs`).
+    fn store<V>(&self, key: &[u8], value: &V, ttl: Duration, ticket: Ticket) -> Option<Value>
     where
         V: Clone + Serialize + Send + Sync + 'static,
     {
         let inner = &*self.inner;
+        if !inner.epochs.is_current(ticket) {
+            tracing::debug!(cache = %inner.name, "response not cached: the key was invalidated while it loaded");
+            return None;
+        }
         let ttl = key::jittered(ttl.min(inner.ttl), inner.jitter);
         let bytes = match codec::encode(value, inner.clock.unix_ms(), ttl) {
             Ok(bytes) => bytes,
@@ -356,6 +377,7 @@ impl Cache {
                 key: inner.scheme.redis_key(key),
                 bytes,
                 ttl,
+                ticket,
             });
         }
         Some(shared)

@@ -29,6 +29,7 @@
 //! starts unready.
 
 mod builder;
+mod epoch;
 mod flight;
 mod future;
 mod handle;

@@ -537,3 +537,24 @@ pub fn counting(
 pub fn key(req: &String) -> Option<String> {
     Some(req.clone())
 }
+
+/// Like [`counting`], but each call waits for a permit of `gate` before it answers
+/// `v{n}:{req}` (`n` counting calls from 1), so a test can hold a load in flight.
+pub fn gated(
+    calls: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> impl tower::Service<String, Response = String, Error = String, Future: Send> + Clone + Send + 'static
+{
+    tower::service_fn(move |req: String| {
+        let calls = Arc::clone(&calls);
+        let gate = Arc::clone(&gate);
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            gate.acquire()
+                .await
+                .map_err(|_| "gate closed".to_owned())?
+                .forget();
+            Ok(format!("v{n}:{req}"))
+        }
+    })
+}

@@ -31,6 +31,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::cache::epoch::{Epochs, Ticket};
 use crate::cache::stats::{Instruments, L2Cause, L2Op, Throttle};
 use crate::ConfigError;
 
@@ -81,6 +82,7 @@ pub(crate) enum Write {
         key: String,
         bytes: Vec<u8>,
         ttl: Duration,
+        ticket: Ticket,
     },
     Del {
         key: String,
@@ -148,6 +150,9 @@ pub(crate) struct L2 {
     writes_rx: Mutex<Option<mpsc::Receiver<Write>>>,
     wake: Arc<Notify>,
     ins: Arc<Instruments>,
+    /// The cache's invalidation epochs: a queued `SET` whose key was invalidated after its
+    /// value was read is dropped, not written over the invalidation.
+    epochs: Arc<Epochs>,
     warn: Throttle,
 }
 
@@ -173,6 +178,7 @@ impl L2 {
         cfg: L2Config,
         cache: Arc<str>,
         ins: Arc<Instruments>,
+        epochs: Arc<Epochs>,
     ) -> Result<Self, ConfigError> {
         let manager = RedisConnectionManager::new(url).map_err(|e| {
             ConfigError::new(
@@ -200,6 +206,7 @@ impl L2 {
             writes_rx: Mutex::new(Some(rx)),
             wake: Arc::new(Notify::new()),
             ins,
+            epochs,
             warn: Throttle::new(Duration::from_secs(10)),
         })
     }
@@ -555,9 +562,18 @@ impl L2 {
             }
         };
         let mut pipe = redis::pipe();
+        let mut sent = 0usize;
         for w in batch.iter() {
             match w {
-                Write::Set { key, bytes, ttl } => {
+                // Checked as late as possible, right before the send, which leaves only the
+                // moment between this check and the send for an invalidation to slip into.
+                Write::Set { ticket, .. } if !self.epochs.is_current(*ticket) => {
+                    tracing::debug!(cache = %self.cache, "queued write dropped: its key was invalidated");
+                }
+                Write::Set {
+                    key, bytes, ttl, ..
+                } => {
+                    sent += 1;
                     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
                     pipe.cmd("SET")
                         .arg(key)
@@ -567,9 +583,13 @@ impl L2 {
                         .ignore();
                 }
                 Write::Del { key } => {
+                    sent += 1;
                     pipe.cmd("UNLINK").arg(key).ignore();
                 }
             }
+        }
+        if sent == 0 {
+            return;
         }
         let outcome =
             tokio::time::timeout(self.cfg.write_timeout, pipe.query_async::<()>(&mut conn)).await;
