@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -234,8 +234,7 @@ impl<Req, Res, St> QueueBuilder<Req, Res, St> {
             })?,
         };
 
-        static DESCRIBE: Once = Once::new();
-        DESCRIBE.call_once(super::metrics::describe);
+        crate::metrics::describe_once();
 
         let config = Config {
             workers: self.workers,
