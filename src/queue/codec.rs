@@ -4,17 +4,41 @@
 //! and tolerant of fields added between deploys, which matters once jobs outlive the process
 //! that enqueued them (a persistent store).
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+thread_local! {
+    /// Each thread encodes into one reused buffer and copies the bytes out once, into the
+    /// shared slice the store keeps: one allocation per value instead of a growing `Vec`
+    /// and its conversion.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+}
+
+/// The scratch buffer is given up after encoding a value larger than this, so that one big
+/// job does not pin its size in every thread.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
-) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    // Sized for a small request or response, so that encoding one does not grow the
-    // buffer several times.
-    let mut buf = Vec::with_capacity(64);
-    rmp_serde::encode::write_named(&mut buf, value)?;
-    Ok(buf)
+) -> Result<Arc<[u8]>, rmp_serde::encode::Error> {
+    SCRATCH.with(|scratch| {
+        // Encoding runs the value's `Serialize`, which could encode another value (and
+        // find the buffer taken): that one gets a buffer of its own.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            let mut buf = Vec::new();
+            rmp_serde::encode::write_named(&mut buf, value)?;
+            return Ok(Arc::from(buf));
+        };
+        buf.clear();
+        let encoded = rmp_serde::encode::write_named(&mut *buf, value).map(|()| Arc::from(&buf[..]));
+        if buf.capacity() > SCRATCH_KEEP {
+            *buf = Vec::with_capacity(256);
+        }
+        encoded
+    })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {

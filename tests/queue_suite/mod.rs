@@ -730,7 +730,7 @@ pub async fn store_rejects_stale_leases<St: Store>(store: St) {
     assert_ne!(second.token(), first.token());
 
     // The first attempt's worker wakes up late: it can change nothing.
-    let late = Settlement::Complete(b"stale".to_vec());
+    let late = Settlement::Complete(b"stale"[..].into());
     assert_eq!(
         store.settle(&first, late, TTL).await.unwrap(),
         Settled::Stale
@@ -742,7 +742,7 @@ pub async fn store_rejects_stale_leases<St: Store>(store: St) {
     assert_eq!(store.renew(&first).await.unwrap(), LeaseState::Lost);
     assert_eq!(store.renew(&second).await.unwrap(), LeaseState::Active);
 
-    let done = Settlement::Complete(b"fresh".to_vec());
+    let done = Settlement::Complete(b"fresh"[..].into());
     assert_eq!(
         store.settle(&second, done, TTL).await.unwrap(),
         Settled::Applied(JobStatus::Completed)
@@ -772,7 +772,7 @@ pub async fn store_settles_a_cancel_requested_job_as_cancelled<St: Store>(store:
         LeaseState::CancelRequested
     );
     let settled = store
-        .settle(&lease, Settlement::Complete(b"late".to_vec()), TTL)
+        .settle(&lease, Settlement::Complete(b"late"[..].into()), TTL)
         .await
         .unwrap();
     assert_eq!(settled, Settled::Applied(JobStatus::Cancelled));

@@ -56,6 +56,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     state: Mutex<State>,
+    /// Outside the lock, so that ids are hashed before it is taken.
+    hasher: IdHasher,
     /// Signalled when a job becomes queued, so that a waiting `dequeue` looks again.
     queued: Notify,
     /// `dequeue` calls waiting for `queued`: while none is, enqueueing skips the signal.
@@ -69,7 +71,6 @@ type Slot = u32;
 struct State {
     /// The live and finished-but-unexpired jobs, by id.
     index: Index,
-    hasher: IdHasher,
     /// The arena: `None` for a free slot.
     slots: Vec<Option<Entry>>,
     /// Free slots, reused last-freed first (warm in cache).
@@ -147,6 +148,10 @@ impl MemoryStore {
         state.index.len()
     }
 
+    fn hash(&self, id: &JobId) -> u64 {
+        self.inner.hasher.hash_one(id.as_str())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code path panics while holding the lock, and every transition leaves the state
         // consistent before any call that could; so a poisoned lock is still sound.
@@ -183,9 +188,10 @@ impl MemoryStore {
                 continue;
             };
             let token = token(counter, slot);
+            let started_at = SystemTime::now();
             entry.record.status = JobStatus::Running;
             entry.record.attempts += 1;
-            entry.record.started_at = Some(SystemTime::now());
+            entry.record.started_at = Some(started_at);
             entry.record.progress = None;
             entry.token = Some(token);
             let lease = Lease::new(
@@ -194,7 +200,8 @@ impl MemoryStore {
                 entry.record.attempts,
                 payload,
                 entry.record.enqueued_at,
-            );
+            )
+            .with_started_at(started_at);
             state.next_token = counter.wrapping_add(1);
             state.queued -= 1;
             return Ok(lease);
@@ -212,10 +219,6 @@ impl State {
             .filter(|entry| entry.generation == generation)
     }
 
-    fn hash(&self, id: &JobId) -> u64 {
-        self.hasher.hash_one(id.as_str())
-    }
-
     /// The slot of the job with this id and hash.
     fn find(&self, id: &JobId, hash: u64) -> Option<Slot> {
         let slots = &self.slots;
@@ -229,8 +232,8 @@ impl State {
     }
 
     /// The entry of the job with this id.
-    fn get(&self, id: &JobId) -> Option<(Slot, &Entry)> {
-        let slot = self.find(id, self.hash(id))?;
+    fn get(&self, id: &JobId, hash: u64) -> Option<(Slot, &Entry)> {
+        let slot = self.find(id, hash)?;
         let entry = self.slots.get(slot as usize)?.as_ref()?;
         Some((slot, entry))
     }
@@ -358,28 +361,31 @@ impl Store for MemoryStore {
     type EnqueueFuture = Ready<Result<Enqueued, StoreError>>;
 
     fn enqueue(&self, job: NewJob) -> Self::EnqueueFuture {
-        let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        state.purge(now);
-        let generation = state.next_generation;
-        state.next_generation += 1;
-        let hash = state.hash(&job.id);
-        let existing = state.find(&job.id, hash);
-        let entry = Entry {
+        // Built before the lock is taken.
+        let hash = self.hash(&job.id);
+        let mut entry = Entry {
             record: JobRecord::new(job),
             hash,
-            generation,
+            generation: 0,
             token: None,
             due: None,
             expires_at: None,
         };
+        // No purge here: every operation that finishes a job (settle, cancel) purges, so
+        // expired records are still bounded, and the caller's enqueue stays short (callers
+        // and workers contend for this lock). Reads skip expired records.
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let generation = state.next_generation;
+        state.next_generation += 1;
+        entry.generation = generation;
+        let existing = state.find(&entry.record.id, hash);
         let slot = match existing {
             Some(slot) => {
                 let Some(old) = state.slots[slot as usize].as_mut() else {
                     unreachable!("an indexed slot holds a job")
                 };
-                if !old.is_expired(now) && !old.record.status.is_finished() {
+                if !old.record.status.is_finished() {
                     return ready(Ok(Enqueued::Existing));
                 }
                 // A finished job's id is reused, in the same slot: its expiry entry no
@@ -451,7 +457,7 @@ impl Store for MemoryStore {
         };
         let status = match settlement {
             Settlement::Complete(result) => {
-                entry.record.result = Some(result.into());
+                entry.record.result = Some(result);
                 entry.record.error = None;
                 entry.record.payload = None;
                 JobStatus::Completed
@@ -513,10 +519,11 @@ impl Store for MemoryStore {
 
     async fn cancel(&self, id: &JobId, result_ttl: Duration) -> Result<CancelOutcome, StoreError> {
         let now = Instant::now();
+        let hash = self.hash(id);
         let mut guard = self.lock();
         let state = &mut *guard;
         state.purge(now);
-        let Some((slot, entry)) = state.get(id) else {
+        let Some((slot, entry)) = state.get(id, hash) else {
             return Ok(CancelOutcome::NotFound);
         };
         match entry.record.status {
@@ -540,9 +547,10 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let now = Instant::now();
+        let hash = self.hash(id);
         let state = self.lock();
         Ok(state
-            .get(id)
+            .get(id, hash)
             .filter(|(_, entry)| !entry.is_expired(now))
             .map(|(_, entry)| entry.record.clone()))
     }
@@ -626,7 +634,7 @@ mod tests {
         assert_eq!(enqueue(&store, "a").await, Enqueued::New);
         let lease = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
         let _ = store
-            .settle(&lease, Settlement::Complete(vec![1]), ttl)
+            .settle(&lease, Settlement::Complete(vec![1].into()), ttl)
             .await
             .unwrap();
         // Reuse the finished id: a new generation.
@@ -698,7 +706,7 @@ mod tests {
             let lease = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
             let ttl = Duration::from_secs(ttl);
             let _ = store
-                .settle(&lease, Settlement::Complete(vec![1]), ttl)
+                .settle(&lease, Settlement::Complete(vec![1].into()), ttl)
                 .await;
         }
         tokio::time::advance(Duration::from_secs(11)).await;
@@ -716,7 +724,7 @@ mod tests {
         let _ = enqueue(&store, "a").await;
         let first = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
         let _ = store
-            .settle(&first, Settlement::Complete(vec![1]), ttl)
+            .settle(&first, Settlement::Complete(vec![1].into()), ttl)
             .await;
         let _ = store.clear(JobStatus::Completed).await.unwrap();
         // "b" takes the slot "a" had.

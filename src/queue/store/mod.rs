@@ -174,6 +174,7 @@ pub struct Lease {
     attempt: u32,
     payload: Arc<[u8]>,
     enqueued_at: SystemTime,
+    started_at: Option<SystemTime>,
 }
 
 impl Lease {
@@ -191,7 +192,21 @@ impl Lease {
             attempt,
             payload,
             enqueued_at,
+            started_at: None,
         }
+    }
+
+    /// Records when the store started this attempt (the job's `started_at`), so that the
+    /// queue measures the job's wait without reading the clock again.
+    #[must_use]
+    pub fn with_started_at(mut self, started_at: SystemTime) -> Self {
+        self.started_at = Some(started_at);
+        self
+    }
+
+    /// When the store started this attempt, if it said ([`with_started_at`](Self::with_started_at)).
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.started_at
     }
 
     /// The job's id.
@@ -235,7 +250,7 @@ impl fmt::Debug for Lease {
 #[derive(Debug, Clone)]
 pub enum Settlement {
     /// Completed with this encoded response.
-    Complete(Vec<u8>),
+    Complete(Arc<[u8]>),
     /// Failed for good with this error; the payload is kept.
     Fail(String),
     /// The payload could not be decoded: failed for good, flagged quarantined, payload kept.
