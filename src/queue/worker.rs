@@ -1,4 +1,5 @@
-//! The workers: one dispatcher task per wrapped service, and one task per attempt.
+//! The workers: one dispatcher task per wrapped service, which runs attempts that finish at
+//! once itself and gives every other attempt a task of its own.
 //!
 //! The dispatcher owns the inner service. For each job it takes a worker slot, waits for the
 //! service to be ready (before taking a job, so no job is held while the service is busy),
@@ -14,14 +15,16 @@ use std::any::Any;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use tokio::task::futures::TaskLocalFuture;
 use tower_service::Service;
 
 use super::codec;
@@ -63,12 +66,66 @@ where
     }
 }
 
+/// How the dispatcher starts attempts: inline or on their own task.
+///
+/// Most jobs of a queue either finish in their first poll (a no-op, a cache hit, a small
+/// computation) or wait on I/O at once. For those, a task per attempt costs more than the
+/// job: spawning, waking an idle runtime thread, and settling from another thread. So the
+/// dispatcher polls a new attempt once itself and spawns it only if it is still pending.
+///
+/// A job that computes for a long time in its first poll would hold up the dispatcher (and
+/// run the queue's jobs one after another). So inline polling is earned: it starts after
+/// [`FirstPolls::NEEDED`] attempts in a row whose first poll (with the service's `call`)
+/// took at most [`FirstPolls::FAST`], and one slower first poll, inline or on a task, ends
+/// it until the streak is rebuilt. A queue of CPU-heavy jobs thus gets a task per attempt,
+/// and its jobs run in parallel on the runtime's threads.
+#[derive(Debug, Default)]
+struct FirstPolls {
+    streak: AtomicU32,
+}
+
+impl FirstPolls {
+    /// Fast first polls in a row before the dispatcher polls attempts itself.
+    const NEEDED: u32 = 32;
+    /// The longest first poll that counts as fast.
+    const FAST: Duration = Duration::from_micros(100);
+
+    fn inline(&self) -> bool {
+        self.streak.load(Ordering::Relaxed) >= Self::NEEDED
+    }
+
+    fn record(&self, took: Duration) {
+        // Written only when it changes: once earned, the streak is read, not written.
+        let streak = self.streak.load(Ordering::Relaxed);
+        if took > Self::FAST {
+            if streak != 0 {
+                self.streak.store(0, Ordering::Relaxed);
+            }
+        } else if streak < Self::NEEDED {
+            self.streak.store(streak + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What an attempt holds from start to settlement.
+struct Attempt {
+    lease: Lease,
+    ctx: JobContext,
+    /// When the service was called: the start of the `run_seconds` measurement.
+    started: Instant,
+    _worker: OwnedSemaphorePermit,
+}
+
+/// The job's future, in its task-local scope, with panics caught. Boxed so that it can move
+/// to a task of its own after the dispatcher polled it once.
+type Running<F> = Pin<Box<CatchUnwind<TaskLocalFuture<JobContext, F>>>>;
+
 /// The dispatcher loop.
 ///
 /// Shutdown aborts it, which is safe at each of its `.await`s: waiting for a worker slot or
 /// for readiness holds no job, and `Store::dequeue` and `Store::recover` are cancel-safe.
-/// Between taking a job and spawning its attempt there is no `.await`. So the hot path
-/// needs no `select!`: each step tries the non-blocking way first.
+/// Between taking a job and either settling it or spawning its attempt there is no `.await`.
+/// So the hot path needs no `select!`: each step tries the non-blocking way first.
 async fn dispatch<S, Req, St>(core: Arc<Core<Req, St>>, mut service: S)
 where
     S: Service<Req> + Send + 'static,
@@ -79,6 +136,7 @@ where
     St: Store,
 {
     let tracker = &core.tracker;
+    let first_polls = Arc::new(FirstPolls::default());
     loop {
         let permit = match tracker.workers.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -110,24 +168,128 @@ where
             },
         };
 
-        let waited = SystemTime::now().duration_since(lease.enqueued_at()).ok();
+        let waited = lease
+            .started_at()
+            .unwrap_or_else(SystemTime::now)
+            .duration_since(lease.enqueued_at())
+            .ok();
         tracker.started(lease.id(), lease.attempt(), waited);
         let ctx = JobContext::new(lease.id().clone(), lease.attempt());
-        tracker.register(&ctx);
-
-        let start = match codec::decode::<Req>(lease.payload()) {
-            Err(err) => Start::Undecodable(format!("payload could not be decoded: {err}")),
-            Ok(req) => {
-                match catch_unwind(AssertUnwindSafe(|| ctx.sync_scope(|| service.call(req)))) {
-                    Ok(fut) => Start::Run(fut),
-                    Err(panic) => Start::Panicked(panic_message(&*panic)),
-                }
+        let started = Instant::now();
+        let req = match codec::decode::<Req>(lease.payload()) {
+            Ok(req) => req,
+            Err(err) => {
+                let attempt = Attempt {
+                    lease,
+                    ctx,
+                    started,
+                    _worker: permit,
+                };
+                let error = format!("payload could not be decoded: {err}");
+                finish(&core, attempt, Settlement::Quarantine(error), true);
+                continue;
             }
         };
-        tracker
-            .runtime
-            .spawn(attempt(core.clone(), lease, ctx, start, permit));
+        let called = catch_unwind(AssertUnwindSafe(|| ctx.sync_scope(|| service.call(req))));
+        let attempt = Attempt {
+            lease,
+            ctx,
+            started,
+            _worker: permit,
+        };
+        let fut = match called {
+            Ok(fut) => fut,
+            Err(panic) => {
+                let outcome = Outcome::<S::Response, S::Error>::Panicked(panic_message(&*panic));
+                let ran = attempt.started.elapsed();
+                if let Some(settlement) = conclude(&core, &attempt, outcome, ran) {
+                    finish(&core, attempt, settlement, false);
+                }
+                continue;
+            }
+        };
+        let mut fut: Running<S::Future> = Box::pin(CatchUnwind {
+            inner: attempt.ctx.scope(fut),
+        });
+        if !first_polls.inline() {
+            spawn_attempt(&core, attempt, fut, Some(first_polls.clone()));
+            continue;
+        }
+        let polled = fut
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        let ran = attempt.started.elapsed();
+        first_polls.record(ran);
+        match polled {
+            Poll::Pending => spawn_attempt(&core, attempt, fut, None),
+            Poll::Ready(out) => {
+                drop(fut);
+                let outcome = Outcome::from_output(out);
+                if let Some(settlement) = conclude(&core, &attempt, outcome, ran) {
+                    finish(&core, attempt, settlement, false);
+                }
+            }
+        }
     }
+}
+
+/// Gives a started attempt its own task: it runs to its end there and settles.
+fn spawn_attempt<F, T, E, Req, St>(
+    core: &Arc<Core<Req, St>>,
+    attempt: Attempt,
+    fut: Running<F>,
+    first_polls: Option<Arc<FirstPolls>>,
+) where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    E: Into<BoxError> + Send + 'static,
+    Req: Send + 'static,
+    St: Store,
+{
+    // Registered before the task exists, so that shutdown and cancel see it.
+    core.tracker.register(&attempt.ctx);
+    let core = core.clone();
+    core.tracker.runtime.clone().spawn(async move {
+        let fut = FirstPollTimer {
+            inner: fut,
+            report: first_polls,
+        };
+        let outcome = drive(&core, &attempt.lease, &attempt.ctx, fut).await;
+        let ran = attempt.started.elapsed();
+        let ctx = attempt.ctx.clone();
+        if let Some(settlement) = conclude(&core, &attempt, outcome, ran) {
+            settle(core.clone(), attempt, settlement, false).await;
+        }
+        core.tracker.unregister(&ctx);
+    });
+}
+
+/// Settles an attempt that ended without a task of its own: at once when the store answers
+/// at once (the memory store does), else on a task registered as running until it has.
+fn finish<Req, St>(
+    core: &Arc<Core<Req, St>>,
+    attempt: Attempt,
+    settlement: Settlement,
+    quarantined: bool,
+) where
+    Req: Send + 'static,
+    St: Store,
+{
+    let ctx = attempt.ctx.clone();
+    let mut settling = Box::pin(settle(core.clone(), attempt, settlement, quarantined));
+    if settling
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        .is_ready()
+    {
+        return;
+    }
+    core.tracker.register(&ctx);
+    let core = core.clone();
+    core.tracker.runtime.clone().spawn(async move {
+        settling.await;
+        core.tracker.unregister(&ctx);
+    });
 }
 
 /// Waits for a job when none was ready, recovering expired leases meanwhile (for stores
@@ -170,12 +332,6 @@ async fn next_job<Req, St: Store>(core: &Core<Req, St>) -> Option<Lease> {
     }
 }
 
-enum Start<F> {
-    Run(F),
-    Panicked(String),
-    Undecodable(String),
-}
-
 enum Outcome<T, E> {
     Done(T),
     Failed(E),
@@ -184,45 +340,32 @@ enum Outcome<T, E> {
     LeaseLost,
 }
 
-async fn attempt<F, T, E, Req, St>(
-    core: Arc<Core<Req, St>>,
-    lease: Lease,
-    ctx: JobContext,
-    start: Start<F>,
-    _worker: OwnedSemaphorePermit,
-) where
-    F: Future<Output = Result<T, E>> + Send,
+impl<T, E> Outcome<T, E> {
+    fn from_output(out: Result<Result<T, E>, Box<dyn Any + Send>>) -> Self {
+        match out {
+            Ok(Ok(response)) => Self::Done(response),
+            Ok(Err(err)) => Self::Failed(err),
+            Err(panic) => Self::Panicked(panic_message(&*panic)),
+        }
+    }
+}
+
+/// Turns how an attempt ended into the store's settlement (`None` when the attempt lost
+/// its lease and must not settle), and records how long it ran.
+fn conclude<T, E, Req, St>(
+    core: &Core<Req, St>,
+    attempt: &Attempt,
+    outcome: Outcome<T, E>,
+    ran: Duration,
+) -> Option<Settlement>
+where
     T: Serialize,
     E: Into<BoxError>,
-    St: Store,
 {
     let tracker = &core.tracker;
     let config = &tracker.config;
-    let started = std::time::Instant::now();
-    let outcome = match start {
-        Start::Undecodable(error) => {
-            let settled = core
-                .store
-                .settle(&lease, Settlement::Quarantine(error), config.result_ttl)
-                .await;
-            report(&core, &lease, settled, true);
-            tracker.unregister(&ctx);
-            return;
-        }
-        Start::Panicked(message) => Outcome::Panicked(message),
-        Start::Run(fut) => {
-            let outcome = drive(&core, &lease, &ctx, fut).await;
-            // Progress reported just before the job returned, with no `.await` after it.
-            if let Some(progress) = ctx.take_progress() {
-                if let Err(err) = core.store.progress(&lease, &progress).await {
-                    tracing::warn!(queue = %tracker.name, job = %lease.id(), error = %error_chain(&err), "could not record progress");
-                }
-            }
-            outcome
-        }
-    };
-    tracker.metrics.run.record(started.elapsed().as_secs_f64());
-
+    let lease = &attempt.lease;
+    tracker.metrics.run.record(ran.as_secs_f64());
     let retry = |error: String| {
         if lease.attempt() < config.max_attempts {
             Settlement::Retry {
@@ -233,14 +376,13 @@ async fn attempt<F, T, E, Req, St>(
             Settlement::Fail(error)
         }
     };
-    let settlement = match outcome {
+    Some(match outcome {
         Outcome::LeaseLost => {
             tracing::debug!(queue = %tracker.name, job = %lease.id(), "lease lost; the attempt stopped without settling");
-            tracker.unregister(&ctx);
-            return;
+            return None;
         }
         // Asked to stop (cancelled, or shut down): whatever the job returned, it is cancelled.
-        _ if ctx.is_cancelled() => Settlement::Cancel,
+        _ if attempt.ctx.is_cancelled() => Settlement::Cancel,
         Outcome::Stopped => Settlement::Cancel,
         Outcome::Done(response) => match codec::encode(&response) {
             Ok(bytes) => Settlement::Complete(bytes),
@@ -256,13 +398,29 @@ async fn attempt<F, T, E, Req, St>(
             }
         }
         Outcome::Panicked(message) => retry(format!("panicked: {message}")),
-    };
+    })
+}
+
+/// Writes the attempt's last progress, then its settlement, and reports the new status.
+/// The worker slot is freed when it returns.
+async fn settle<Req, St: Store>(
+    core: Arc<Core<Req, St>>,
+    attempt: Attempt,
+    settlement: Settlement,
+    quarantined: bool,
+) {
+    let lease = &attempt.lease;
+    // Progress reported just before the job returned, with no `.await` after it.
+    if let Some(progress) = attempt.ctx.take_progress() {
+        if let Err(err) = core.store.progress(lease, &progress).await {
+            tracing::warn!(queue = %core.tracker.name, job = %lease.id(), error = %error_chain(&err), "could not record progress");
+        }
+    }
     let settled = core
         .store
-        .settle(&lease, settlement, config.result_ttl)
+        .settle(lease, settlement, core.tracker.config.result_ttl)
         .await;
-    report(&core, &lease, settled, false);
-    tracker.unregister(&ctx);
+    report(&core, lease, settled, quarantined);
 }
 
 fn report<Req, St>(
@@ -296,13 +454,10 @@ async fn drive<F, T, E, Req, St>(
     fut: F,
 ) -> Outcome<T, E>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Result<T, E>, Box<dyn Any + Send>>>,
     St: Store,
 {
     let tracker = &core.tracker;
-    let fut = CatchUnwind {
-        inner: ctx.scope(fut),
-    };
     tokio::pin!(fut);
     // Cooperative first: the job sees `cancelled()`; after the grace period it is dropped.
     let grace = tracker.config.cancel_grace;
@@ -319,13 +474,7 @@ where
     loop {
         tokio::select! {
             biased;
-            out = &mut fut => {
-                return match out {
-                    Ok(Ok(response)) => Outcome::Done(response),
-                    Ok(Err(err)) => Outcome::Failed(err),
-                    Err(panic) => Outcome::Panicked(panic_message(&*panic)),
-                };
-            }
+            out = &mut fut => return Outcome::from_output(out),
             () = ctx.aborted() => return Outcome::Stopped,
             () = &mut stop => return Outcome::Stopped,
             () = ctx.progress_changed() => {
@@ -353,6 +502,27 @@ where
                 }
             }
         }
+    }
+}
+
+/// Reports how long the first poll of a spawned attempt took, so that the dispatcher knows
+/// when to poll attempts itself again (see [`FirstPolls`]).
+struct FirstPollTimer<F> {
+    inner: F,
+    report: Option<Arc<FirstPolls>>,
+}
+
+impl<F: Future + Unpin> Future for FirstPollTimer<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(report) = self.report.take() else {
+            return Pin::new(&mut self.inner).poll(cx);
+        };
+        let start = Instant::now();
+        let out = Pin::new(&mut self.inner).poll(cx);
+        report.record(start.elapsed());
+        out
     }
 }
 

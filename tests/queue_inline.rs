@@ -1,0 +1,261 @@
+//! The dispatcher's inline polling: once a queue's attempts have been fast for a while, the
+//! dispatcher polls each new attempt once itself and gives it a task only if it is still
+//! pending; a slow first poll gives every attempt its own task again.
+//!
+//! Where an attempt ran is observable through `tokio::task::try_id()`: attempts polled
+//! inline all run on the dispatcher's task, spawned ones each on a task of their own.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use layercake::queue::{
+    Backoff, JobContext, JobId, JobInfo, JobStatus, Permanent, Progress, Queue, QueueError,
+    QueueLayer,
+};
+use layercake::BoxError;
+use serde::{Deserialize, Serialize};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Job {
+    Noop,
+    /// Blocks its thread in its first poll.
+    Block(u64),
+    /// Blocks until another `Meet` job blocks too (or 5 s pass); fails if alone.
+    Meet,
+    FailFirstAttempt,
+    Panic,
+    Permanent,
+    Progress,
+}
+
+/// Two jobs that block their threads until both are there: they meet only if they run in
+/// parallel.
+#[derive(Default)]
+struct Meeting {
+    arrived: Mutex<u32>,
+    all_there: Condvar,
+}
+
+impl Meeting {
+    fn meet(&self) -> bool {
+        let mut arrived = self.arrived.lock().unwrap();
+        *arrived += 1;
+        self.all_there.notify_all();
+        let (arrived, _) = self
+            .all_there
+            .wait_timeout_while(arrived, Duration::from_secs(5), |n| *n < 2)
+            .unwrap();
+        *arrived >= 2
+    }
+}
+
+type TestQueue = Queue<Job, String>;
+
+/// The task of the latest attempt (these tests run one job at a time).
+type LastTask = Arc<Mutex<String>>;
+
+/// A queue whose jobs answer with the id of the task that ran them.
+fn queue(
+    meeting: Arc<Meeting>,
+    last: LastTask,
+) -> (
+    TestQueue,
+    impl Service<Job, Response = JobId, Error = QueueError> + Clone,
+) {
+    let queue: TestQueue = Queue::builder("inline")
+        .workers(8)
+        .capacity(1_000)
+        .max_attempts(2)
+        .backoff(Backoff::fixed(Duration::ZERO))
+        .build()
+        .unwrap();
+    let svc = QueueLayer::new(queue.clone()).layer(service_fn(move |job: Job| {
+        let (meeting, last) = (meeting.clone(), last.clone());
+        async move {
+            let ctx = JobContext::current().expect("a job sees its context");
+            let task = tokio::task::try_id()
+                .expect("jobs run on tasks")
+                .to_string();
+            last.lock().unwrap().clone_from(&task);
+            match job {
+                Job::Noop => {}
+                Job::Block(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                Job::Meet => {
+                    if !meeting.meet() {
+                        return Err::<String, BoxError>(Permanent::new("ran alone").into());
+                    }
+                }
+                Job::FailFirstAttempt if ctx.attempt() == 1 => {
+                    return Err("the first attempt fails".into())
+                }
+                Job::FailFirstAttempt => {}
+                Job::Panic => panic!("the job panicked"),
+                Job::Permanent => return Err(Permanent::new("bad input").into()),
+                Job::Progress => ctx.set_progress(Progress::new(1.0).with_message("all done")),
+            }
+            Ok(task)
+        }
+    }));
+    (queue, svc)
+}
+
+/// Runs jobs one after another; returns the task each completed job ran on.
+async fn run<S>(queue: &TestQueue, svc: &S, jobs: impl IntoIterator<Item = Job>) -> Vec<String>
+where
+    S: Service<Job, Response = JobId, Error = QueueError> + Clone,
+{
+    let mut tasks = Vec::new();
+    for job in jobs {
+        let id = svc.clone().oneshot(job).await.unwrap();
+        let info = tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
+            .await
+            .expect("the job finishes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.status, JobStatus::Completed, "{info:?}");
+        tasks.push(info.result.unwrap());
+    }
+    tasks
+}
+
+fn distinct(tasks: &[String]) -> usize {
+    tasks.iter().collect::<HashSet<_>>().len()
+}
+
+/// Runs no-op jobs until 8 in a row ran on one task (the dispatcher's), and returns it. A
+/// first poll can be slow now and then on a busy machine (the thread was preempted), which
+/// rightly ends inline polling for a while; so this waits for it rather than counting jobs.
+async fn until_inline<S>(queue: &TestQueue, svc: &S) -> String
+where
+    S: Service<Job, Response = JobId, Error = QueueError> + Clone,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks = run(queue, svc, (0..8).map(|_| Job::Noop)).await;
+        if distinct(&tasks) == 1 {
+            return tasks[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dispatcher never polled attempts inline"
+        );
+    }
+}
+
+/// Submits `job` while attempts are polled inline, until its last attempt ran inline (a
+/// preempted first poll before it can switch inline polling off), and returns it.
+async fn run_inline<S>(queue: &TestQueue, svc: &S, last: &LastTask, job: Job) -> JobInfo<String>
+where
+    S: Service<Job, Response = JobId, Error = QueueError> + Clone,
+{
+    for _ in 0..20 {
+        let dispatcher = until_inline(queue, svc).await;
+        let id = svc.clone().oneshot(job.clone()).await.unwrap();
+        let info = tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
+            .await
+            .expect("the job finishes")
+            .unwrap()
+            .unwrap();
+        if *last.lock().unwrap() == dispatcher {
+            return info;
+        }
+    }
+    panic!("{job:?} never ran inline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_jobs_run_on_the_dispatcher_and_a_slow_one_gives_jobs_their_own_tasks() {
+    let (queue, svc) = queue(Arc::default(), LastTask::default());
+
+    // Until the dispatcher has seen enough fast attempts, each has its own task.
+    let early = run(&queue, &svc, (0..8).map(|_| Job::Noop)).await;
+    assert_eq!(distinct(&early), 8, "{early:?}");
+
+    // Then one task (the dispatcher's) runs them.
+    let dispatcher = until_inline(&queue, &svc).await;
+
+    // One slow first poll (polled inline), and attempts get tasks of their own again...
+    let slow = run(&queue, &svc, [Job::Block(5)]).await;
+    assert_eq!(
+        slow,
+        std::slice::from_ref(&dispatcher),
+        "the slow job itself was polled inline"
+    );
+    let after = run(&queue, &svc, (0..8).map(|_| Job::Noop)).await;
+    assert_eq!(distinct(&after), 8, "{after:?}");
+    assert!(!after.contains(&dispatcher), "{after:?}");
+
+    // ...so jobs that compute without yielding run in parallel, one per runtime thread:
+    // each of these blocks its thread until the other one runs too.
+    let a = svc.clone().oneshot(Job::Meet).await.unwrap();
+    let b = svc.clone().oneshot(Job::Meet).await.unwrap();
+    for id in [a, b] {
+        let info = tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
+            .await
+            .expect("the job finishes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.status, JobStatus::Completed, "{info:?}");
+    }
+
+    // And fast jobs earn inline polling back, on the same dispatcher.
+    assert_eq!(until_inline(&queue, &svc).await, dispatcher);
+    support::eventually(Duration::from_secs(5), "no attempt running", || async {
+        queue.info().running == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_end_in_their_first_poll_settle_like_any_other() {
+    let last = LastTask::default();
+    let (queue, svc) = queue(Arc::default(), last.clone());
+
+    let retried = run_inline(&queue, &svc, &last, Job::FailFirstAttempt).await;
+    assert_eq!(retried.status, JobStatus::Completed);
+    assert_eq!(retried.attempts, 2);
+
+    let permanent = run_inline(&queue, &svc, &last, Job::Permanent).await;
+    assert_eq!(permanent.status, JobStatus::Failed);
+    assert_eq!(permanent.attempts, 1);
+    assert!(
+        permanent.error.as_deref().unwrap().contains("bad input"),
+        "{permanent:?}"
+    );
+
+    let progress = run_inline(&queue, &svc, &last, Job::Progress).await;
+    assert_eq!(progress.status, JobStatus::Completed);
+    let reported = progress
+        .progress
+        .expect("progress reported in the only poll is kept");
+    assert_eq!(reported.message.as_deref(), Some("all done"));
+
+    // A panic fails the attempt, not the dispatcher (it is slow too: the panic hook prints
+    // it, so the retry may get a task of its own).
+    let dispatcher = until_inline(&queue, &svc).await;
+    let id = svc.clone().oneshot(Job::Panic).await.unwrap();
+    let panicked = queue.wait(&id).await.unwrap().unwrap();
+    assert_eq!(panicked.status, JobStatus::Failed);
+    assert_eq!(panicked.attempts, 2);
+    assert!(
+        panicked
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("the job panicked"),
+        "{panicked:?}"
+    );
+    assert_eq!(until_inline(&queue, &svc).await, dispatcher);
+
+    support::eventually(Duration::from_secs(5), "no attempt running", || async {
+        queue.info().running == 0
+    })
+    .await;
+    let info = queue.info();
+    assert_eq!((info.failed, info.retried), (2, 2));
+    assert_eq!(info.completed + info.failed, info.enqueued);
+}
