@@ -57,8 +57,13 @@
 //!   running returns that job's id and adds nothing, even under concurrent enqueues.
 //! - **Workers.** The wrapped service runs on the Tokio runtime (or the one given to
 //!   [`runtime`](QueueBuilder::runtime)), at most [`workers`](QueueBuilder::workers) jobs
-//!   at a time, each attempt on its own task. A panic fails that attempt with the panic
-//!   message; the workers carry on.
+//!   at a time. An attempt that waits (on I/O, a timer) or computes for long runs on a task
+//!   of its own, so jobs run in parallel on the runtime's threads. Once a queue's attempts
+//!   have been quick for a while (32 in a row at most 100 µs in their first poll), the
+//!   dispatcher polls each new attempt once itself and spawns it only if it is still
+//!   pending: a job that finishes at once then costs no task. One slower first poll brings
+//!   back a task per attempt. A panic fails that attempt with the panic message; the
+//!   workers carry on.
 //! - **Retries.** A failed attempt is retried after a [`Backoff`] (exponential with jitter
 //!   by default) until [`max_attempts`](QueueBuilder::max_attempts); an error wrapped in
 //!   [`Permanent`] fails the job at once.
