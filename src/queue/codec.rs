@@ -33,7 +33,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
             return Ok(Arc::from(buf));
         };
         buf.clear();
-        let encoded = rmp_serde::encode::write_named(&mut *buf, value).map(|()| Arc::from(&buf[..]));
+        let encoded =
+            rmp_serde::encode::write_named(&mut *buf, value).map(|()| Arc::from(&buf[..]));
         if buf.capacity() > SCRATCH_KEEP {
             *buf = Vec::with_capacity(256);
         }
