@@ -259,3 +259,97 @@ async fn attempts_that_end_in_their_first_poll_settle_like_any_other() {
     assert_eq!((info.failed, info.retried), (2, 2));
     assert_eq!(info.completed + info.failed, info.enqueued);
 }
+
+/// A request: `Deserialize` panics on one whose `explode_on_decode` is set.
+#[derive(Debug, Clone, Serialize)]
+struct Touchy {
+    explode_on_decode: bool,
+    explode_on_encode: bool,
+}
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Plain {
+            explode_on_decode: bool,
+            explode_on_encode: bool,
+        }
+        let plain = Plain::deserialize(deserializer)?;
+        assert!(!plain.explode_on_decode, "Deserialize exploded");
+        Ok(Self {
+            explode_on_decode: false,
+            explode_on_encode: plain.explode_on_encode,
+        })
+    }
+}
+
+/// A response whose `Serialize` panics when it is `Reply(true)`.
+#[derive(Debug, Clone, Deserialize)]
+struct Reply(bool);
+
+impl Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        assert!(!self.0, "Serialize exploded");
+        serializer.serialize_bool(false)
+    }
+}
+
+const CALM: Touchy = Touchy {
+    explode_on_decode: false,
+    explode_on_encode: false,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_serialize_or_deserialize_fails_the_job_not_the_dispatcher() {
+    let queue: Queue<Touchy, Reply> = Queue::builder("touchy").build().unwrap();
+    let svc = QueueLayer::new(queue.clone()).layer(service_fn(|req: Touchy| async move {
+        Ok::<_, BoxError>(Reply(req.explode_on_encode))
+    }));
+    let finish = |id: JobId| {
+        let queue = queue.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
+                .await
+                .expect("the job finishes")
+                .unwrap()
+                .unwrap()
+        }
+    };
+    // Enough quick jobs that the dispatcher runs them (and encodes their responses) itself.
+    for _ in 0..64 {
+        let id = svc.clone().oneshot(CALM).await.unwrap();
+        assert_eq!(finish(id).await.status, JobStatus::Completed);
+    }
+
+    let explosive = Touchy {
+        explode_on_encode: true,
+        ..CALM
+    };
+    let id = svc.clone().oneshot(explosive).await.unwrap();
+    let exploded = finish(id).await;
+    assert_eq!(exploded.status, JobStatus::Failed, "{exploded:?}");
+    let error = exploded.error.unwrap();
+    assert!(error.contains("Serialize exploded"), "{error}");
+
+    // A payload whose decoding panics is quarantined, like any undecodable payload.
+    let poisoned = Touchy {
+        explode_on_decode: true,
+        ..CALM
+    };
+    let id = svc.clone().oneshot(poisoned).await.unwrap();
+    let quarantined = finish(id).await;
+    assert_eq!(quarantined.status, JobStatus::Failed, "{quarantined:?}");
+    assert!(quarantined.quarantined);
+    assert!(
+        quarantined
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("Deserialize exploded"),
+        "{quarantined:?}"
+    );
+
+    // The dispatcher is still there.
+    let id = svc.clone().oneshot(CALM).await.unwrap();
+    assert_eq!(finish(id).await.status, JobStatus::Completed);
+}

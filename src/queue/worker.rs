@@ -176,7 +176,14 @@ where
         tracker.started(lease.id(), lease.attempt(), waited);
         let ctx = JobContext::new(lease.id().clone(), lease.attempt());
         let started = Instant::now();
-        let req = match codec::decode::<Req>(lease.payload()) {
+        // The request's `Deserialize` is the application's code: a panic in it quarantines
+        // the job instead of stopping the dispatcher.
+        let decoded = catch_unwind(AssertUnwindSafe(|| codec::decode::<Req>(lease.payload())))
+            .unwrap_or_else(|panic| {
+                let message = format!("panicked: {}", panic_message(&*panic));
+                Err(serde::de::Error::custom(message))
+            });
+        let req = match decoded {
             Ok(req) => req,
             Err(err) => {
                 let attempt = Attempt {
@@ -384,10 +391,18 @@ where
         // Asked to stop (cancelled, or shut down): whatever the job returned, it is cancelled.
         _ if attempt.ctx.is_cancelled() => Settlement::Cancel,
         Outcome::Stopped => Settlement::Cancel,
-        Outcome::Done(response) => match codec::encode(&response) {
-            Ok(bytes) => Settlement::Complete(bytes),
-            Err(err) => Settlement::Fail(format!("response could not be encoded: {err}")),
-        },
+        // The response's `Serialize` is the application's code, and may run on the
+        // dispatcher: a panic in it fails the job, not the dispatcher.
+        Outcome::Done(response) => {
+            match catch_unwind(AssertUnwindSafe(|| codec::encode(&response))) {
+                Ok(Ok(bytes)) => Settlement::Complete(bytes),
+                Ok(Err(err)) => Settlement::Fail(format!("response could not be encoded: {err}")),
+                Err(panic) => Settlement::Fail(format!(
+                    "response could not be encoded: panicked: {}",
+                    panic_message(&*panic)
+                )),
+            }
+        }
         Outcome::Failed(err) => {
             let err: BoxError = err.into();
             let message = error_chain(&*err);
