@@ -3,13 +3,18 @@
 //!
 //! The dispatcher owns the inner service. For each job it takes a worker slot, waits for the
 //! service to be ready (before taking a job, so no job is held while the service is busy),
-//! dequeues a job, decodes it, calls the service inside the job's task-local context, and
-//! spawns the response future as the attempt's own task. That keeps Tower's readiness
-//! contract (one service, `poll_ready` before each `call`) without requiring `S: Clone`,
-//! like `tower::buffer`'s worker, while attempts run concurrently up to `workers`.
+//! dequeues a job, decodes it, and calls the service inside the job's task-local context.
+//! That keeps Tower's readiness contract (one service, `poll_ready` before each `call`)
+//! without requiring `S: Clone`, like `tower::buffer`'s worker, while attempts run
+//! concurrently up to `workers`.
 //!
-//! The attempt task drives the future, catches its panic, watches for cancellation, writes
-//! progress, renews the lease when the store's leases expire, and settles the job.
+//! The response future then either gets a task of its own, or, once the queue's attempts
+//! have proven quick (see [`FirstPolls`]), is polled once by the dispatcher and gets a task
+//! only if it is still pending. An attempt that ended in that poll is settled by the
+//! dispatcher at once. An attempt task drives the future, catches its panic, watches for
+//! cancellation, writes progress, renews the lease when the store's leases expire, and
+//! settles the job. The dispatcher never awaits while it holds a job, so shutdown can
+//! abort it at any `.await`.
 
 use std::any::Any;
 use std::future::{poll_fn, Future};
