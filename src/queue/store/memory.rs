@@ -371,11 +371,14 @@ impl Store for MemoryStore {
             due: None,
             expires_at: None,
         };
-        // No purge here: every operation that finishes a job (settle, cancel) purges, so
-        // expired records are still bounded, and the caller's enqueue stays short (callers
-        // and workers contend for this lock). Reads skip expired records.
+        // Expired records are removed here (and on cancel), not when a job settles: the
+        // workers' dispatcher sets the pace of a busy queue, and callers have time to spare.
+        // Records only expire after jobs finish, and every enqueue purges, so they stay
+        // bounded; reads skip expired records.
+        let now = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
+        state.purge(now);
         let generation = state.next_generation;
         state.next_generation += 1;
         entry.generation = generation;
@@ -443,7 +446,6 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
-        state.purge(now);
         let Some(entry) = state.leased(lease) else {
             return Ok(Settled::Stale);
         };
