@@ -16,6 +16,7 @@ use layercake::queue::{
     QueueLayer,
 };
 use layercake::BoxError;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -111,15 +112,20 @@ where
     let mut tasks = Vec::new();
     for job in jobs {
         let id = svc.clone().oneshot(job).await.unwrap();
-        let info = tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
-            .await
-            .expect("the job finishes")
-            .unwrap()
-            .unwrap();
+        let info = finished(queue, &id).await;
         assert_eq!(info.status, JobStatus::Completed, "{info:?}");
         tasks.push(info.result.unwrap());
     }
     tasks
+}
+
+/// The job once it has finished (within a generous limit that only catches a hang).
+async fn finished<Req, Res: DeserializeOwned>(queue: &Queue<Req, Res>, id: &JobId) -> JobInfo<Res> {
+    tokio::time::timeout(Duration::from_secs(10), queue.wait(id))
+        .await
+        .expect("the job finishes")
+        .unwrap()
+        .expect("the job exists")
 }
 
 fn distinct(tasks: &[String]) -> usize {
@@ -155,11 +161,7 @@ where
     for _ in 0..20 {
         let dispatcher = until_inline(queue, svc).await;
         let id = svc.clone().oneshot(job.clone()).await.unwrap();
-        let info = tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
-            .await
-            .expect("the job finishes")
-            .unwrap()
-            .unwrap();
+        let info = finished(queue, &id).await;
         if *last.lock().unwrap() == dispatcher {
             return info;
         }
@@ -194,11 +196,7 @@ async fn fast_jobs_run_on_the_dispatcher_and_a_slow_one_gives_jobs_their_own_tas
     let a = svc.clone().oneshot(Job::Meet).await.unwrap();
     let b = svc.clone().oneshot(Job::Meet).await.unwrap();
     for id in [a, b] {
-        let info = tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
-            .await
-            .expect("the job finishes")
-            .unwrap()
-            .unwrap();
+        let info = finished(&queue, &id).await;
         assert_eq!(info.status, JobStatus::Completed, "{info:?}");
     }
 
@@ -305,20 +303,10 @@ async fn a_panicking_serialize_or_deserialize_fails_the_job_not_the_dispatcher()
     let svc = QueueLayer::new(queue.clone()).layer(service_fn(|req: Touchy| async move {
         Ok::<_, BoxError>(Reply(req.explode_on_encode))
     }));
-    let finish = |id: JobId| {
-        let queue = queue.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(10), queue.wait(&id))
-                .await
-                .expect("the job finishes")
-                .unwrap()
-                .unwrap()
-        }
-    };
     // Enough quick jobs that the dispatcher runs them (and encodes their responses) itself.
     for _ in 0..64 {
         let id = svc.clone().oneshot(CALM).await.unwrap();
-        assert_eq!(finish(id).await.status, JobStatus::Completed);
+        assert_eq!(finished(&queue, &id).await.status, JobStatus::Completed);
     }
 
     let explosive = Touchy {
@@ -326,7 +314,7 @@ async fn a_panicking_serialize_or_deserialize_fails_the_job_not_the_dispatcher()
         ..CALM
     };
     let id = svc.clone().oneshot(explosive).await.unwrap();
-    let exploded = finish(id).await;
+    let exploded = finished(&queue, &id).await;
     assert_eq!(exploded.status, JobStatus::Failed, "{exploded:?}");
     let error = exploded.error.unwrap();
     assert!(error.contains("Serialize exploded"), "{error}");
@@ -337,7 +325,7 @@ async fn a_panicking_serialize_or_deserialize_fails_the_job_not_the_dispatcher()
         ..CALM
     };
     let id = svc.clone().oneshot(poisoned).await.unwrap();
-    let quarantined = finish(id).await;
+    let quarantined = finished(&queue, &id).await;
     assert_eq!(quarantined.status, JobStatus::Failed, "{quarantined:?}");
     assert!(quarantined.quarantined);
     assert!(
@@ -351,5 +339,5 @@ async fn a_panicking_serialize_or_deserialize_fails_the_job_not_the_dispatcher()
 
     // The dispatcher is still there.
     let id = svc.clone().oneshot(CALM).await.unwrap();
-    assert_eq!(finish(id).await.status, JobStatus::Completed);
+    assert_eq!(finished(&queue, &id).await.status, JobStatus::Completed);
 }
