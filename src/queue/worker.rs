@@ -34,7 +34,7 @@ use tower_service::Service;
 
 use super::codec;
 use super::error::{error_chain, Permanent};
-use super::handle::Core;
+use super::handle::{Core, Tracker};
 use super::job::JobContext;
 use super::store::{Lease, LeaseState, Settled, Settlement, Store};
 use crate::BoxError;
@@ -179,36 +179,32 @@ where
             .duration_since(lease.enqueued_at())
             .ok();
         tracker.started(lease.id(), lease.attempt(), waited);
-        let ctx = JobContext::new(lease.id().clone(), lease.attempt());
-        let started = Instant::now();
+        let attempt = Attempt {
+            ctx: JobContext::new(lease.id().clone(), lease.attempt()),
+            lease,
+            started: Instant::now(),
+            _worker: permit,
+        };
         // The request's `Deserialize` is the application's code: a panic in it quarantines
         // the job instead of stopping the dispatcher.
-        let decoded = catch_unwind(AssertUnwindSafe(|| codec::decode::<Req>(lease.payload())))
-            .unwrap_or_else(|panic| {
-                let message = format!("panicked: {}", panic_message(&*panic));
-                Err(serde::de::Error::custom(message))
-            });
+        let decoded = catch_unwind(AssertUnwindSafe(|| {
+            codec::decode::<Req>(attempt.lease.payload())
+        }))
+        .unwrap_or_else(|panic| {
+            let message = format!("panicked: {}", panic_message(&*panic));
+            Err(serde::de::Error::custom(message))
+        });
         let req = match decoded {
             Ok(req) => req,
             Err(err) => {
-                let attempt = Attempt {
-                    lease,
-                    ctx,
-                    started,
-                    _worker: permit,
-                };
                 let error = format!("payload could not be decoded: {err}");
                 finish(&core, attempt, Settlement::Quarantine(error), true);
                 continue;
             }
         };
-        let called = catch_unwind(AssertUnwindSafe(|| ctx.sync_scope(|| service.call(req))));
-        let attempt = Attempt {
-            lease,
-            ctx,
-            started,
-            _worker: permit,
-        };
+        let called = catch_unwind(AssertUnwindSafe(|| {
+            attempt.ctx.sync_scope(|| service.call(req))
+        }));
         let fut = match called {
             Ok(fut) => fut,
             Err(panic) => {
@@ -258,21 +254,34 @@ fn spawn_attempt<F, T, E, Req, St>(
     Req: Send + 'static,
     St: Store,
 {
-    // Registered before the task exists, so that shutdown and cancel see it.
-    core.tracker.register(&attempt.ctx);
-    let core = core.clone();
-    core.tracker.runtime.clone().spawn(async move {
+    let ctx = attempt.ctx.clone();
+    let task_core = core.clone();
+    spawn_registered(&core.tracker, ctx, async move {
+        let core = task_core;
         let fut = FirstPollTimer {
             inner: fut,
             report: first_polls,
         };
         let outcome = drive(&core, &attempt.lease, &attempt.ctx, fut).await;
         let ran = attempt.started.elapsed();
-        let ctx = attempt.ctx.clone();
         if let Some(settlement) = conclude(&core, &attempt, outcome, ran) {
             settle(core.clone(), attempt, settlement, false).await;
         }
-        core.tracker.unregister(&ctx);
+    });
+}
+
+/// Runs `work` for the attempt of `ctx` on a task, registered as running from before the
+/// task exists (so that shutdown and cancel see it) until `work` is done.
+fn spawn_registered(
+    tracker: &Arc<Tracker>,
+    ctx: JobContext,
+    work: impl Future<Output = ()> + Send + 'static,
+) {
+    tracker.register(&ctx);
+    let tracker = tracker.clone();
+    tracker.runtime.clone().spawn(async move {
+        work.await;
+        tracker.unregister(&ctx);
     });
 }
 
@@ -296,12 +305,7 @@ fn finish<Req, St>(
     {
         return;
     }
-    core.tracker.register(&ctx);
-    let core = core.clone();
-    core.tracker.runtime.clone().spawn(async move {
-        settling.await;
-        core.tracker.unregister(&ctx);
-    });
+    spawn_registered(&core.tracker, ctx, settling);
 }
 
 /// Waits for a job when none was ready, recovering expired leases meanwhile (for stores
