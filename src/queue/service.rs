@@ -136,16 +136,17 @@ where
             return ResponseFuture::done(Err(QueueError::closed()));
         }
         let core = self.queue.core();
-        let id = core
-            .job_id
-            .as_ref()
-            .and_then(|job_id| job_id(&req))
-            .unwrap_or_else(JobId::random);
+        let chosen = core.job_id.as_ref().and_then(|job_id| job_id(&req));
         let payload = match codec::encode(&req) {
             Ok(payload) => payload,
             Err(err) => return ResponseFuture::done(Err(QueueError::encode(err))),
         };
-        let fut = core.store.enqueue(NewJob::new(id.clone(), payload));
+        let job = match chosen {
+            Some(id) => NewJob::new(id, payload),
+            None => NewJob::new(JobId::random(), payload).with_generated_id(),
+        };
+        let id = job.id.clone();
+        let fut = core.store.enqueue(job);
         ResponseFuture::enqueue(fut, id, tracker.clone(), permit)
     }
 }

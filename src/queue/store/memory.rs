@@ -1,10 +1,19 @@
-//! The in-process store: one mutex around an arena of jobs, an index by id, and queues.
+//! The in-process store: one mutex around the live jobs (queued and running) and an archive
+//! of finished ones.
 //!
-//! Hot-path layout (measured in `benches/queue.rs`): job records live in a slab (a `Vec`
-//! with a free list) and everything but the id index refers to them by slot, so dequeue,
-//! settle and expiry do not hash the id. A lease's token carries its slot. Finished jobs
-//! expire in the order they finished (one result TTL per queue), so expiry pops from the
-//! front of a `VecDeque` instead of searching a tree.
+//! Hot-path layout (measured in `benches/queue.rs`):
+//!
+//! - **Live jobs** live in a slab (a `Vec` with a free list) with an index by id; the ready
+//!   queue, the retry set and leases refer to them by slot, so dequeue and settle do not
+//!   hash the id. A lease's token carries its slot. The slab holds only queued and running
+//!   jobs, so it stays small and warm in cache however many jobs have finished.
+//! - **Finished jobs** move to an [`Archive`]: per result TTL, a run of generations, each
+//!   the jobs finished within an eighth of the TTL, with an index of its own. A generation
+//!   is dropped whole once its last job has expired, instead of one record at a time from
+//!   a large index, and it is dropped after the lock is released. Reads skip records
+//!   whose TTL has passed, so a job is visible for exactly its TTL; its memory is given
+//!   back within an eighth of the TTL after that.
+//! - An id the queue generated ([`NewJob::generated_id`]) is not looked up on enqueue.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -22,23 +31,32 @@ use super::{
 };
 use crate::queue::job::{CancelOutcome, JobId, JobStatus, Progress};
 
-/// The id index's hasher: foldhash with a random per-map seed (what `hashbrown` uses by
+/// The id indexes' hasher: foldhash with a random per-map seed (what `hashbrown` uses by
 /// default), several times faster than SipHash on 32-byte ids. Ids can be chosen by
 /// clients (deduplication keys), so the seed stays random.
 type IdHasher = foldhash::fast::RandomState;
 
-/// The id index: slots, hashed by their job's id. A `HashTable` rather than a `HashMap`
-/// so that each entry keeps its hash and expiry removes it by slot, without reading the
-/// (by then cold) id again.
-type Index = hashbrown::HashTable<Slot>;
+/// An id index: positions (slab slots, or places in a generation), hashed by their job's
+/// id. A `HashTable` rather than a `HashMap` so that each entry's hash is kept beside the
+/// record and removal goes by position, without hashing the id again.
+type Index = hashbrown::HashTable<u32>;
+
+/// How many generations a result TTL is cut into: the archive holds a finished job's
+/// memory for at most this fraction of the TTL past its expiry.
+const GENERATIONS_PER_TTL: u32 = 8;
+/// The shortest time a generation takes jobs for, so that a tiny TTL does not make a
+/// generation per job.
+const MIN_GENERATION_SPAN: Duration = Duration::from_millis(1);
 
 /// A [`Store`] in this process's memory: the default store of a
 /// [`Queue`](crate::queue::Queue).
 ///
 /// Jobs do not outlive the process, and its leases never expire (a worker that could die
-/// takes the store with it). Finished jobs are removed once their result TTL has passed,
-/// so memory stays bounded by the capacity plus the jobs finished within one TTL. Expiry is
-/// measured on Tokio's clock, so tests can use paused time.
+/// takes the store with it). A finished job is visible for its result TTL and then
+/// forgotten; its memory is given back, with the other jobs that finished around the same
+/// time, at most an eighth of the TTL later. So memory stays bounded by the capacity plus
+/// the jobs finished within 9/8 of a TTL. Expiry is measured on Tokio's clock, so tests can
+/// use paused time.
 ///
 /// Cloning gives another handle to the same jobs.
 ///
@@ -64,51 +82,43 @@ struct Inner {
     waiting: AtomicUsize,
 }
 
-/// A slot of the arena, with the generation of the job in it.
+/// A slot of the live slab.
 type Slot = u32;
 
 #[derive(Default)]
 struct State {
-    /// The live and finished-but-unexpired jobs, by id.
+    /// The queued and running jobs, by id.
     index: Index,
-    /// The arena: `None` for a free slot.
+    /// The live slab: `None` for a free slot.
     slots: Vec<Option<Entry>>,
     /// Free slots, reused last-freed first (warm in cache).
     free: Vec<Slot>,
-    /// Due queued jobs, oldest first, by (slot, generation).
+    /// Due queued jobs, oldest first, by (slot, sequence).
     ready: VecDeque<(Slot, u64)>,
-    /// Queued jobs waiting for a retry's backoff, by (due, generation).
+    /// Queued jobs waiting for a retry's backoff, by (due, sequence).
     delayed: BTreeMap<(Instant, u64), Slot>,
-    /// Finished jobs in the order they expire, by (expiry, slot, generation).
-    expiry: VecDeque<(Instant, Slot, u64)>,
-    /// Finished jobs that expire before the back of `expiry` (a shorter TTL than a job
-    /// finished earlier: a store shared by queues with different TTLs), by
-    /// (expiry, generation).
-    expiry_early: BTreeMap<(Instant, u64), Slot>,
-    next_generation: u64,
+    /// Finished jobs, until they expire.
+    archive: Archive,
+    /// Numbers jobs in the order they were enqueued (for `list`), and tells apart jobs
+    /// that reuse a slot.
+    next_sequence: u64,
     next_token: u32,
     queued: usize,
 }
 
+/// A queued or running job.
 struct Entry {
     record: JobRecord,
-    /// The id's hash in `State::index`.
+    /// The id's hash.
     hash: u64,
-    /// Tells apart jobs that reuse a slot or a finished job's id.
-    generation: u64,
+    sequence: u64,
     /// The current lease's token, while running.
     token: Option<u64>,
     /// Set while waiting in `delayed`.
     due: Option<Instant>,
-    /// Set once finished.
-    expires_at: Option<Instant>,
 }
 
 impl Entry {
-    fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
-    }
-
     fn lease_state(&self, lease: &Lease) -> LeaseState {
         if self.record.status != JobStatus::Running
             || self.token != Some(lease.token())
@@ -134,18 +144,237 @@ fn token_slot(token: u64) -> Slot {
     (token & u64::from(u32::MAX)) as Slot
 }
 
+/// Finished jobs, kept for their result TTL.
+///
+/// One [`Lane`] per distinct TTL (a store shared by queues with different TTLs has a few),
+/// so that within a lane jobs expire in the order they finished and a generation's expiry
+/// is that of its last job.
+#[derive(Default)]
+struct Archive {
+    lanes: Vec<Lane>,
+    /// Records held (expired ones included until their generation is dropped).
+    records: usize,
+}
+
+struct Lane {
+    ttl: Duration,
+    /// Oldest first.
+    generations: VecDeque<Generation>,
+}
+
+struct Generation {
+    /// When it started taking jobs.
+    opened: Instant,
+    /// When its last job expires: then the whole generation goes.
+    expires: Instant,
+    /// `None` where a record was removed (its id reused, or cleared).
+    records: Vec<Option<Finished>>,
+    index: Index,
+}
+
+struct Finished {
+    record: JobRecord,
+    hash: u64,
+    sequence: u64,
+    expires_at: Instant,
+}
+
+impl Finished {
+    fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at <= now
+    }
+}
+
+/// Where an archived record is: lane, generation, position.
+#[derive(Clone, Copy)]
+struct Place {
+    lane: usize,
+    generation: usize,
+    position: u32,
+}
+
+impl Generation {
+    fn new(opened: Instant) -> Self {
+        Self {
+            opened,
+            expires: opened,
+            records: Vec::new(),
+            index: Index::new(),
+        }
+    }
+
+    fn find(&self, id: &JobId, hash: u64) -> Option<u32> {
+        let records = &self.records;
+        self.index
+            .find(hash, |&position| {
+                records[position as usize]
+                    .as_ref()
+                    .is_some_and(|finished| finished.record.id == *id)
+            })
+            .copied()
+    }
+}
+
+impl Archive {
+    /// Keeps a finished job until `finished.expires_at`.
+    fn push(&mut self, finished: Finished, ttl: Duration, now: Instant) {
+        let lane = match self.lanes.iter().position(|lane| lane.ttl == ttl) {
+            Some(lane) => lane,
+            None => {
+                self.lanes.push(Lane {
+                    ttl,
+                    generations: VecDeque::new(),
+                });
+                self.lanes.len() - 1
+            }
+        };
+        let lane = &mut self.lanes[lane];
+        let span = (ttl / GENERATIONS_PER_TTL).max(MIN_GENERATION_SPAN);
+        if lane
+            .generations
+            .back()
+            .is_none_or(|current| now.saturating_duration_since(current.opened) >= span)
+        {
+            lane.generations.push_back(Generation::new(now));
+        }
+        let Some(current) = lane.generations.back_mut() else {
+            unreachable!("a generation was just opened")
+        };
+        let Ok(position) = u32::try_from(current.records.len()) else {
+            // More than 4 billion jobs finished within one generation: keep the record
+            // out of the index (it cannot be found, and expires with the generation).
+            return;
+        };
+        current.expires = current.expires.max(finished.expires_at);
+        let hash = finished.hash;
+        current.records.push(Some(finished));
+        let records = &current.records;
+        current.index.insert_unique(hash, position, |&position| {
+            records[position as usize]
+                .as_ref()
+                .map_or(0, |finished| finished.hash)
+        });
+        self.records += 1;
+    }
+
+    /// The newest record of this id.
+    fn find(&self, id: &JobId, hash: u64) -> Option<Place> {
+        for (lane_at, lane) in self.lanes.iter().enumerate() {
+            for (generation_at, generation) in lane.generations.iter().enumerate().rev() {
+                if let Some(position) = generation.find(id, hash) {
+                    return Some(Place {
+                        lane: lane_at,
+                        generation: generation_at,
+                        position,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn get(&self, place: Place) -> Option<&Finished> {
+        self.lanes
+            .get(place.lane)?
+            .generations
+            .get(place.generation)?
+            .records
+            .get(place.position as usize)?
+            .as_ref()
+    }
+
+    fn remove(&mut self, place: Place) {
+        let Some(generation) = self
+            .lanes
+            .get_mut(place.lane)
+            .and_then(|lane| lane.generations.get_mut(place.generation))
+        else {
+            return;
+        };
+        let Some(finished) = generation
+            .records
+            .get_mut(place.position as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        if let Ok(indexed) = generation
+            .index
+            .find_entry(finished.hash, |&position| position == place.position)
+        {
+            indexed.remove();
+        }
+        self.records -= 1;
+    }
+
+    /// Takes out the generations whose every job has expired, for the caller to drop once
+    /// it has released the lock.
+    fn purge(&mut self, now: Instant) -> Vec<Generation> {
+        let mut expired = Vec::new();
+        for lane in &mut self.lanes {
+            while lane
+                .generations
+                .front()
+                .is_some_and(|oldest| oldest.expires <= now)
+            {
+                if let Some(oldest) = lane.generations.pop_front() {
+                    self.records -= oldest.records.iter().flatten().count();
+                    expired.push(oldest);
+                }
+            }
+        }
+        if !expired.is_empty() {
+            self.lanes.retain(|lane| !lane.generations.is_empty());
+        }
+        expired
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Finished> {
+        self.lanes
+            .iter()
+            .flat_map(|lane| &lane.generations)
+            .flat_map(|generation| generation.records.iter().flatten())
+    }
+
+    /// Where every record with this status is.
+    fn places(&self, status: JobStatus) -> Vec<Place> {
+        let mut places = Vec::new();
+        for (lane_at, lane) in self.lanes.iter().enumerate() {
+            for (generation_at, generation) in lane.generations.iter().enumerate() {
+                for (position, finished) in generation.records.iter().enumerate() {
+                    if finished
+                        .as_ref()
+                        .is_some_and(|finished| finished.record.status == status)
+                    {
+                        places.push(Place {
+                            lane: lane_at,
+                            generation: generation_at,
+                            position: position as u32,
+                        });
+                    }
+                }
+            }
+        }
+        places
+    }
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// How many job records the store holds: queued, running, and finished within their
-    /// result TTL. Expired records are removed as the store is used.
+    /// How many job records the store holds: queued, running, and finished ones whose
+    /// memory has not been given back yet (at most an eighth of the TTL after they
+    /// expired; expired ones are never returned).
     pub fn tracked_jobs(&self) -> usize {
         let mut state = self.lock();
-        state.purge(Instant::now());
-        state.index.len()
+        let expired = state.archive.purge(Instant::now());
+        let tracked = state.index.len() + state.archive.records;
+        drop(state);
+        drop(expired);
+        tracked
     }
 
     fn hash(&self, id: &JobId) -> u64 {
@@ -176,9 +405,9 @@ impl MemoryStore {
         if !state.delayed.is_empty() {
             state.promote_due(Instant::now());
         }
-        while let Some((slot, generation)) = state.ready.pop_front() {
+        while let Some((slot, sequence)) = state.ready.pop_front() {
             let counter = state.next_token;
-            let Some(entry) = state.entry_mut(slot, generation) else {
+            let Some(entry) = state.entry_mut(slot, sequence) else {
                 continue;
             };
             if entry.record.status != JobStatus::Queued {
@@ -211,15 +440,15 @@ impl MemoryStore {
 }
 
 impl State {
-    /// The entry in `slot` if it still holds this generation.
-    fn entry_mut(&mut self, slot: Slot, generation: u64) -> Option<&mut Entry> {
+    /// The live entry in `slot` if it still holds this job.
+    fn entry_mut(&mut self, slot: Slot, sequence: u64) -> Option<&mut Entry> {
         self.slots
             .get_mut(slot as usize)?
             .as_mut()
-            .filter(|entry| entry.generation == generation)
+            .filter(|entry| entry.sequence == sequence)
     }
 
-    /// The slot of the job with this id and hash.
+    /// The slot of the live job with this id and hash.
     fn find(&self, id: &JobId, hash: u64) -> Option<Slot> {
         let slots = &self.slots;
         self.index
@@ -231,14 +460,7 @@ impl State {
             .copied()
     }
 
-    /// The entry of the job with this id.
-    fn get(&self, id: &JobId, hash: u64) -> Option<(Slot, &Entry)> {
-        let slot = self.find(id, hash)?;
-        let entry = self.slots.get(slot as usize)?.as_ref()?;
-        Some((slot, entry))
-    }
-
-    /// The entry a lease refers to, if the lease is the job's current one (checked by
+    /// The live entry a lease refers to, if the lease is the job's current one (checked by
     /// [`Entry::lease_state`]).
     fn leased(&mut self, lease: &Lease) -> Option<&mut Entry> {
         self.slots
@@ -255,7 +477,7 @@ impl State {
             }
             None => {
                 let slot = Slot::try_from(self.slots.len())
-                    .expect("more than 4 billion jobs tracked by one MemoryStore");
+                    .expect("more than 4 billion live jobs in one MemoryStore");
                 self.slots.push(Some(entry));
                 slot
             }
@@ -267,14 +489,14 @@ impl State {
         slot
     }
 
-    /// Forgets the job in `slot` (index, arena).
-    fn remove(&mut self, slot: Slot) {
-        if let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) {
-            if let Ok(indexed) = self.index.find_entry(entry.hash, |&s| s == slot) {
-                indexed.remove();
-            }
-            self.free.push(slot);
+    /// Takes the live job in `slot` out of the slab and the index.
+    fn take(&mut self, slot: Slot) -> Option<Entry> {
+        let entry = self.slots.get_mut(slot as usize).and_then(Option::take)?;
+        if let Ok(indexed) = self.index.find_entry(entry.hash, |&s| s == slot) {
+            indexed.remove();
         }
+        self.free.push(slot);
+        Some(entry)
     }
 
     /// Moves retries whose backoff has passed to the ready queue.
@@ -283,73 +505,42 @@ impl State {
             if entry.key().0 > now {
                 break;
             }
-            let ((_, generation), slot) = entry.remove_entry();
-            if let Some(job) = self.entry_mut(slot, generation) {
+            let ((_, sequence), slot) = entry.remove_entry();
+            if let Some(job) = self.entry_mut(slot, sequence) {
                 job.due = None;
             }
-            self.ready.push_back((slot, generation));
+            self.ready.push_back((slot, sequence));
         }
     }
 
-    /// Forgets finished jobs whose TTL has passed.
-    fn purge(&mut self, now: Instant) {
-        while let Some(&(at, slot, generation)) = self.expiry.front() {
-            if at > now {
-                break;
-            }
-            self.expiry.pop_front();
-            self.expire(slot, generation);
-        }
-        while let Some(entry) = self.expiry_early.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let ((_, generation), slot) = entry.remove_entry();
-            self.expire(slot, generation);
-        }
-    }
-
-    /// Removes the job in `slot` if it is still this generation and finished (a reused id
-    /// or slot holds a newer generation, which stays).
-    fn expire(&mut self, slot: Slot, generation: u64) {
-        if self
-            .entry_mut(slot, generation)
-            .is_some_and(|entry| entry.expires_at.is_some())
-        {
-            self.remove(slot);
-        }
-    }
-
+    /// Ends the live job in `slot` with a final status and moves it to the archive.
     fn finish(&mut self, slot: Slot, status: JobStatus, ttl: Duration, now: Instant) {
-        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+        let Some(mut entry) = self.take(slot) else {
             return;
         };
-        let expires_at = now + ttl;
         entry.record.status = status;
         entry.record.finished_at = Some(SystemTime::now());
-        entry.token = None;
-        entry.expires_at = Some(expires_at);
-        let generation = entry.generation;
-        match self.expiry.back() {
-            Some(&(last, _, _)) if expires_at < last => {
-                self.expiry_early.insert((expires_at, generation), slot);
-            }
-            _ => self.expiry.push_back((expires_at, slot, generation)),
-        }
+        let finished = Finished {
+            record: entry.record,
+            hash: entry.hash,
+            sequence: entry.sequence,
+            expires_at: now + ttl,
+        };
+        self.archive.push(finished, ttl, now);
     }
 
-    /// Takes a queued job out of the ready queue or the delayed set.
+    /// Takes a queued job out of the ready queue or the retry set.
     fn unqueue(&mut self, slot: Slot) {
         let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
         };
-        let generation = entry.generation;
+        let sequence = entry.sequence;
         if let Some(due) = entry.due.take() {
-            self.delayed.remove(&(due, generation));
+            self.delayed.remove(&(due, sequence));
         } else if let Some(pos) = self
             .ready
             .iter()
-            .position(|&(s, g)| s == slot && g == generation)
+            .position(|&(s, q)| s == slot && q == sequence)
         {
             self.ready.remove(pos);
         }
@@ -363,47 +554,42 @@ impl Store for MemoryStore {
     fn enqueue(&self, job: NewJob) -> Self::EnqueueFuture {
         // Built before the lock is taken.
         let hash = self.hash(&job.id);
+        let generated_id = job.generated_id;
         let mut entry = Entry {
             record: JobRecord::new(job),
             hash,
-            generation: 0,
+            sequence: 0,
             token: None,
             due: None,
-            expires_at: None,
         };
-        // Expired records are removed here (and on cancel), not when a job settles: the
-        // workers' dispatcher sets the pace of a busy queue, and callers have time to spare.
-        // Records only expire after jobs finish, and every enqueue purges, so they stay
-        // bounded; reads skip expired records.
+        // Expired generations are taken out here (and on cancel), not when a job settles:
+        // the workers' dispatcher sets the pace of a busy queue, and callers have time to
+        // spare. Finished jobs only expire after they finish, and every enqueue purges,
+        // so they stay bounded; reads skip expired records.
         let now = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
-        state.purge(now);
-        let generation = state.next_generation;
-        state.next_generation += 1;
-        entry.generation = generation;
-        let existing = state.find(&entry.record.id, hash);
-        let slot = match existing {
-            Some(slot) => {
-                let Some(old) = state.slots[slot as usize].as_mut() else {
-                    unreachable!("an indexed slot holds a job")
-                };
-                if !old.record.status.is_finished() {
-                    return ready(Ok(Enqueued::Existing));
-                }
-                // A finished job's id is reused, in the same slot: its expiry entry no
-                // longer matches the slot's generation and is skipped.
-                if let Some(at) = old.expires_at {
-                    state.expiry_early.remove(&(at, old.generation));
-                }
-                *old = entry;
-                slot
+        let expired = state.archive.purge(now);
+        if !generated_id {
+            if state.find(&entry.record.id, hash).is_some() {
+                drop(guard);
+                drop(expired);
+                return ready(Ok(Enqueued::Existing));
             }
-            None => state.insert(entry),
-        };
-        state.ready.push_back((slot, generation));
+            // A finished job's id is reused: the new job replaces its record.
+            if let Some(place) = state.archive.find(&entry.record.id, hash) {
+                state.archive.remove(place);
+            }
+        }
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        entry.sequence = sequence;
+        let slot = state.insert(entry);
+        state.ready.push_back((slot, sequence));
         state.queued += 1;
         drop(guard);
+        // Freed outside the lock: a generation can hold many records.
+        drop(expired);
         self.job_queued();
         ready(Ok(Enqueued::New))
     }
@@ -481,14 +667,14 @@ impl Store for MemoryStore {
                 entry.record.error = Some(error);
                 entry.record.status = JobStatus::Queued;
                 entry.token = None;
-                let generation = entry.generation;
+                let sequence = entry.sequence;
                 let slot = token_slot(lease.token());
                 if delay.is_zero() {
-                    state.ready.push_back((slot, generation));
+                    state.ready.push_back((slot, sequence));
                 } else {
                     let due = now + delay;
                     entry.due = Some(due);
-                    state.delayed.insert((due, generation), slot);
+                    state.delayed.insert((due, sequence), slot);
                 }
                 state.queued += 1;
                 drop(guard);
@@ -524,53 +710,77 @@ impl Store for MemoryStore {
         let hash = self.hash(id);
         let mut guard = self.lock();
         let state = &mut *guard;
-        state.purge(now);
-        let Some((slot, entry)) = state.get(id, hash) else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        match entry.record.status {
-            JobStatus::Queued => {
-                state.unqueue(slot);
-                if let Some(entry) = state.slots[slot as usize].as_mut() {
+        let expired = state.archive.purge(now);
+        let outcome = match state.find(id, hash) {
+            Some(slot) => match state.slots[slot as usize].as_mut() {
+                Some(entry) if entry.record.status == JobStatus::Queued => {
                     entry.record.payload = None;
+                    state.unqueue(slot);
+                    state.finish(slot, JobStatus::Cancelled, result_ttl, now);
+                    CancelOutcome::Cancelled
                 }
-                state.finish(slot, JobStatus::Cancelled, result_ttl, now);
-                Ok(CancelOutcome::Cancelled)
-            }
-            JobStatus::Running => {
-                if let Some(entry) = state.slots[slot as usize].as_mut() {
+                Some(entry) => {
                     entry.record.cancel_requested = true;
+                    CancelOutcome::Stopping
                 }
-                Ok(CancelOutcome::Stopping)
-            }
-            finished => Ok(CancelOutcome::AlreadyFinished(finished)),
-        }
+                None => unreachable!("an indexed slot holds a job"),
+            },
+            None => match state
+                .archive
+                .find(id, hash)
+                .and_then(|place| state.archive.get(place))
+                .filter(|finished| !finished.is_expired(now))
+            {
+                Some(finished) => CancelOutcome::AlreadyFinished(finished.record.status),
+                None => CancelOutcome::NotFound,
+            },
+        };
+        drop(guard);
+        drop(expired);
+        Ok(outcome)
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let now = Instant::now();
         let hash = self.hash(id);
         let state = self.lock();
+        if let Some(slot) = state.find(id, hash) {
+            return Ok(state.slots[slot as usize]
+                .as_ref()
+                .map(|entry| entry.record.clone()));
+        }
         Ok(state
-            .get(id, hash)
-            .filter(|(_, entry)| !entry.is_expired(now))
-            .map(|(_, entry)| entry.record.clone()))
+            .archive
+            .find(id, hash)
+            .and_then(|place| state.archive.get(place))
+            .filter(|finished| !finished.is_expired(now))
+            .map(|finished| finished.record.clone()))
     }
 
     async fn list(&self, status: JobStatus, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let now = Instant::now();
         let state = self.lock();
-        let mut matching: Vec<&Entry> = state
-            .slots
-            .iter()
-            .flatten()
-            .filter(|entry| entry.record.status == status && !entry.is_expired(now))
-            .collect();
-        matching.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.generation));
+        let mut matching: Vec<(u64, &JobRecord)> = if status.is_finished() {
+            state
+                .archive
+                .iter()
+                .filter(|finished| finished.record.status == status && !finished.is_expired(now))
+                .map(|finished| (finished.sequence, &finished.record))
+                .collect()
+        } else {
+            state
+                .slots
+                .iter()
+                .flatten()
+                .filter(|entry| entry.record.status == status)
+                .map(|entry| (entry.sequence, &entry.record))
+                .collect()
+        };
+        matching.sort_unstable_by_key(|&(sequence, _)| std::cmp::Reverse(sequence));
         Ok(matching
             .into_iter()
             .take(limit)
-            .map(|entry| entry.record.clone())
+            .map(|(_, record)| record.clone())
             .collect())
     }
 
@@ -582,20 +792,21 @@ impl Store for MemoryStore {
         if !status.is_finished() {
             return Ok(0);
         }
+        let now = Instant::now();
         let mut guard = self.lock();
         let state = &mut *guard;
-        // Their expiry entries no longer match a generation and are skipped by `purge`.
-        let matching: Vec<Slot> = state
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.record.status == status))
-            .map(|(slot, _)| slot as Slot)
-            .collect();
-        for &slot in &matching {
-            state.remove(slot);
+        let mut cleared = 0;
+        for place in state.archive.places(status) {
+            if state
+                .archive
+                .get(place)
+                .is_some_and(|finished| !finished.is_expired(now))
+            {
+                cleared += 1;
+            }
+            state.archive.remove(place);
         }
-        Ok(matching.len())
+        Ok(cleared)
     }
 }
 
@@ -612,8 +823,9 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("MemoryStore")
-            .field("jobs", &state.index.len())
+            .field("live", &state.index.len())
             .field("queued", &state.queued)
+            .field("finished", &state.archive.records)
             .finish()
     }
 }
@@ -717,6 +929,76 @@ mod tests {
         assert!(store.get(&JobId::from("long")).await.unwrap().is_some());
         tokio::time::advance(Duration::from_secs(50)).await;
         assert_eq!(store.tracked_jobs(), 0);
+    }
+
+    async fn complete(store: &MemoryStore, id: &str, ttl: Duration) {
+        let _ = enqueue(store, id).await;
+        let lease = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(lease.id().as_str(), id);
+        let settled = store
+            .settle(&lease, Settlement::Complete(vec![1].into()), ttl)
+            .await
+            .unwrap();
+        assert_eq!(settled, Settled::Applied(JobStatus::Completed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_jobs_are_visible_for_their_ttl_and_freed_by_generation() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(80); // generations of 10 s
+        complete(&store, "a", ttl).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        complete(&store, "b", ttl).await; // same generation as "a"
+        tokio::time::advance(Duration::from_secs(10)).await;
+        complete(&store, "c", ttl).await; // the next generation
+        assert_eq!(store.lock().archive.lanes[0].generations.len(), 2);
+
+        // 80 s after "a" finished: "a" is gone for readers, but its generation (which
+        // "b" keeps) is not freed yet.
+        tokio::time::advance(Duration::from_secs(65)).await;
+        assert!(store.get(&JobId::from("a")).await.unwrap().is_none());
+        assert_eq!(
+            store.cancel(&JobId::from("a"), ttl).await.unwrap(),
+            CancelOutcome::NotFound
+        );
+        assert!(store.list(JobStatus::Completed, 10).await.unwrap().len() == 2);
+        assert_eq!(store.tracked_jobs(), 3);
+
+        // "b" expired: its generation, with "a", is freed whole.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(store.tracked_jobs(), 1);
+        assert!(store.get(&JobId::from("c")).await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(store.tracked_jobs(), 0);
+        assert!(store.lock().archive.lanes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_replaces_its_finished_record() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        complete(&store, "a", ttl).await;
+        complete(&store, "a", ttl).await;
+        let completed = store.list(JobStatus::Completed, 10).await.unwrap();
+        assert_eq!(completed.len(), 1);
+        assert_eq!(completed[0].attempts, 1);
+        assert_eq!(store.tracked_jobs(), 1);
+        assert_eq!(store.clear(JobStatus::Completed).await.unwrap(), 1);
+        assert_eq!(store.tracked_jobs(), 0);
+        assert!(store.get(&JobId::from("a")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_generated_id_is_not_looked_up() {
+        // The queue only marks ids it drew at random; the flag is what lets the store
+        // skip the lookup, so two jobs marked with one id are both queued.
+        let store = MemoryStore::new();
+        for _ in 0..2 {
+            let job = NewJob::new(JobId::from("x"), &b"p"[..]).with_generated_id();
+            assert_eq!(store.enqueue(job).await.unwrap(), Enqueued::New);
+        }
+        assert_eq!(enqueue(&store, "x").await, Enqueued::Existing);
+        assert_eq!(store.queued().await.unwrap(), 2);
     }
 
     #[tokio::test]
