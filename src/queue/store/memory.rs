@@ -154,6 +154,10 @@ struct Archive {
     lanes: Vec<Lane>,
     /// Records held (expired ones included until their generation is dropped).
     records: usize,
+    /// An expired generation, emptied, whose memory the next generation reuses: a busy
+    /// queue then neither grows a generation's buffers nor has the kernel hand it new
+    /// pages each time.
+    spare: Option<Generation>,
 }
 
 struct Lane {
@@ -194,13 +198,21 @@ struct Place {
 }
 
 impl Generation {
-    fn new(opened: Instant) -> Self {
+    fn new(opened: Instant, capacity: usize) -> Self {
         Self {
             opened,
             expires: opened,
-            records: Vec::new(),
-            index: Index::new(),
+            records: Vec::with_capacity(capacity),
+            index: Index::with_capacity(capacity),
         }
+    }
+
+    /// Reuses an emptied generation's memory.
+    fn reopen(mut self, opened: Instant) -> Self {
+        debug_assert!(self.records.is_empty() && self.index.is_empty());
+        self.opened = opened;
+        self.expires = opened;
+        self
     }
 
     fn find(&self, id: &JobId, hash: u64) -> Option<u32> {
@@ -235,7 +247,14 @@ impl Archive {
             .back()
             .is_none_or(|current| now.saturating_duration_since(current.opened) >= span)
         {
-            lane.generations.push_back(Generation::new(now));
+            // Sized like the last one: a steady queue fills each about as much.
+            let generation = match self.spare.take() {
+                Some(spare) => spare.reopen(now),
+                None => {
+                    Generation::new(now, lane.generations.back().map_or(0, |g| g.records.len()))
+                }
+            };
+            lane.generations.push_back(generation);
         }
         let Some(current) = lane.generations.back_mut() else {
             unreachable!("a generation was just opened")
@@ -307,8 +326,8 @@ impl Archive {
         self.records -= 1;
     }
 
-    /// Takes out the generations whose every job has expired, for the caller to drop once
-    /// it has released the lock.
+    /// Takes out the generations whose every job has expired, for the caller to hand to
+    /// [`MemoryStore::recycle`] once it has released the lock.
     fn purge(&mut self, now: Instant) -> Vec<Generation> {
         let mut expired = Vec::new();
         for lane in &mut self.lanes {
@@ -373,8 +392,22 @@ impl MemoryStore {
         let expired = state.archive.purge(Instant::now());
         let tracked = state.index.len() + state.archive.records;
         drop(state);
-        drop(expired);
+        self.recycle(expired);
         tracked
+    }
+
+    /// Frees the records of expired generations outside the lock (a generation can hold
+    /// many), then keeps one emptied generation for the archive to reuse.
+    fn recycle(&self, expired: Vec<Generation>) {
+        let Some(mut spare) = expired.into_iter().next_back() else {
+            return;
+        };
+        spare.records.clear();
+        spare.index.clear();
+        let mut state = self.lock();
+        if state.archive.spare.is_none() {
+            state.archive.spare = Some(spare);
+        }
     }
 
     fn hash(&self, id: &JobId) -> u64 {
@@ -573,7 +606,7 @@ impl Store for MemoryStore {
         if !generated_id {
             if state.find(&entry.record.id, hash).is_some() {
                 drop(guard);
-                drop(expired);
+                self.recycle(expired);
                 return ready(Ok(Enqueued::Existing));
             }
             // A finished job's id is reused: the new job replaces its record.
@@ -588,9 +621,8 @@ impl Store for MemoryStore {
         state.ready.push_back((slot, sequence));
         state.queued += 1;
         drop(guard);
-        // Freed outside the lock: a generation can hold many records.
-        drop(expired);
         self.job_queued();
+        self.recycle(expired);
         ready(Ok(Enqueued::New))
     }
 
@@ -736,7 +768,7 @@ impl Store for MemoryStore {
             },
         };
         drop(guard);
-        drop(expired);
+        self.recycle(expired);
         Ok(outcome)
     }
 
