@@ -341,3 +341,63 @@ async fn a_panicking_serialize_or_deserialize_fails_the_job_not_the_dispatcher()
     let id = svc.clone().oneshot(CALM).await.unwrap();
     assert_eq!(finished(&queue, &id).await.status, JobStatus::Completed);
 }
+
+/// A service that answers with the task it ran on, and whose `poll_ready` panics once a
+/// job has asked for it.
+#[derive(Clone, Default)]
+struct PanicsWhenReady {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<bool> for PanicsWhenReady {
+    type Response = String;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        assert!(
+            !self.armed.load(std::sync::atomic::Ordering::SeqCst),
+            "poll_ready panicked"
+        );
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, arm: bool) -> Self::Future {
+        self.armed.store(arm, std::sync::atomic::Ordering::SeqCst);
+        // The task that polls the attempt: the dispatcher's when it runs inline.
+        Box::pin(async {
+            Ok(tokio::task::try_id()
+                .expect("jobs run on tasks")
+                .to_string())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_ended_inline_is_settled_even_if_the_dispatcher_then_panics() {
+    // The dispatcher settles an attempt it ran itself together with taking the next job,
+    // after the service's next `poll_ready`. That one panics here: the attempt must still
+    // be settled, not left running forever.
+    for _ in 0..20 {
+        let queue: Queue<bool, String> = Queue::builder("panics-when-ready").build().unwrap();
+        let svc = QueueLayer::new(queue.clone()).layer(PanicsWhenReady::default());
+        let mut tasks = Vec::new();
+        while tasks.len() < 8 || distinct(&tasks[tasks.len() - 8..]) != 1 {
+            assert!(tasks.len() < 10_000, "the dispatcher never polled inline");
+            let id = svc.clone().oneshot(false).await.unwrap();
+            tasks.push(finished(&queue, &id).await.result.unwrap());
+        }
+        let dispatcher = tasks.last().unwrap().clone();
+        let id = svc.clone().oneshot(true).await.unwrap();
+        let armed = finished(&queue, &id).await;
+        assert_eq!(armed.status, JobStatus::Completed, "{armed:?}");
+        if armed.result.as_deref() == Some(dispatcher.as_str()) {
+            return; // it ran inline, and was settled after the dispatcher panicked
+        }
+    }
+    panic!("the arming job never ran inline");
+}

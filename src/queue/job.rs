@@ -416,6 +416,15 @@ impl JobContext {
         self.inner.progress_changed.notified()
     }
 
+    /// Whether progress was reported and not written to the store yet.
+    pub(crate) fn has_progress(&self) -> bool {
+        self.inner
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     pub(crate) fn take_progress(&self) -> Option<Progress> {
         self.inner
             .progress

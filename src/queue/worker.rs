@@ -118,7 +118,25 @@ struct Attempt {
     ctx: JobContext,
     /// When the service was called: the start of the `run_seconds` measurement.
     started: Instant,
-    _worker: OwnedSemaphorePermit,
+    /// The worker slot, freed when the attempt is settled (or handed to the next job).
+    worker: OwnedSemaphorePermit,
+}
+
+/// An attempt the dispatcher ran itself and has not settled yet: it settles together with
+/// taking the next job ([`Store::settle_then_dequeue`]). Should the dispatcher stop first
+/// (aborted at shutdown, or a panic in the service's `poll_ready`), dropping this settles
+/// it on its own.
+struct Unsettled<Req: Send + 'static, St: Store> {
+    core: Arc<Core<Req, St>>,
+    ended: Option<(Attempt, Settlement)>,
+}
+
+impl<Req: Send + 'static, St: Store> Drop for Unsettled<Req, St> {
+    fn drop(&mut self) {
+        if let Some((attempt, settlement)) = self.ended.take() {
+            finish(&self.core, attempt, settlement, false);
+        }
+    }
 }
 
 /// The job's future, in its task-local scope, with panics caught. Boxed so that it can move
@@ -142,35 +160,73 @@ where
 {
     let tracker = &core.tracker;
     let first_polls = Arc::new(FirstPolls::default());
+    let mut unsettled = Unsettled {
+        core: core.clone(),
+        ended: None,
+    };
     loop {
-        let permit = match tracker.workers.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return,
-            Err(TryAcquireError::NoPermits) => {
-                match tracker.workers.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
+        let mut next = None;
+        if let Some((attempt, settlement)) = &unsettled.ended {
+            // The attempt that just ended passes its worker slot to the next job, and its
+            // settlement goes in one step with taking that job, if the service is ready at
+            // once; otherwise it settles alone.
+            let ready = poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await;
+            if matches!(ready, Poll::Ready(Ok(()))) && !attempt.ctx.has_progress() {
+                let (settled, dequeued) = core
+                    .store
+                    .settle_then_dequeue(
+                        &attempt.lease,
+                        settlement.clone(),
+                        tracker.config.result_ttl,
+                    )
+                    .await;
+                if let Some((attempt, _)) = unsettled.ended.take() {
+                    report(&core, &attempt.lease, settled, false);
+                    match dequeued {
+                        Ok(Some(lease)) => next = Some((attempt.worker, lease)),
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");
+                        }
+                    }
+                }
+            } else if let Some((attempt, settlement)) = unsettled.ended.take() {
+                finish(&core, attempt, settlement, false);
+                if let Poll::Ready(Err(err)) = ready {
+                    stopped(tracker, err.into());
+                    return;
                 }
             }
-        };
-
-        if let Err(err) = poll_fn(|cx| service.poll_ready(cx)).await {
-            // Tower: a service whose poll_ready failed cannot be used again.
-            let err: BoxError = err.into();
-            tracing::error!(
-                queue = %tracker.name,
-                error = %error_chain(&*err),
-                "the queued service failed; its workers stop and its jobs stay queued"
-            );
-            return;
         }
 
-        let lease = match core.store.dequeue(Duration::ZERO).await {
-            Ok(Some(lease)) => lease,
-            _ => match next_job(&core).await {
-                Some(lease) => lease,
-                None => return,
-            },
+        let (permit, lease) = match next {
+            Some(next) => next,
+            None => {
+                let permit = match tracker.workers.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(TryAcquireError::Closed) => return,
+                    Err(TryAcquireError::NoPermits) => {
+                        match tracker.workers.clone().acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        }
+                    }
+                };
+
+                if let Err(err) = poll_fn(|cx| service.poll_ready(cx)).await {
+                    stopped(tracker, err.into());
+                    return;
+                }
+
+                let lease = match core.store.dequeue(Duration::ZERO).await {
+                    Ok(Some(lease)) => lease,
+                    _ => match next_job(&core).await {
+                        Some(lease) => lease,
+                        None => return,
+                    },
+                };
+                (permit, lease)
+            }
         };
 
         let waited = lease
@@ -183,7 +239,7 @@ where
             ctx: JobContext::new(lease.id().clone(), lease.attempt()),
             lease,
             started: Instant::now(),
-            _worker: permit,
+            worker: permit,
         };
         // The request's `Deserialize` is the application's code: a panic in it quarantines
         // the job instead of stopping the dispatcher.
@@ -234,11 +290,20 @@ where
                 drop(fut);
                 let outcome = Outcome::from_output(out);
                 if let Some(settlement) = conclude(&core, &attempt, outcome, ran) {
-                    finish(&core, attempt, settlement, false);
+                    unsettled.ended = Some((attempt, settlement));
                 }
             }
         }
     }
+}
+
+/// Tower: a service whose `poll_ready` failed cannot be used again.
+fn stopped(tracker: &Tracker, err: BoxError) {
+    tracing::error!(
+        queue = %tracker.name,
+        error = %error_chain(&*err),
+        "the queued service failed; its workers stop and its jobs stay queued"
+    );
 }
 
 /// Gives a started attempt its own task: it runs to its end there and settles.

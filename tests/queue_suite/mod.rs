@@ -113,6 +113,10 @@ macro_rules! queue_conformance {
         async fn store_dedups_live_ids_only() {
             queue_suite::store_dedups_live_ids_only($store).await
         }
+        #[tokio::test]
+        async fn store_settles_then_dequeues_in_one_step() {
+            queue_suite::store_settles_then_dequeues_in_one_step($store).await
+        }
     };
 }
 
@@ -810,4 +814,41 @@ pub async fn store_dedups_live_ids_only<St: Store>(store: St) {
         (record.status, record.attempts, record.error),
         (JobStatus::Queued, 0, None)
     );
+}
+
+pub async fn store_settles_then_dequeues_in_one_step<St: Store>(store: St) {
+    for id in ["a", "b"] {
+        assert_eq!(store.enqueue(new_job(id)).await.unwrap(), Enqueued::New);
+    }
+    let a = store.dequeue(Duration::ZERO).await.unwrap().expect("a");
+    let done = Settlement::Complete(b"A"[..].into());
+    let (settled, next) = store.settle_then_dequeue(&a, done, TTL).await;
+    assert_eq!(settled.unwrap(), Settled::Applied(JobStatus::Completed));
+    let b = next.unwrap().expect("b is taken in the same step");
+    assert_eq!((b.id().as_str(), b.attempt()), ("b", 1));
+    let record = store.get(&JobId::from("a")).await.unwrap().unwrap();
+    assert_eq!(record.result.as_deref(), Some(&b"A"[..]));
+
+    // A retry without delay is the next due job: the same step takes it again.
+    let retry = Settlement::Retry {
+        error: "flaky".into(),
+        delay: Duration::ZERO,
+    };
+    let (settled, next) = store.settle_then_dequeue(&b, retry, TTL).await;
+    assert_eq!(settled.unwrap(), Settled::Applied(JobStatus::Queued));
+    let b2 = next.unwrap().expect("the retry");
+    assert_eq!((b2.id().as_str(), b2.attempt()), ("b", 2));
+
+    // A stale settlement changes nothing; with nothing queued, no job comes back.
+    let late = Settlement::Fail("late".into());
+    let (settled, next) = store.settle_then_dequeue(&b, late, TTL).await;
+    assert_eq!(settled.unwrap(), Settled::Stale);
+    assert!(next.unwrap().is_none());
+    assert_eq!(store.renew(&b2).await.unwrap(), LeaseState::Active);
+    let (settled, next) = store
+        .settle_then_dequeue(&b2, Settlement::Cancel, TTL)
+        .await;
+    assert_eq!(settled.unwrap(), Settled::Applied(JobStatus::Cancelled));
+    assert!(next.unwrap().is_none());
+    assert_eq!(store.queued().await.unwrap(), 0);
 }

@@ -433,14 +433,19 @@ impl MemoryStore {
 
     /// Takes the oldest due job, or says when the next retry is due.
     fn try_dequeue(&self) -> Result<Lease, Option<Instant>> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        if !state.delayed.is_empty() {
-            state.promote_due(Instant::now());
+        self.lock().take_next()
+    }
+}
+
+impl State {
+    /// Takes the oldest due job, or says when the next retry is due.
+    fn take_next(&mut self) -> Result<Lease, Option<Instant>> {
+        if !self.delayed.is_empty() {
+            self.promote_due(Instant::now());
         }
-        while let Some((slot, sequence)) = state.ready.pop_front() {
-            let counter = state.next_token;
-            let Some(entry) = state.entry_mut(slot, sequence) else {
+        while let Some((slot, sequence)) = self.ready.pop_front() {
+            let counter = self.next_token;
+            let Some(entry) = self.entry_mut(slot, sequence) else {
                 continue;
             };
             if entry.record.status != JobStatus::Queued {
@@ -464,15 +469,73 @@ impl MemoryStore {
                 entry.record.enqueued_at,
             )
             .with_started_at(started_at);
-            state.next_token = counter.wrapping_add(1);
-            state.queued -= 1;
+            self.next_token = counter.wrapping_add(1);
+            self.queued -= 1;
             return Ok(lease);
         }
-        Err(state.delayed.first_key_value().map(|((due, _), _)| *due))
+        Err(self.delayed.first_key_value().map(|((due, _), _)| *due))
     }
-}
 
-impl State {
+    /// Applies a settlement; also says whether the job was queued again (a retry).
+    fn settle(
+        &mut self,
+        lease: &Lease,
+        settlement: Settlement,
+        result_ttl: Duration,
+        now: Instant,
+    ) -> (Settled, bool) {
+        let Some(entry) = self.leased(lease) else {
+            return (Settled::Stale, false);
+        };
+        if entry.lease_state(lease) == LeaseState::Lost {
+            return (Settled::Stale, false);
+        }
+        let settlement = if entry.record.cancel_requested {
+            Settlement::Cancel
+        } else {
+            settlement
+        };
+        let status = match settlement {
+            Settlement::Complete(result) => {
+                entry.record.result = Some(result);
+                entry.record.error = None;
+                entry.record.payload = None;
+                JobStatus::Completed
+            }
+            Settlement::Fail(error) => {
+                entry.record.error = Some(error);
+                JobStatus::Failed
+            }
+            Settlement::Quarantine(error) => {
+                entry.record.error = Some(error);
+                entry.record.quarantined = true;
+                JobStatus::Failed
+            }
+            Settlement::Cancel => {
+                entry.record.payload = None;
+                JobStatus::Cancelled
+            }
+            Settlement::Retry { error, delay } => {
+                entry.record.error = Some(error);
+                entry.record.status = JobStatus::Queued;
+                entry.token = None;
+                let sequence = entry.sequence;
+                let slot = token_slot(lease.token());
+                if delay.is_zero() {
+                    self.ready.push_back((slot, sequence));
+                } else {
+                    let due = now + delay;
+                    entry.due = Some(due);
+                    self.delayed.insert((due, sequence), slot);
+                }
+                self.queued += 1;
+                return (Settled::Applied(JobStatus::Queued), true);
+            }
+        };
+        self.finish(token_slot(lease.token()), status, result_ttl, now);
+        (Settled::Applied(status), false)
+    }
+
     /// The live entry in `slot` if it still holds this job.
     fn entry_mut(&mut self, slot: Slot, sequence: u64) -> Option<&mut Entry> {
         self.slots
@@ -662,60 +725,32 @@ impl Store for MemoryStore {
         result_ttl: Duration,
     ) -> Result<Settled, StoreError> {
         let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let Some(entry) = state.leased(lease) else {
-            return Ok(Settled::Stale);
-        };
-        if entry.lease_state(lease) == LeaseState::Lost {
-            return Ok(Settled::Stale);
+        let (settled, requeued) = self.lock().settle(lease, settlement, result_ttl, now);
+        if requeued {
+            self.job_queued();
         }
-        let settlement = if entry.record.cancel_requested {
-            Settlement::Cancel
-        } else {
-            settlement
-        };
-        let status = match settlement {
-            Settlement::Complete(result) => {
-                entry.record.result = Some(result);
-                entry.record.error = None;
-                entry.record.payload = None;
-                JobStatus::Completed
-            }
-            Settlement::Fail(error) => {
-                entry.record.error = Some(error);
-                JobStatus::Failed
-            }
-            Settlement::Quarantine(error) => {
-                entry.record.error = Some(error);
-                entry.record.quarantined = true;
-                JobStatus::Failed
-            }
-            Settlement::Cancel => {
-                entry.record.payload = None;
-                JobStatus::Cancelled
-            }
-            Settlement::Retry { error, delay } => {
-                entry.record.error = Some(error);
-                entry.record.status = JobStatus::Queued;
-                entry.token = None;
-                let sequence = entry.sequence;
-                let slot = token_slot(lease.token());
-                if delay.is_zero() {
-                    state.ready.push_back((slot, sequence));
-                } else {
-                    let due = now + delay;
-                    entry.due = Some(due);
-                    state.delayed.insert((due, sequence), slot);
-                }
-                state.queued += 1;
-                drop(guard);
-                self.job_queued();
-                return Ok(Settled::Applied(JobStatus::Queued));
-            }
-        };
-        state.finish(token_slot(lease.token()), status, result_ttl, now);
-        Ok(Settled::Applied(status))
+        Ok(settled)
+    }
+
+    async fn settle_then_dequeue(
+        &self,
+        lease: &Lease,
+        settlement: Settlement,
+        result_ttl: Duration,
+    ) -> (
+        Result<Settled, StoreError>,
+        Result<Option<Lease>, StoreError>,
+    ) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let (settled, requeued) = state.settle(lease, settlement, result_ttl, now);
+        let next = state.take_next().ok();
+        drop(state);
+        if requeued {
+            // Another dispatcher may take the retry if this one did not.
+            self.job_queued();
+        }
+        (Ok(settled), Ok(next))
     }
 
     async fn progress(&self, lease: &Lease, progress: &Progress) -> Result<LeaseState, StoreError> {

@@ -71,6 +71,32 @@ pub trait Store: Send + Sync + 'static {
         result_ttl: Duration,
     ) -> impl Future<Output = Result<Settled, StoreError>> + Send;
 
+    /// Ends the leased attempt as [`settle`](Store::settle) does, then takes the next due
+    /// job as [`dequeue`](Store::dequeue) with no wait does: one step (one lock, one round
+    /// trip) where the store can, which the queue's dispatcher uses after an attempt it ran
+    /// itself. The default calls the two in turn.
+    ///
+    /// Dropping the future must not lose a job, as for `dequeue`. The queue sends the
+    /// settlement again with [`settle`](Store::settle) if the future is dropped before it
+    /// finished, so that one may arrive twice; the second finds the lease no longer
+    /// current and is [`Settled::Stale`].
+    fn settle_then_dequeue(
+        &self,
+        lease: &Lease,
+        settlement: Settlement,
+        result_ttl: Duration,
+    ) -> impl Future<
+        Output = (
+            Result<Settled, StoreError>,
+            Result<Option<Lease>, StoreError>,
+        ),
+    > + Send {
+        async move {
+            let settled = self.settle(lease, settlement, result_ttl).await;
+            (settled, self.dequeue(Duration::ZERO).await)
+        }
+    }
+
     /// Records the leased attempt's progress.
     fn progress(
         &self,
