@@ -433,13 +433,14 @@ impl MemoryStore {
 
     /// Takes the oldest due job, or says when the next retry is due.
     fn try_dequeue(&self) -> Result<Lease, Option<Instant>> {
-        self.lock().take_next()
+        self.lock().take_next(SystemTime::now())
     }
 }
 
 impl State {
-    /// Takes the oldest due job, or says when the next retry is due.
-    fn take_next(&mut self) -> Result<Lease, Option<Instant>> {
+    /// Takes the oldest due job (started at `started_at`), or says when the next retry is
+    /// due.
+    fn take_next(&mut self, started_at: SystemTime) -> Result<Lease, Option<Instant>> {
         if !self.delayed.is_empty() {
             self.promote_due(Instant::now());
         }
@@ -455,7 +456,6 @@ impl State {
                 continue;
             };
             let token = token(counter, slot);
-            let started_at = SystemTime::now();
             entry.record.status = JobStatus::Running;
             entry.record.attempts += 1;
             entry.record.started_at = Some(started_at);
@@ -476,13 +476,15 @@ impl State {
         Err(self.delayed.first_key_value().map(|((due, _), _)| *due))
     }
 
-    /// Applies a settlement; also says whether the job was queued again (a retry).
+    /// Applies a settlement at `now` (`wall` on the system clock); also says whether the
+    /// job was queued again (a retry).
     fn settle(
         &mut self,
         lease: &Lease,
         settlement: Settlement,
         result_ttl: Duration,
         now: Instant,
+        wall: SystemTime,
     ) -> (Settled, bool) {
         let Some(entry) = self.leased(lease) else {
             return (Settled::Stale, false);
@@ -532,7 +534,7 @@ impl State {
                 return (Settled::Applied(JobStatus::Queued), true);
             }
         };
-        self.finish(token_slot(lease.token()), status, result_ttl, now);
+        self.finish(token_slot(lease.token()), status, result_ttl, now, wall);
         (Settled::Applied(status), false)
     }
 
@@ -610,12 +612,19 @@ impl State {
     }
 
     /// Ends the live job in `slot` with a final status and moves it to the archive.
-    fn finish(&mut self, slot: Slot, status: JobStatus, ttl: Duration, now: Instant) {
+    fn finish(
+        &mut self,
+        slot: Slot,
+        status: JobStatus,
+        ttl: Duration,
+        now: Instant,
+        wall: SystemTime,
+    ) {
         let Some(mut entry) = self.take(slot) else {
             return;
         };
         entry.record.status = status;
-        entry.record.finished_at = Some(SystemTime::now());
+        entry.record.finished_at = Some(wall);
         let finished = Finished {
             record: entry.record,
             hash: entry.hash,
@@ -725,7 +734,8 @@ impl Store for MemoryStore {
         result_ttl: Duration,
     ) -> Result<Settled, StoreError> {
         let now = Instant::now();
-        let (settled, requeued) = self.lock().settle(lease, settlement, result_ttl, now);
+        let wall = SystemTime::now();
+        let (settled, requeued) = self.lock().settle(lease, settlement, result_ttl, now, wall);
         if requeued {
             self.job_queued();
         }
@@ -741,10 +751,11 @@ impl Store for MemoryStore {
         Result<Settled, StoreError>,
         Result<Option<Lease>, StoreError>,
     ) {
-        let now = Instant::now();
+        // One reading of each clock: the settled job finishes when the next one starts.
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let mut state = self.lock();
-        let (settled, requeued) = state.settle(lease, settlement, result_ttl, now);
-        let next = state.take_next().ok();
+        let (settled, requeued) = state.settle(lease, settlement, result_ttl, now, wall);
+        let next = state.take_next(wall).ok();
         drop(state);
         if requeued {
             // Another dispatcher may take the retry if this one did not.
@@ -783,7 +794,13 @@ impl Store for MemoryStore {
                 Some(entry) if entry.record.status == JobStatus::Queued => {
                     entry.record.payload = None;
                     state.unqueue(slot);
-                    state.finish(slot, JobStatus::Cancelled, result_ttl, now);
+                    state.finish(
+                        slot,
+                        JobStatus::Cancelled,
+                        result_ttl,
+                        now,
+                        SystemTime::now(),
+                    );
                     CancelOutcome::Cancelled
                 }
                 Some(entry) => {
