@@ -215,15 +215,17 @@ impl Generation {
         self
     }
 
+    /// The position of this id's newest record here (a reused id can have several).
     fn find(&self, id: &JobId, hash: u64) -> Option<u32> {
         let records = &self.records;
         self.index
-            .find(hash, |&position| {
-                records[position as usize]
-                    .as_ref()
-                    .is_some_and(|finished| finished.record.id == *id)
+            .iter_hash(hash)
+            .filter_map(|&position| {
+                let finished = records[position as usize].as_ref()?;
+                (finished.record.id == *id).then_some((finished.sequence, position))
             })
-            .copied()
+            .max()
+            .map(|(_, position)| position)
     }
 }
 
@@ -276,20 +278,31 @@ impl Archive {
         self.records += 1;
     }
 
-    /// The newest record of this id.
+    /// The newest record of this id (an id reused after its job finished can have older
+    /// records, which it shadows).
     fn find(&self, id: &JobId, hash: u64) -> Option<Place> {
+        let mut newest: Option<(u64, Place)> = None;
         for (lane_at, lane) in self.lanes.iter().enumerate() {
-            for (generation_at, generation) in lane.generations.iter().enumerate().rev() {
-                if let Some(position) = generation.find(id, hash) {
-                    return Some(Place {
-                        lane: lane_at,
-                        generation: generation_at,
-                        position,
-                    });
+            // Within a lane, a later generation holds later jobs.
+            let found = lane
+                .generations
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(at, generation)| Some((at, generation.find(id, hash)?)));
+            if let Some((generation_at, position)) = found {
+                let place = Place {
+                    lane: lane_at,
+                    generation: generation_at,
+                    position,
+                };
+                let sequence = self.get(place).map_or(0, |finished| finished.sequence);
+                if newest.is_none_or(|(newest, _)| sequence > newest) {
+                    newest = Some((sequence, place));
                 }
             }
         }
-        None
+        newest.map(|(_, place)| place)
     }
 
     fn get(&self, place: Place) -> Option<&Finished> {
@@ -438,6 +451,18 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Whether `finished` is its id's current record: not shadowed by a newer job with
+    /// the same id, live or finished.
+    fn is_current(&self, finished: &Finished) -> bool {
+        let id = &finished.record.id;
+        self.find(id, finished.hash).is_none()
+            && self
+                .archive
+                .find(id, finished.hash)
+                .and_then(|place| self.archive.get(place))
+                .is_some_and(|newest| newest.sequence == finished.sequence)
+    }
+
     /// Takes the oldest due job (started at `started_at`), or says when the next retry is
     /// due.
     fn take_next(&mut self, started_at: SystemTime) -> Result<Lease, Option<Instant>> {
@@ -675,16 +700,14 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         let expired = state.archive.purge(now);
-        if !generated_id {
-            if state.find(&entry.record.id, hash).is_some() {
-                drop(guard);
-                self.recycle(expired);
-                return ready(Ok(Enqueued::Existing));
-            }
-            // A finished job's id is reused: the new job replaces its record.
-            if let Some(place) = state.archive.find(&entry.record.id, hash) {
-                state.archive.remove(place);
-            }
+        // Only live jobs count for dedup. A finished job's id may be reused, and the
+        // archive is not searched for it here (that is a lookup per generation): the new
+        // job shadows the old record, since lookups take an id's newest record, and the
+        // old one goes with its generation.
+        if !generated_id && state.find(&entry.record.id, hash).is_some() {
+            drop(guard);
+            self.recycle(expired);
+            return ready(Ok(Enqueued::Existing));
         }
         let sequence = state.next_sequence;
         state.next_sequence += 1;
@@ -848,7 +871,11 @@ impl Store for MemoryStore {
             state
                 .archive
                 .iter()
-                .filter(|finished| finished.record.status == status && !finished.is_expired(now))
+                .filter(|finished| {
+                    finished.record.status == status
+                        && !finished.is_expired(now)
+                        && state.is_current(finished)
+                })
                 .map(|finished| (finished.sequence, &finished.record))
                 .collect()
         } else {
@@ -880,14 +907,18 @@ impl Store for MemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         let mut cleared = 0;
-        for place in state.archive.places(status) {
+        // Shadowed records (of a reused id) go too, but only current ones are counted.
+        let places = state.archive.places(status);
+        for &place in &places {
             if state
                 .archive
                 .get(place)
-                .is_some_and(|finished| !finished.is_expired(now))
+                .is_some_and(|finished| !finished.is_expired(now) && state.is_current(finished))
             {
                 cleared += 1;
             }
+        }
+        for place in places {
             state.archive.remove(place);
         }
         Ok(cleared)
@@ -939,7 +970,13 @@ mod tests {
         assert_eq!(enqueue(&store, "a").await, Enqueued::New);
         let record = store.get(&JobId::from("a")).await.unwrap().unwrap();
         assert_eq!(record.status, JobStatus::Queued);
-        assert_eq!(store.tracked_jobs(), 1);
+        // The old record is held, shadowed, until its generation goes.
+        assert_eq!(store.tracked_jobs(), 2);
+        assert!(store
+            .list(JobStatus::Completed, 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -1061,11 +1098,19 @@ mod tests {
     async fn a_reused_id_replaces_its_finished_record() {
         let store = MemoryStore::new();
         let ttl = Duration::from_secs(60);
+        let _ = enqueue(&store, "a").await;
+        let lease = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
+        let _ = store
+            .settle(&lease, Settlement::Fail("old".into()), ttl)
+            .await;
         complete(&store, "a", ttl).await;
-        complete(&store, "a", ttl).await;
-        let completed = store.list(JobStatus::Completed, 10).await.unwrap();
-        assert_eq!(completed.len(), 1);
-        assert_eq!(completed[0].attempts, 1);
+        let record = store.get(&JobId::from("a")).await.unwrap().unwrap();
+        assert_eq!(record.status, JobStatus::Completed);
+        assert_eq!(store.list(JobStatus::Completed, 10).await.unwrap().len(), 1);
+        assert!(store.list(JobStatus::Failed, 10).await.unwrap().is_empty());
+        // The old record is held (shadowed) until its generation goes, and never counted.
+        assert_eq!(store.tracked_jobs(), 2);
+        assert_eq!(store.clear(JobStatus::Failed).await.unwrap(), 0);
         assert_eq!(store.tracked_jobs(), 1);
         assert_eq!(store.clear(JobStatus::Completed).await.unwrap(), 1);
         assert_eq!(store.tracked_jobs(), 0);
