@@ -13,7 +13,9 @@
 //!   a large index, and it is dropped after the lock is released. Reads skip records
 //!   whose TTL has passed, so a job is visible for exactly its TTL; its memory is given
 //!   back within an eighth of the TTL after that.
-//! - An id the queue generated ([`NewJob::generated_id`]) is not looked up on enqueue.
+//! - Enqueue looks an id up among live jobs only, and not at all when the queue generated
+//!   it ([`NewJob::generated_id`]). A finished job's id can be reused: lookups take an
+//!   id's newest record, which shadows older ones until their generation goes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
