@@ -11,10 +11,12 @@
 //! The response future then either gets a task of its own, or, once the queue's attempts
 //! have proven quick (see [`FirstPolls`]), is polled once by the dispatcher and gets a task
 //! only if it is still pending. An attempt that ended in that poll is settled by the
-//! dispatcher at once. An attempt task drives the future, catches its panic, watches for
-//! cancellation, writes progress, renews the lease when the store's leases expire, and
-//! settles the job. The dispatcher never awaits while it holds a job, so shutdown can
-//! abort it at any `.await`.
+//! dispatcher, in one store step with taking the next job when the service is ready at
+//! once ([`Store::settle_then_dequeue`]). An attempt task drives the future, catches its
+//! panic, watches for cancellation, writes progress, renews the lease when the store's
+//! leases expire, and settles the job. The dispatcher never awaits while it holds a job
+//! that has not run, so shutdown can abort it at any `.await`; an attempt it ran and has
+//! not settled yet is settled by a guard ([`Unsettled`]) if it is aborted.
 
 use std::any::Any;
 use std::future::{poll_fn, Future};
