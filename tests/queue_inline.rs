@@ -401,3 +401,144 @@ async fn an_attempt_ended_inline_is_settled_even_if_the_dispatcher_then_panics()
     }
     panic!("the arming job never ran inline");
 }
+
+/// A service answering with its request, whose `poll_ready` lets a set number of calls
+/// through and then waits (or panics) until opened again.
+#[derive(Clone, Default)]
+struct Gate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Default)]
+struct GateInner {
+    /// Calls still allowed; `None` while open.
+    left: Mutex<(Option<usize>, Option<std::task::Waker>)>,
+    /// Panic instead of waiting when no call is left.
+    panics: std::sync::atomic::AtomicBool,
+    /// Requests in the order they were called.
+    calls: Mutex<Vec<u32>>,
+}
+
+impl Gate {
+    fn allow(&self, calls: Option<usize>) {
+        let mut left = self.inner.left.lock().unwrap();
+        left.0 = calls;
+        if let Some(waker) = left.1.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Service<u32> for Gate {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let mut left = self.inner.left.lock().unwrap();
+        if left.0 == Some(0) {
+            assert!(
+                !self.inner.panics.load(std::sync::atomic::Ordering::SeqCst),
+                "poll_ready panicked"
+            );
+            left.1 = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        if let Some(left) = &mut self.inner.left.lock().unwrap().0 {
+            *left = left.saturating_sub(1);
+        }
+        self.inner.calls.lock().unwrap().push(req);
+        std::future::ready(Ok(req))
+    }
+}
+
+/// Jobs the dispatcher took ahead and did not start are given back to the queue, in
+/// order, when the service stops being ready (`panics` false) or the dispatcher dies in
+/// `poll_ready` (`panics` true): none stays marked running without running.
+async fn jobs_taken_ahead_are_given_back(panics: bool) {
+    let gate = Gate::default();
+    let queue: Queue<u32, u32> = Queue::builder("gate").workers(4).build().unwrap();
+    let svc = QueueLayer::new(queue.clone()).layer(gate.clone());
+    // Quick jobs, one at a time, until the dispatcher polls them itself (and takes jobs
+    // ahead). `try_id` is the dispatcher's task when a job runs inline.
+    let mut warm = 0;
+    for _ in 0..200 {
+        let id = svc.clone().oneshot(1_000).await.unwrap();
+        assert_eq!(finished(&queue, &id).await.status, JobStatus::Completed);
+        warm += 1;
+    }
+
+    // Shut: the dispatcher waits for readiness holding nothing (one job may still start,
+    // on the readiness it saw before it waited for a job).
+    gate.allow(Some(0));
+    let ids: Vec<JobId> = {
+        let mut ids = Vec::new();
+        for n in 0..20 {
+            ids.push(svc.clone().oneshot(n).await.unwrap());
+        }
+        ids
+    };
+    support::eventually(Duration::from_secs(10), "the dispatcher waits", || async {
+        queue.len().await.unwrap() + gate.inner.calls.lock().unwrap().len() == 20 + warm
+    })
+    .await;
+    let before = gate.inner.calls.lock().unwrap().len();
+
+    // Five calls, then shut again (or panic): the dispatcher takes the rest ahead, runs
+    // five, and must give the others back when the service is not ready.
+    gate.inner
+        .panics
+        .store(panics, std::sync::atomic::Ordering::SeqCst);
+    gate.allow(Some(5));
+    support::eventually(Duration::from_secs(10), "five more jobs ran", || async {
+        gate.inner.calls.lock().unwrap().len() == before + 5
+    })
+    .await;
+    let rest = 20 + warm - before - 5;
+    support::eventually(
+        Duration::from_secs(10),
+        "the rest are queued again",
+        || async {
+            queue
+                .list(JobStatus::Running, 100)
+                .await
+                .unwrap()
+                .is_empty()
+                && queue.len().await.unwrap() == rest
+        },
+    )
+    .await;
+    for job in queue.list(JobStatus::Queued, 100).await.unwrap() {
+        assert_eq!((job.attempts, job.started_at), (0, None), "{job:?}");
+    }
+    assert_eq!(queue.info().completed, (before + 5) as u64);
+
+    if panics {
+        // The dispatcher is gone; the jobs it gave back stay queued.
+        return;
+    }
+    // Open: every job runs, in the order it was enqueued.
+    gate.allow(None);
+    for id in &ids {
+        assert_eq!(finished(&queue, id).await.status, JobStatus::Completed);
+    }
+    let calls = gate.inner.calls.lock().unwrap();
+    assert_eq!(calls[warm..], (0..20).collect::<Vec<u32>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_taken_ahead_are_given_back_when_the_service_is_not_ready() {
+    jobs_taken_ahead_are_given_back(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_taken_ahead_are_given_back_when_the_dispatcher_panics() {
+    jobs_taken_ahead_are_given_back(true).await;
+}

@@ -259,7 +259,7 @@ impl Tracker {
     }
 
     /// A queued job was cancelled before it ran.
-    fn cancelled_queued(&self, id: &JobId) {
+    pub(crate) fn cancelled_queued(&self, id: &JobId) {
         self.release_slot();
         self.add_queued(-1);
         self.settled(id, JobStatus::Cancelled, false);

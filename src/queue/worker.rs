@@ -10,15 +10,17 @@
 //!
 //! The response future then either gets a task of its own, or, once the queue's attempts
 //! have proven quick (see [`FirstPolls`]), is polled once by the dispatcher and gets a task
-//! only if it is still pending. An attempt that ended in that poll is settled by the
-//! dispatcher, in one store step with taking the next job when the service is ready at
-//! once ([`Store::settle_then_dequeue`]). An attempt task drives the future, catches its
-//! panic, watches for cancellation, writes progress, renews the lease when the store's
-//! leases expire, and settles the job. The dispatcher never awaits while it holds a job
-//! that has not run, so shutdown can abort it at any `.await`; an attempt it ran and has
-//! not settled yet is settled by a guard ([`Unsettled`]) if it is aborted.
+//! only if it is still pending. While attempts are quick, the dispatcher takes up to
+//! [`TAKE_AHEAD`] jobs per store step and settles the attempts that ended inline in the
+//! same step ([`Store::settle_then_dequeue`]); see [`Held`]. An attempt task drives the
+//! future, catches its panic, watches for cancellation, writes progress, renews the lease
+//! when the store's leases expire, and settles the job. Before the dispatcher awaits
+//! anything but the store, it settles what ended and gives back the jobs it took ahead
+//! ([`Settlement::Release`]), so no job waits in it; shutdown can abort it at any
+//! `.await`, and the [`Held`] guard then sends what it still holds.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -37,7 +39,7 @@ use tower_service::Service;
 use super::codec;
 use super::error::{error_chain, Permanent};
 use super::handle::{Core, Tracker};
-use super::job::JobContext;
+use super::job::{JobContext, JobStatus};
 use super::store::{Lease, LeaseState, Settled, Settlement, Store};
 use crate::BoxError;
 
@@ -45,6 +47,8 @@ use crate::BoxError;
 const DEQUEUE_WAIT: Duration = Duration::from_secs(30);
 /// How often a dispatcher whose handles are all gone looks for the last jobs.
 const ORPHAN_POLL: Duration = Duration::from_millis(50);
+/// How many jobs the dispatcher takes in one store step while attempts finish inline.
+const TAKE_AHEAD: usize = 32;
 /// The pause after a store error before the dispatcher tries again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -124,19 +128,116 @@ struct Attempt {
     worker: OwnedSemaphorePermit,
 }
 
-/// An attempt the dispatcher ran itself and has not settled yet: it settles together with
-/// taking the next job ([`Store::settle_then_dequeue`]). Should the dispatcher stop first
-/// (aborted at shutdown, or a panic in the service's `poll_ready`), dropping this settles
-/// it on its own.
-struct Unsettled<Req: Send + 'static, St: Store> {
+/// Jobs the dispatcher holds between store steps: attempts it ran itself that ended and
+/// are not settled yet, and jobs it took ahead and has not started.
+///
+/// Both go to the store in the next [`Store::settle_then_dequeue`], which takes the next
+/// jobs in the same step. Before the dispatcher waits for anything (a worker slot, the
+/// service's readiness, the store) it sends them with [`flush`](Self::flush): settled, and
+/// the jobs it took ahead given back ([`Settlement::Release`]) to the front of the queue,
+/// so that no job waits in the dispatcher. Should the dispatcher stop first (aborted at
+/// shutdown, or a panic in the service's `poll_ready`), dropping this sends them.
+///
+/// An attempt that ended inline is thus recorded once the jobs taken with it have been
+/// started: at most [`TAKE_AHEAD`] quick first polls later (each at most
+/// [`FirstPolls::FAST`], or inline polling ends), a few µs for no-op jobs.
+struct Held<Req: Send + 'static, St: Store> {
     core: Arc<Core<Req, St>>,
-    ended: Option<(Attempt, Settlement)>,
+    /// Settlements to send, in order: ended attempts, then jobs given back.
+    ended: Vec<(Lease, Settlement)>,
+    /// Taken, not started: oldest first.
+    ahead: VecDeque<Lease>,
 }
 
-impl<Req: Send + 'static, St: Store> Drop for Unsettled<Req, St> {
+impl<Req: Send + 'static, St: Store> Held<Req, St> {
+    fn new(core: Arc<Core<Req, St>>) -> Self {
+        Self {
+            core,
+            ended: Vec::new(),
+            ahead: VecDeque::new(),
+        }
+    }
+
+    /// The next job taken ahead, else the next due job from the store, taking up to `max`
+    /// at once; what ended goes to the store in the same step.
+    async fn next(&mut self, max: usize) -> Option<Lease> {
+        if let Some(lease) = self.ahead.pop_front() {
+            return Some(lease);
+        }
+        self.exchange(max).await;
+        self.ahead.pop_front()
+    }
+
+    /// Settles what ended and gives back what was taken ahead, before the dispatcher waits.
+    async fn flush(&mut self) {
+        if !self.ended.is_empty() || !self.ahead.is_empty() {
+            self.exchange(0).await;
+        }
+    }
+
+    /// One store step: sends `ended` and the jobs taken ahead, takes up to `max` jobs.
+    async fn exchange(&mut self, max: usize) {
+        self.give_back();
+        let core = self.core.clone();
+        let (settled, taken) = core
+            .store
+            .settle_then_dequeue(&self.ended, core.tracker.config.result_ttl, max)
+            .await;
+        self.report(settled);
+        match taken {
+            Ok(taken) => self.ahead.extend(taken),
+            Err(err) => {
+                tracing::warn!(queue = %core.tracker.name, error = %error_chain(&err), "dequeue failed");
+            }
+        }
+    }
+
+    /// Moves the jobs taken ahead to the settlements, as given back: in reverse, so that
+    /// each going to the front of the queue keeps their order.
+    fn give_back(&mut self) {
+        while let Some(lease) = self.ahead.pop_back() {
+            self.ended.push((lease, Settlement::Release));
+        }
+    }
+
+    fn report(&mut self, settled: Vec<Result<Settled, super::store::StoreError>>) {
+        let mut settled = settled.into_iter();
+        for (lease, settlement) in self.ended.drain(..) {
+            let result = settled.next().unwrap_or(Ok(Settled::Stale));
+            if matches!(settlement, Settlement::Release) {
+                // The tracker never saw it start: given back, it is still queued; if its
+                // cancellation was requested meanwhile, it was cancelled without running.
+                if let Ok(Settled::Applied(JobStatus::Cancelled)) = result {
+                    self.core.tracker.cancelled_queued(lease.id());
+                }
+            } else {
+                report(&self.core, &lease, result, false);
+            }
+        }
+    }
+}
+
+impl<Req: Send + 'static, St: Store> Drop for Held<Req, St> {
     fn drop(&mut self) {
-        if let Some((attempt, settlement)) = self.ended.take() {
-            finish(&self.core, attempt, settlement, false);
+        self.give_back();
+        let Some((first, _)) = self.ended.first() else {
+            return;
+        };
+        // Settled at once when the store answers at once (the memory store does), else
+        // on a task registered as running, so that shutdown waits for it.
+        let ctx = JobContext::new(first.id().clone(), first.attempt());
+        let mut held = Held {
+            core: self.core.clone(),
+            ended: std::mem::take(&mut self.ended),
+            ahead: VecDeque::new(),
+        };
+        let mut sending = Box::pin(async move { held.flush().await });
+        if sending
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_pending()
+        {
+            spawn_registered(&self.core.tracker, ctx, sending);
         }
     }
 }
@@ -162,73 +263,47 @@ where
 {
     let tracker = &core.tracker;
     let first_polls = Arc::new(FirstPolls::default());
-    let mut unsettled = Unsettled {
-        core: core.clone(),
-        ended: None,
-    };
+    let mut held = Held::new(core.clone());
+    // The worker slot of the last attempt, when it ended inline: the next job takes it.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
     loop {
-        let mut next = None;
-        if let Some((attempt, settlement)) = &unsettled.ended {
-            // The attempt that just ended passes its worker slot to the next job, and its
-            // settlement goes in one step with taking that job, if the service is ready at
-            // once; otherwise it settles alone.
-            let ready = poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await;
-            if matches!(ready, Poll::Ready(Ok(()))) && !attempt.ctx.has_progress() {
-                let (settled, dequeued) = core
-                    .store
-                    .settle_then_dequeue(
-                        &attempt.lease,
-                        settlement.clone(),
-                        tracker.config.result_ttl,
-                    )
-                    .await;
-                if let Some((attempt, _)) = unsettled.ended.take() {
-                    report(&core, &attempt.lease, settled, false);
-                    match dequeued {
-                        Ok(Some(lease)) => next = Some((attempt.worker, lease)),
-                        Ok(None) => {}
-                        Err(err) => {
-                            tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");
-                        }
+        let permit = match slot.take() {
+            Some(permit) => permit,
+            None => match tracker.workers.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    held.flush().await;
+                    match tracker.workers.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
                     }
                 }
-            } else if let Some((attempt, settlement)) = unsettled.ended.take() {
-                finish(&core, attempt, settlement, false);
-                if let Poll::Ready(Err(err)) = ready {
-                    stopped(tracker, err.into());
-                    return;
-                }
+            },
+        };
+
+        // Ready at once, or flush and wait. A failed `poll_ready` stops the dispatcher;
+        // dropping `held` settles and gives back what it holds.
+        let ready = match poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await {
+            Poll::Ready(ready) => ready,
+            Poll::Pending => {
+                held.flush().await;
+                poll_fn(|cx| service.poll_ready(cx)).await
             }
+        };
+        if let Err(err) = ready {
+            stopped(tracker, err.into());
+            return;
         }
 
-        let (permit, lease) = match next {
-            Some(next) => next,
-            None => {
-                let permit = match tracker.workers.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(TryAcquireError::Closed) => return,
-                    Err(TryAcquireError::NoPermits) => {
-                        match tracker.workers.clone().acquire_owned().await {
-                            Ok(permit) => permit,
-                            Err(_) => return,
-                        }
-                    }
-                };
-
-                if let Err(err) = poll_fn(|cx| service.poll_ready(cx)).await {
-                    stopped(tracker, err.into());
-                    return;
-                }
-
-                let lease = match core.store.dequeue(Duration::ZERO).await {
-                    Ok(Some(lease)) => lease,
-                    _ => match next_job(&core).await {
-                        Some(lease) => lease,
-                        None => return,
-                    },
-                };
-                (permit, lease)
-            }
+        // Quick attempts take jobs ahead, several per store step.
+        let ahead = if first_polls.inline() { TAKE_AHEAD } else { 1 };
+        let lease = match held.next(ahead).await {
+            Some(lease) => lease,
+            None => match next_job(&core).await {
+                Some(lease) => lease,
+                None => return,
+            },
         };
 
         let waited = lease
@@ -291,8 +366,15 @@ where
             Poll::Ready(out) => {
                 drop(fut);
                 let outcome = Outcome::from_output(out);
-                if let Some(settlement) = conclude(&core, &attempt, outcome, ran) {
-                    unsettled.ended = Some((attempt, settlement));
+                let Some(settlement) = conclude(&core, &attempt, outcome, ran) else {
+                    continue;
+                };
+                if attempt.ctx.has_progress() {
+                    // Its last progress is written first, by `settle`.
+                    finish(&core, attempt, settlement, false);
+                } else {
+                    held.ended.push((attempt.lease, settlement));
+                    slot = Some(attempt.worker);
                 }
             }
         }

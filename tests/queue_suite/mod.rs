@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use layercake::queue::store::{Enqueued, LeaseState, NewJob, Settled, Settlement, Store};
+use layercake::queue::store::{Enqueued, Lease, LeaseState, NewJob, Settled, Settlement, Store};
 use layercake::queue::{
     Backoff, CancelOutcome, JobContext, JobId, JobInfo, JobStatus, Permanent, Progress, Queue,
     QueueBuilder, QueueLayer, QueueService,
@@ -116,6 +116,10 @@ macro_rules! queue_conformance {
         #[tokio::test]
         async fn store_settles_then_dequeues_in_one_step() {
             queue_suite::store_settles_then_dequeues_in_one_step($store).await
+        }
+        #[tokio::test]
+        async fn store_takes_back_released_jobs_in_order() {
+            queue_suite::store_takes_back_released_jobs_in_order($store).await
         }
     };
 }
@@ -822,9 +826,15 @@ pub async fn store_settles_then_dequeues_in_one_step<St: Store>(store: St) {
     }
     let a = store.dequeue(Duration::ZERO).await.unwrap().expect("a");
     let done = Settlement::Complete(b"A"[..].into());
-    let (settled, next) = store.settle_then_dequeue(&a, done, TTL).await;
-    assert_eq!(settled.unwrap(), Settled::Applied(JobStatus::Completed));
-    let b = next.unwrap().expect("b is taken in the same step");
+    let (settled, next) = store.settle_then_dequeue(&[(a, done)], TTL, 1).await;
+    assert_eq!(settled.len(), 1);
+    assert_eq!(
+        settled[0].as_ref().unwrap(),
+        &Settled::Applied(JobStatus::Completed)
+    );
+    let next = next.unwrap();
+    assert_eq!(next.len(), 1, "b is taken in the same step");
+    let b = next[0].clone();
     assert_eq!((b.id().as_str(), b.attempt()), ("b", 1));
     let record = store.get(&JobId::from("a")).await.unwrap().unwrap();
     assert_eq!(record.result.as_deref(), Some(&b"A"[..]));
@@ -834,21 +844,135 @@ pub async fn store_settles_then_dequeues_in_one_step<St: Store>(store: St) {
         error: "flaky".into(),
         delay: Duration::ZERO,
     };
-    let (settled, next) = store.settle_then_dequeue(&b, retry, TTL).await;
-    assert_eq!(settled.unwrap(), Settled::Applied(JobStatus::Queued));
-    let b2 = next.unwrap().expect("the retry");
+    let (settled, next) = store
+        .settle_then_dequeue(&[(b.clone(), retry)], TTL, 1)
+        .await;
+    assert_eq!(
+        settled[0].as_ref().unwrap(),
+        &Settled::Applied(JobStatus::Queued)
+    );
+    let b2 = next.unwrap().pop().expect("the retry");
     assert_eq!((b2.id().as_str(), b2.attempt()), ("b", 2));
 
     // A stale settlement changes nothing; with nothing queued, no job comes back.
     let late = Settlement::Fail("late".into());
-    let (settled, next) = store.settle_then_dequeue(&b, late, TTL).await;
-    assert_eq!(settled.unwrap(), Settled::Stale);
-    assert!(next.unwrap().is_none());
+    let (settled, next) = store.settle_then_dequeue(&[(b, late)], TTL, 1).await;
+    assert_eq!(settled[0].as_ref().unwrap(), &Settled::Stale);
+    assert!(next.unwrap().is_empty());
     assert_eq!(store.renew(&b2).await.unwrap(), LeaseState::Active);
     let (settled, next) = store
-        .settle_then_dequeue(&b2, Settlement::Cancel, TTL)
+        .settle_then_dequeue(&[(b2, Settlement::Cancel)], TTL, 1)
         .await;
-    assert_eq!(settled.unwrap(), Settled::Applied(JobStatus::Cancelled));
-    assert!(next.unwrap().is_none());
+    assert_eq!(
+        settled[0].as_ref().unwrap(),
+        &Settled::Applied(JobStatus::Cancelled)
+    );
+    assert!(next.unwrap().is_empty());
     assert_eq!(store.queued().await.unwrap(), 0);
+
+    // Nothing to settle and `max` 0: nothing happens.
+    let (settled, next) = store.settle_then_dequeue(&[], TTL, 0).await;
+    assert!(settled.is_empty() && next.unwrap().is_empty());
+}
+
+/// Takes up to `max` jobs in one step (a store may take fewer, at least one when some are
+/// due) and then the rest one by one: `count` leases in FIFO order.
+async fn take<St: Store>(store: &St, count: usize, max: usize) -> Vec<Lease> {
+    let (_, taken) = store.settle_then_dequeue(&[], TTL, max).await;
+    let mut taken = taken.unwrap();
+    assert!(
+        !taken.is_empty() && taken.len() <= max,
+        "took {}",
+        taken.len()
+    );
+    while taken.len() < count {
+        taken.push(store.dequeue(Duration::ZERO).await.unwrap().expect("due"));
+    }
+    taken
+}
+
+pub async fn store_takes_back_released_jobs_in_order<St: Store>(store: St) {
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(store.enqueue(new_job(id)).await.unwrap(), Enqueued::New);
+    }
+    // `a` runs once and is retried, so that its earlier start must come back on release.
+    let a = store.dequeue(Duration::ZERO).await.unwrap().expect("a");
+    let retry = Settlement::Retry {
+        error: "flaky".into(),
+        delay: Duration::ZERO,
+    };
+    let _ = store.settle(&a, retry, TTL).await.unwrap();
+    let first_start = store
+        .get(&JobId::from("a"))
+        .await
+        .unwrap()
+        .unwrap()
+        .started_at;
+    assert!(first_start.is_some());
+
+    // b, c, d, a in FIFO order (the retry went to the back).
+    let taken = take(&store, 4, 4).await;
+    let ids: Vec<_> = taken.iter().map(|lease| lease.id().as_str()).collect();
+    assert_eq!(ids, ["b", "c", "d", "a"]);
+    assert_eq!(store.queued().await.unwrap(), 0);
+
+    // `c` was asked to stop meanwhile: given back, it is cancelled without running.
+    assert_eq!(
+        store.cancel(&JobId::from("c"), TTL).await.unwrap(),
+        CancelOutcome::Stopping
+    );
+    // Given back in reverse order of taking: the queue is as it was.
+    let released: Vec<_> = taken
+        .iter()
+        .rev()
+        .map(|lease| (lease.clone(), Settlement::Release))
+        .collect();
+    let (settled, next) = store.settle_then_dequeue(&released, TTL, 0).await;
+    assert!(next.unwrap().is_empty());
+    let settled: Vec<_> = settled.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        settled,
+        [
+            Settled::Applied(JobStatus::Queued),
+            Settled::Applied(JobStatus::Queued),
+            Settled::Applied(JobStatus::Cancelled),
+            Settled::Applied(JobStatus::Queued),
+        ]
+    );
+    assert_eq!(store.queued().await.unwrap(), 3);
+    for (id, attempts, started) in [("b", 0, None), ("d", 0, None), ("a", 1, first_start)] {
+        let record = store.get(&JobId::from(id)).await.unwrap().unwrap();
+        assert_eq!(
+            (record.status, record.attempts, record.started_at),
+            (JobStatus::Queued, attempts, started),
+            "{id}"
+        );
+    }
+    let c = store.get(&JobId::from("c")).await.unwrap().unwrap();
+    assert_eq!((c.status, c.attempts), (JobStatus::Cancelled, 0));
+
+    // A lease given back is no longer current; a stale release changes nothing.
+    let (settled, _) = store
+        .settle_then_dequeue(&[(taken[0].clone(), Settlement::Release)], TTL, 0)
+        .await;
+    assert_eq!(settled[0].as_ref().unwrap(), &Settled::Stale);
+    assert_eq!(
+        store
+            .settle(&taken[0], Settlement::Complete(b"x"[..].into()), TTL)
+            .await
+            .unwrap(),
+        Settled::Stale
+    );
+
+    // The next dequeues take them in the old order, with fresh leases.
+    let again = take(&store, 3, 3).await;
+    let ids: Vec<_> = again
+        .iter()
+        .map(|lease| (lease.id().as_str(), lease.attempt()))
+        .collect();
+    assert_eq!(ids, [("b", 1), ("d", 1), ("a", 2)]);
+    assert!(again
+        .iter()
+        .zip([&taken[0], &taken[2], &taken[3]])
+        .all(|(new, old)| new.token() != old.token()));
 }

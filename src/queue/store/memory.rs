@@ -1,5 +1,5 @@
-//! The in-process store: one mutex around the live jobs (queued and running) and an archive
-//! of finished ones.
+//! The in-process store: the live jobs (queued and running) behind one mutex, an archive
+//! of finished ones behind another, and an inbox for new jobs.
 //!
 //! Hot-path layout (measured in `benches/queue.rs`):
 //!
@@ -7,12 +7,21 @@
 //!   queue, the retry set and leases refer to them by slot, so dequeue and settle do not
 //!   hash the id. A lease's token carries its slot. The slab holds only queued and running
 //!   jobs, so it stays small and warm in cache however many jobs have finished.
-//! - **Finished jobs** move to an [`Archive`]: per result TTL, a run of generations, each
-//!   the jobs finished within an eighth of the TTL, with an index of its own. A generation
-//!   is dropped whole once its last job has expired, instead of one record at a time from
-//!   a large index, and it is dropped after the lock is released. Reads skip records
-//!   whose TTL has passed, so a job is visible for exactly its TTL; its memory is given
-//!   back within an eighth of the TTL after that.
+//! - **New jobs with generated ids** (no dedup to check) go to an inbox, a `Vec` behind a
+//!   lock of its own held only for a push or a swap. Whoever next takes the live lock
+//!   moves the inbox in first, so every read sees every job enqueued before it. Callers
+//!   enqueueing thus never wait for a dispatcher that holds the live lock while it settles
+//!   and takes a batch of jobs, and the dispatcher reads new jobs from one contiguous
+//!   buffer. Jobs with application ids take the live lock (after the inbox is moved in,
+//!   so FIFO order holds).
+//! - **Finished jobs** move to an [`Archive`], behind its own lock (taken before the live
+//!   lock is released, so a reader taking both in order always finds a job in one of
+//!   them): per result TTL, a run of generations, each the jobs finished within an eighth
+//!   of the TTL, with an index of its own. A generation is dropped whole once its last job
+//!   has expired, instead of one record at a time from a large index, and it is dropped
+//!   after the lock is released. Reads skip records whose TTL has passed, so a job is
+//!   visible for exactly its TTL; its memory is given back within an eighth of the TTL
+//!   after that.
 //! - Enqueue looks an id up among live jobs only, and not at all when the queue generated
 //!   it ([`NewJob::generated_id`]). A finished job's id can be reused: lookups take an
 //!   id's newest record, which shadows older ones until their generation goes.
@@ -21,8 +30,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::{ready, Ready};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -49,6 +58,9 @@ const GENERATIONS_PER_TTL: u32 = 8;
 /// The shortest time a generation takes jobs for, so that a tiny TTL does not make a
 /// generation per job.
 const MIN_GENERATION_SPAN: Duration = Duration::from_millis(1);
+/// Enqueues of generated ids purge expired generations once in this many (each other
+/// enqueue, cancel and `tracked_jobs` purges every time).
+const PURGE_EVERY: usize = 64;
 
 /// A [`Store`] in this process's memory: the default store of a
 /// [`Queue`](crate::queue::Queue).
@@ -75,8 +87,24 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
+    /// The live jobs. Taken before `archive` by whoever needs both.
     state: Mutex<State>,
-    /// Outside the lock, so that ids are hashed before it is taken.
+    /// The finished jobs: a lock of their own, so that moving a dispatcher's finished jobs
+    /// there does not hold up callers enqueueing. A job moves from `state` to `archive`
+    /// with `archive` taken before `state` is released, so a reader that takes both in
+    /// that order always finds it in one of them.
+    archive: Mutex<Archive>,
+    /// New jobs with ids the queue generated (no dedup to check), pushed here without
+    /// taking `state`'s lock and moved into `state` by whoever takes it next: callers
+    /// enqueueing do not wait for a dispatcher that holds `state`, nor it for them.
+    inbox: Mutex<Vec<Entry>>,
+    /// Whether the inbox holds jobs, written under its lock: `lock` skips the inbox's lock
+    /// when it is empty. A reader that learned of a job (its own enqueue returned, or
+    /// another thread told it) sees the flag set, so it never misses the job.
+    inbox_full: AtomicBool,
+    /// Enqueues of generated ids, counted so that only every [`PURGE_EVERY`]th purges.
+    inbox_pushes: AtomicUsize,
+    /// Outside the locks, so that ids are hashed before one is taken.
     hasher: IdHasher,
     /// Signalled when a job becomes queued, so that a waiting `dequeue` looks again.
     queued: Notify,
@@ -99,13 +127,13 @@ struct State {
     ready: VecDeque<(Slot, u64)>,
     /// Queued jobs waiting for a retry's backoff, by (due, sequence).
     delayed: BTreeMap<(Instant, u64), Slot>,
-    /// Finished jobs, until they expire.
-    archive: Archive,
     /// Numbers jobs in the order they were enqueued (for `list`), and tells apart jobs
     /// that reuse a slot.
     next_sequence: u64,
     next_token: u32,
     queued: usize,
+    /// The inbox's other buffer (see `Inner::inbox`).
+    arrived: Vec<Entry>,
 }
 
 /// A queued or running job.
@@ -118,6 +146,9 @@ struct Entry {
     token: Option<u64>,
     /// Set while waiting in `delayed`.
     due: Option<Instant>,
+    /// The record's `started_at` before the current lease, restored if it is given back
+    /// ([`Settlement::Release`]).
+    previous_start: Option<SystemTime>,
 }
 
 impl Entry {
@@ -342,7 +373,7 @@ impl Archive {
     }
 
     /// Takes out the generations whose every job has expired, for the caller to hand to
-    /// [`MemoryStore::recycle`] once it has released the lock.
+    /// [`MemoryStore::recycle`] once it has released the archive lock.
     fn purge(&mut self, now: Instant) -> Vec<Generation> {
         let mut expired = Vec::new();
         for lane in &mut self.lanes {
@@ -403,10 +434,10 @@ impl MemoryStore {
     /// memory has not been given back yet (at most an eighth of the TTL after they
     /// expired; expired ones are never returned).
     pub fn tracked_jobs(&self) -> usize {
-        let mut state = self.lock();
-        let expired = state.archive.purge(Instant::now());
-        let tracked = state.index.len() + state.archive.records;
-        drop(state);
+        let (state, mut archive) = self.lock_both();
+        let expired = archive.purge(Instant::now());
+        let tracked = state.index.len() + archive.records;
+        drop((state, archive));
         self.recycle(expired);
         tracked
     }
@@ -419,9 +450,9 @@ impl MemoryStore {
         };
         spare.records.clear();
         spare.index.clear();
-        let mut state = self.lock();
-        if state.archive.spare.is_none() {
-            state.archive.spare = Some(spare);
+        let mut archive = self.lock_archive();
+        if archive.spare.is_none() {
+            archive.spare = Some(spare);
         }
     }
 
@@ -429,13 +460,82 @@ impl MemoryStore {
         self.inner.hasher.hash_one(id.as_str())
     }
 
+    fn lock_archive(&self) -> MutexGuard<'_, Archive> {
+        // As for `lock`.
+        self.inner
+            .archive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes out expired generations and frees them, unless the archive is busy (a
+    /// dispatcher is moving finished jobs in). Called on enqueue (see [`PURGE_EVERY`]),
+    /// not when a job settles: the workers' dispatcher sets the pace of a busy queue, and
+    /// callers have time to spare. Finished jobs only expire after they finish, and
+    /// enqueues keep purging, so they stay bounded; reads skip expired records.
+    fn purge(&self) {
+        let expired = match self.inner.archive.try_lock() {
+            Ok(mut archive) => archive.purge(Instant::now()),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().purge(Instant::now()),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        self.recycle(expired);
+    }
+
+    /// Both locks, in their order.
+    fn lock_both(&self) -> (MutexGuard<'_, State>, MutexGuard<'_, Archive>) {
+        let state = self.lock();
+        (state, self.lock_archive())
+    }
+
+    /// Moves finished jobs to the archive: its lock is taken before `state`'s is released.
+    fn archive(
+        &self,
+        state: MutexGuard<'_, State>,
+        finished: impl IntoIterator<Item = Finished>,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        let mut finished = finished.into_iter().peekable();
+        if finished.peek().is_none() {
+            return;
+        }
+        let mut archive = self.lock_archive();
+        drop(state);
+        for finished in finished {
+            archive.push(finished, ttl, now);
+        }
+    }
+
+    /// The live jobs, with the inbox moved in: everything enqueued so far is there.
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code path panics while holding the lock, and every transition leaves the state
         // consistent before any call that could; so a poisoned lock is still sound.
-        self.inner
+        let mut state = self
+            .inner
             .state
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        let state_ref = &mut *state;
+        if !self.inner.inbox_full.load(Ordering::Acquire) {
+            return state;
+        }
+        {
+            let mut inbox = self
+                .inner
+                .inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // The emptied buffer of the last move goes back, so neither side allocates.
+            std::mem::swap(&mut *inbox, &mut state_ref.arrived);
+            self.inner.inbox_full.store(false, Ordering::Release);
+        }
+        let mut arrived = std::mem::take(&mut state_ref.arrived);
+        for entry in arrived.drain(..) {
+            state_ref.admit(entry);
+        }
+        state_ref.arrived = arrived;
+        state
     }
 
     /// Wakes a waiting `dequeue`, if any. SeqCst pairs with `dequeue`: either this sees its
@@ -455,14 +555,23 @@ impl MemoryStore {
 impl State {
     /// Whether `finished` is its id's current record: not shadowed by a newer job with
     /// the same id, live or finished.
-    fn is_current(&self, finished: &Finished) -> bool {
+    fn is_current(&self, archive: &Archive, finished: &Finished) -> bool {
         let id = &finished.record.id;
         self.find(id, finished.hash).is_none()
-            && self
-                .archive
+            && archive
                 .find(id, finished.hash)
-                .and_then(|place| self.archive.get(place))
+                .and_then(|place| archive.get(place))
                 .is_some_and(|newest| newest.sequence == finished.sequence)
+    }
+
+    /// Queues a new job.
+    fn admit(&mut self, mut entry: Entry) {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        entry.sequence = sequence;
+        let slot = self.insert(entry);
+        self.ready.push_back((slot, sequence));
+        self.queued += 1;
     }
 
     /// Takes the oldest due job (started at `started_at`), or says when the next retry is
@@ -485,7 +594,7 @@ impl State {
             let token = token(counter, slot);
             entry.record.status = JobStatus::Running;
             entry.record.attempts += 1;
-            entry.record.started_at = Some(started_at);
+            entry.previous_start = entry.record.started_at.replace(started_at);
             entry.record.progress = None;
             entry.token = Some(token);
             let lease = Lease::new(
@@ -504,7 +613,8 @@ impl State {
     }
 
     /// Applies a settlement at `now` (`wall` on the system clock); also says whether the
-    /// job was queued again (a retry).
+    /// job was queued again (a retry, or given back), and returns the job if it finished,
+    /// for the archive.
     fn settle(
         &mut self,
         lease: &Lease,
@@ -512,14 +622,19 @@ impl State {
         result_ttl: Duration,
         now: Instant,
         wall: SystemTime,
-    ) -> (Settled, bool) {
+    ) -> (Settled, bool, Option<Finished>) {
         let Some(entry) = self.leased(lease) else {
-            return (Settled::Stale, false);
+            return (Settled::Stale, false, None);
         };
         if entry.lease_state(lease) == LeaseState::Lost {
-            return (Settled::Stale, false);
+            return (Settled::Stale, false, None);
         }
         let settlement = if entry.record.cancel_requested {
+            if matches!(settlement, Settlement::Release) {
+                // Given back before it started: it never ran.
+                entry.record.attempts = entry.record.attempts.saturating_sub(1);
+                entry.record.started_at = entry.previous_start;
+            }
             Settlement::Cancel
         } else {
             settlement
@@ -558,11 +673,21 @@ impl State {
                     self.delayed.insert((due, sequence), slot);
                 }
                 self.queued += 1;
-                return (Settled::Applied(JobStatus::Queued), true);
+                return (Settled::Applied(JobStatus::Queued), true, None);
+            }
+            Settlement::Release => {
+                entry.record.status = JobStatus::Queued;
+                entry.record.attempts = entry.record.attempts.saturating_sub(1);
+                entry.record.started_at = entry.previous_start;
+                entry.token = None;
+                let sequence = entry.sequence;
+                self.ready.push_front((token_slot(lease.token()), sequence));
+                self.queued += 1;
+                return (Settled::Applied(JobStatus::Queued), true, None);
             }
         };
-        self.finish(token_slot(lease.token()), status, result_ttl, now, wall);
-        (Settled::Applied(status), false)
+        let finished = self.finish(token_slot(lease.token()), status, result_ttl, now, wall);
+        (Settled::Applied(status), false, finished)
     }
 
     /// The live entry in `slot` if it still holds this job.
@@ -638,7 +763,7 @@ impl State {
         }
     }
 
-    /// Ends the live job in `slot` with a final status and moves it to the archive.
+    /// Ends the live job in `slot` with a final status and takes it out, for the archive.
     fn finish(
         &mut self,
         slot: Slot,
@@ -646,10 +771,8 @@ impl State {
         ttl: Duration,
         now: Instant,
         wall: SystemTime,
-    ) {
-        let Some(mut entry) = self.take(slot) else {
-            return;
-        };
+    ) -> Option<Finished> {
+        let mut entry = self.take(slot)?;
         entry.record.status = status;
         entry.record.finished_at = Some(wall);
         let finished = Finished {
@@ -658,7 +781,7 @@ impl State {
             sequence: entry.sequence,
             expires_at: now + ttl,
         };
-        self.archive.push(finished, ttl, now);
+        Some(finished)
     }
 
     /// Takes a queued job out of the ready queue or the retry set.
@@ -684,42 +807,46 @@ impl Store for MemoryStore {
     type EnqueueFuture = Ready<Result<Enqueued, StoreError>>;
 
     fn enqueue(&self, job: NewJob) -> Self::EnqueueFuture {
-        // Built before the lock is taken.
+        // Built before any lock is taken.
         let hash = self.hash(&job.id);
         let generated_id = job.generated_id;
-        let mut entry = Entry {
+        let entry = Entry {
             record: JobRecord::new(job),
             hash,
             sequence: 0,
             token: None,
             due: None,
+            previous_start: None,
         };
-        // Expired generations are taken out here (and on cancel), not when a job settles:
-        // the workers' dispatcher sets the pace of a busy queue, and callers have time to
-        // spare. Finished jobs only expire after they finish, and every enqueue purges,
-        // so they stay bounded; reads skip expired records.
-        let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let expired = state.archive.purge(now);
-        // Only live jobs count for dedup. A finished job's id may be reused, and the
-        // archive is not searched for it here (that is a lookup per generation): the new
-        // job shadows the old record, since lookups take an id's newest record, and the
-        // old one goes with its generation.
-        if !generated_id && state.find(&entry.record.id, hash).is_some() {
-            drop(guard);
-            self.recycle(expired);
-            return ready(Ok(Enqueued::Existing));
-        }
-        let sequence = state.next_sequence;
-        state.next_sequence += 1;
-        entry.sequence = sequence;
-        let slot = state.insert(entry);
-        state.ready.push_back((slot, sequence));
-        state.queued += 1;
-        drop(guard);
+        let purge = if generated_id {
+            // No other job has this id: no lookup, so no need for `state`'s lock.
+            let mut inbox = self
+                .inner
+                .inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            inbox.push(entry);
+            self.inner.inbox_full.store(true, Ordering::Release);
+            drop(inbox);
+            // Purging reads the clock: a busy queue does it every so many jobs.
+            self.inner.inbox_pushes.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == 0
+        } else {
+            let mut state = self.lock();
+            // Only live jobs count for dedup. A finished job's id may be reused, and the
+            // archive is not searched for it here (that is a lookup per generation): the
+            // new job shadows the old record, since lookups take an id's newest record,
+            // and the old one goes with its generation.
+            if state.find(&entry.record.id, hash).is_some() {
+                return ready(Ok(Enqueued::Existing));
+            }
+            // Jobs in the inbox were moved in by `lock`: FIFO order holds.
+            state.admit(entry);
+            true
+        };
         self.job_queued();
-        self.recycle(expired);
+        if purge {
+            self.purge();
+        }
         ready(Ok(Enqueued::New))
     }
 
@@ -760,7 +887,9 @@ impl Store for MemoryStore {
     ) -> Result<Settled, StoreError> {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let (settled, requeued) = self.lock().settle(lease, settlement, result_ttl, now, wall);
+        let mut state = self.lock();
+        let (settled, requeued, finished) = state.settle(lease, settlement, result_ttl, now, wall);
+        self.archive(state, finished, result_ttl, now);
         if requeued {
             self.job_queued();
         }
@@ -769,24 +898,39 @@ impl Store for MemoryStore {
 
     async fn settle_then_dequeue(
         &self,
-        lease: &Lease,
-        settlement: Settlement,
+        ended: &[(Lease, Settlement)],
         result_ttl: Duration,
+        max: usize,
     ) -> (
-        Result<Settled, StoreError>,
-        Result<Option<Lease>, StoreError>,
+        Vec<Result<Settled, StoreError>>,
+        Result<Vec<Lease>, StoreError>,
     ) {
-        // One reading of each clock: the settled job finishes when the next one starts.
+        let mut settled = Vec::with_capacity(ended.len());
+        let mut finished = Vec::with_capacity(ended.len());
+        let mut taken = Vec::with_capacity(max);
+        let mut requeued = false;
+        // One reading of each clock: the settled jobs finish when the next ones start.
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut state = self.lock();
-        let (settled, requeued) = state.settle(lease, settlement, result_ttl, now, wall);
-        let next = state.take_next(wall).ok();
-        drop(state);
+        for (lease, settlement) in ended {
+            let (applied, again, done) =
+                state.settle(lease, settlement.clone(), result_ttl, now, wall);
+            requeued |= again;
+            settled.push(Ok(applied));
+            finished.extend(done);
+        }
+        while taken.len() < max {
+            match state.take_next(wall) {
+                Ok(lease) => taken.push(lease),
+                Err(_) => break,
+            }
+        }
+        self.archive(state, finished, result_ttl, now);
         if requeued {
-            // Another dispatcher may take the retry if this one did not.
+            // Another dispatcher may take a retry, or a job given back.
             self.job_queued();
         }
-        (Ok(settled), Ok(next))
+        (settled, Ok(taken))
     }
 
     async fn progress(&self, lease: &Lease, progress: &Progress) -> Result<LeaseState, StoreError> {
@@ -811,21 +955,20 @@ impl Store for MemoryStore {
     async fn cancel(&self, id: &JobId, result_ttl: Duration) -> Result<CancelOutcome, StoreError> {
         let now = Instant::now();
         let hash = self.hash(id);
-        let mut guard = self.lock();
+        let (mut guard, mut archive) = self.lock_both();
         let state = &mut *guard;
-        let expired = state.archive.purge(now);
+        let expired = archive.purge(now);
         let outcome = match state.find(id, hash) {
             Some(slot) => match state.slots[slot as usize].as_mut() {
                 Some(entry) if entry.record.status == JobStatus::Queued => {
                     entry.record.payload = None;
                     state.unqueue(slot);
-                    state.finish(
-                        slot,
-                        JobStatus::Cancelled,
-                        result_ttl,
-                        now,
-                        SystemTime::now(),
-                    );
+                    let wall = SystemTime::now();
+                    if let Some(finished) =
+                        state.finish(slot, JobStatus::Cancelled, result_ttl, now, wall)
+                    {
+                        archive.push(finished, result_ttl, now);
+                    }
                     CancelOutcome::Cancelled
                 }
                 Some(entry) => {
@@ -834,17 +977,16 @@ impl Store for MemoryStore {
                 }
                 None => unreachable!("an indexed slot holds a job"),
             },
-            None => match state
-                .archive
+            None => match archive
                 .find(id, hash)
-                .and_then(|place| state.archive.get(place))
+                .and_then(|place| archive.get(place))
                 .filter(|finished| !finished.is_expired(now))
             {
                 Some(finished) => CancelOutcome::AlreadyFinished(finished.record.status),
                 None => CancelOutcome::NotFound,
             },
         };
-        drop(guard);
+        drop((guard, archive));
         self.recycle(expired);
         Ok(outcome)
     }
@@ -858,25 +1000,26 @@ impl Store for MemoryStore {
                 .as_ref()
                 .map(|entry| entry.record.clone()));
         }
-        Ok(state
-            .archive
+        // Taken while `state` is held: a job moving to the archive is found there.
+        let archive = self.lock_archive();
+        drop(state);
+        Ok(archive
             .find(id, hash)
-            .and_then(|place| state.archive.get(place))
+            .and_then(|place| archive.get(place))
             .filter(|finished| !finished.is_expired(now))
             .map(|finished| finished.record.clone()))
     }
 
     async fn list(&self, status: JobStatus, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         let now = Instant::now();
-        let state = self.lock();
+        let (state, archive) = self.lock_both();
         let mut matching: Vec<(u64, &JobRecord)> = if status.is_finished() {
-            state
-                .archive
+            archive
                 .iter()
                 .filter(|finished| {
                     finished.record.status == status
                         && !finished.is_expired(now)
-                        && state.is_current(finished)
+                        && state.is_current(&archive, finished)
                 })
                 .map(|finished| (finished.sequence, &finished.record))
                 .collect()
@@ -906,22 +1049,19 @@ impl Store for MemoryStore {
             return Ok(0);
         }
         let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
+        let (state, mut archive) = self.lock_both();
         let mut cleared = 0;
         // Shadowed records (of a reused id) go too, but only current ones are counted.
-        let places = state.archive.places(status);
+        let places = archive.places(status);
         for &place in &places {
-            if state
-                .archive
-                .get(place)
-                .is_some_and(|finished| !finished.is_expired(now) && state.is_current(finished))
-            {
+            if archive.get(place).is_some_and(|finished| {
+                !finished.is_expired(now) && state.is_current(&archive, finished)
+            }) {
                 cleared += 1;
             }
         }
         for place in places {
-            state.archive.remove(place);
+            archive.remove(place);
         }
         Ok(cleared)
     }
@@ -938,11 +1078,11 @@ impl Drop for Waiting<'_> {
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
+        let (state, archive) = self.lock_both();
         f.debug_struct("MemoryStore")
             .field("live", &state.index.len())
             .field("queued", &state.queued)
-            .field("finished", &state.archive.records)
+            .field("finished", &archive.records)
             .finish()
     }
 }
@@ -1074,7 +1214,7 @@ mod tests {
         complete(&store, "b", ttl).await; // same generation as "a"
         tokio::time::advance(Duration::from_secs(10)).await;
         complete(&store, "c", ttl).await; // the next generation
-        assert_eq!(store.lock().archive.lanes[0].generations.len(), 2);
+        assert_eq!(store.lock_archive().lanes[0].generations.len(), 2);
 
         // 80 s after "a" finished: "a" is gone for readers, but its generation (which
         // "b" keeps) is not freed yet.
@@ -1093,7 +1233,7 @@ mod tests {
         assert!(store.get(&JobId::from("c")).await.unwrap().is_some());
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(store.tracked_jobs(), 0);
-        assert!(store.lock().archive.lanes.is_empty());
+        assert!(store.lock_archive().lanes.is_empty());
     }
 
     #[tokio::test]
@@ -1130,6 +1270,71 @@ mod tests {
         }
         assert_eq!(enqueue(&store, "x").await, Enqueued::Existing);
         assert_eq!(store.queued().await.unwrap(), 2);
+    }
+
+    fn generated(id: &str) -> NewJob {
+        NewJob::new(JobId::from(id), &b"p"[..]).with_generated_id()
+    }
+
+    #[tokio::test]
+    async fn jobs_in_the_inbox_are_seen_by_every_read_and_keep_their_order() {
+        let store = MemoryStore::new();
+        assert_eq!(store.enqueue(generated("g1")).await.unwrap(), Enqueued::New);
+        assert_eq!(
+            store.inner.inbox.lock().unwrap().len(),
+            1,
+            "g1 waits in the inbox"
+        );
+        // Reads move the inbox in first.
+        let g1 = store.get(&JobId::from("g1")).await.unwrap().unwrap();
+        assert_eq!(g1.status, JobStatus::Queued);
+        assert!(store.inner.inbox.lock().unwrap().is_empty());
+
+        // An application id takes the live lock after the inbox is moved in: FIFO holds.
+        assert_eq!(store.enqueue(generated("g2")).await.unwrap(), Enqueued::New);
+        assert_eq!(enqueue(&store, "a").await, Enqueued::New);
+        assert_eq!(store.enqueue(generated("g3")).await.unwrap(), Enqueued::New);
+        assert_eq!(store.queued().await.unwrap(), 4);
+        let listed: Vec<_> = store
+            .list(JobStatus::Queued, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.id)
+            .collect();
+        assert_eq!(listed, ["g3", "a", "g2", "g1"].map(JobId::from));
+        let mut order = Vec::new();
+        while let Some(lease) = store.dequeue(Duration::ZERO).await.unwrap() {
+            order.push(lease.id().clone());
+        }
+        assert_eq!(order, ["g1", "g2", "a", "g3"].map(JobId::from));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn generated_id_enqueues_purge_every_so_often() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(8);
+        assert_eq!(
+            store.enqueue(generated("old")).await.unwrap(),
+            Enqueued::New
+        );
+        let lease = store.dequeue(Duration::ZERO).await.unwrap().unwrap();
+        let _ = store.settle(&lease, Settlement::Cancel, ttl).await;
+        tokio::time::advance(ttl * 2).await;
+        let held = |store: &MemoryStore| store.inner.archive.lock().unwrap().records;
+        assert_eq!(held(&store), 1, "expired, not freed yet");
+        // The purge comes within `PURGE_EVERY` enqueues of generated ids.
+        let mut enqueued = 0;
+        while held(&store) == 1 {
+            assert!(
+                enqueued <= PURGE_EVERY,
+                "no purge after {enqueued} enqueues"
+            );
+            let id = format!("new-{enqueued}");
+            assert_eq!(store.enqueue(generated(&id)).await.unwrap(), Enqueued::New);
+            enqueued += 1;
+        }
+        assert_eq!(held(&store), 0);
     }
 
     #[tokio::test]

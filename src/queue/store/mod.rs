@@ -20,6 +20,8 @@
 //!   [`LeaseState::Lost`]), so a late worker cannot overwrite a newer attempt;
 //! - settle a job whose cancellation was requested as [`JobStatus::Cancelled`], whatever
 //!   the settlement;
+//! - put a job given back with [`Settlement::Release`] at the front of the queue, with its
+//!   attempt count as before it was taken;
 //! - keep finished jobs for the given result TTL, then forget them, so memory stays bounded;
 //! - keep the payload of failed jobs (quarantined or not) until they expire.
 //!
@@ -71,29 +73,42 @@ pub trait Store: Send + Sync + 'static {
         result_ttl: Duration,
     ) -> impl Future<Output = Result<Settled, StoreError>> + Send;
 
-    /// Ends the leased attempt as [`settle`](Store::settle) does, then takes the next due
-    /// job as [`dequeue`](Store::dequeue) with no wait does: one step (one lock, one round
-    /// trip) where the store can, which the queue's dispatcher uses after an attempt it ran
-    /// itself. The default calls the two in turn.
+    /// Settles each of `ended` in order, as [`settle`](Store::settle) does, then takes up
+    /// to `max` due jobs, as [`dequeue`](Store::dequeue) with no wait does: one step (one
+    /// lock, one round trip) where the store can. The queue's dispatcher uses it for
+    /// attempts it ran itself, and to take several quick jobs at once. The default settles
+    /// one by one and then takes at most one job.
+    ///
+    /// Returns one result per settlement, in order, and the jobs taken, oldest first.
     ///
     /// Dropping the future must not lose a job, as for `dequeue`. The queue sends the
-    /// settlement again with [`settle`](Store::settle) if the future is dropped before it
-    /// finished, so that one may arrive twice; the second finds the lease no longer
-    /// current and is [`Settled::Stale`].
+    /// settlements again if the future is dropped before it finished, so that one may
+    /// arrive twice; the second finds the lease no longer current and is
+    /// [`Settled::Stale`].
     fn settle_then_dequeue(
         &self,
-        lease: &Lease,
-        settlement: Settlement,
+        ended: &[(Lease, Settlement)],
         result_ttl: Duration,
+        max: usize,
     ) -> impl Future<
         Output = (
-            Result<Settled, StoreError>,
-            Result<Option<Lease>, StoreError>,
+            Vec<Result<Settled, StoreError>>,
+            Result<Vec<Lease>, StoreError>,
         ),
     > + Send {
         async move {
-            let settled = self.settle(lease, settlement, result_ttl).await;
-            (settled, self.dequeue(Duration::ZERO).await)
+            let mut settled = Vec::with_capacity(ended.len());
+            for (lease, settlement) in ended {
+                settled.push(self.settle(lease, settlement.clone(), result_ttl).await);
+            }
+            let taken = if max == 0 {
+                Ok(Vec::new())
+            } else {
+                self.dequeue(Duration::ZERO)
+                    .await
+                    .map(|lease| lease.into_iter().collect())
+            };
+            (settled, taken)
         }
     }
 
@@ -303,6 +318,13 @@ pub enum Settlement {
     },
     /// Stopped because it was cancelled.
     Cancel,
+    /// The attempt never started: the job goes back to the front of the queue as it was
+    /// before it was taken (its attempt count goes back down). A worker that took jobs
+    /// ahead ([`Store::settle_then_dequeue`] with `max` above one) gives back the ones it
+    /// will not start soon; giving back several in reverse order of taking keeps their
+    /// order. A job whose cancellation was requested meanwhile is cancelled instead (with its
+    /// attempt count also as before).
+    Release,
 }
 
 /// What [`Store::settle`] did.
