@@ -38,7 +38,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Enqueued, JobRecord, Lease, LeaseState, NewJob, Settled, Settlement, Store, StoreError,
+    Enqueued, JobRecord, Lease, LeaseState, NewJob, Settled, SettledThenTaken, Settlement, Store,
+    StoreError,
 };
 use crate::queue::job::{CancelOutcome, JobId, JobStatus, Progress};
 
@@ -829,7 +830,10 @@ impl Store for MemoryStore {
             self.inner.inbox_full.store(true, Ordering::Release);
             drop(inbox);
             // Purging reads the clock: a busy queue does it every so many jobs.
-            self.inner.inbox_pushes.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == 0
+            self.inner
+                .inbox_pushes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(PURGE_EVERY)
         } else {
             let mut state = self.lock();
             // Only live jobs count for dedup. A finished job's id may be reused, and the
@@ -901,10 +905,7 @@ impl Store for MemoryStore {
         ended: &[(Lease, Settlement)],
         result_ttl: Duration,
         max: usize,
-    ) -> (
-        Vec<Result<Settled, StoreError>>,
-        Result<Vec<Lease>, StoreError>,
-    ) {
+    ) -> SettledThenTaken {
         let mut settled = Vec::with_capacity(ended.len());
         let mut finished = Vec::with_capacity(ended.len());
         let mut taken = Vec::with_capacity(max);

@@ -90,12 +90,7 @@ pub trait Store: Send + Sync + 'static {
         ended: &[(Lease, Settlement)],
         result_ttl: Duration,
         max: usize,
-    ) -> impl Future<
-        Output = (
-            Vec<Result<Settled, StoreError>>,
-            Result<Vec<Lease>, StoreError>,
-        ),
-    > + Send {
+    ) -> impl Future<Output = SettledThenTaken> + Send {
         async move {
             let mut settled = Vec::with_capacity(ended.len());
             for (lease, settlement) in ended {
@@ -162,6 +157,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 }
+
+/// What [`Store::settle_then_dequeue`] returns: one result per settlement, in order, and
+/// the jobs taken, oldest first.
+pub type SettledThenTaken = (
+    Vec<Result<Settled, StoreError>>,
+    Result<Vec<Lease>, StoreError>,
+);
 
 /// A job to enqueue.
 #[derive(Clone)]
