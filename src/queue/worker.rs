@@ -178,16 +178,17 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
     /// One store step: sends `ended` and the jobs taken ahead, takes up to `max` jobs.
     async fn exchange(&mut self, max: usize) {
         self.give_back();
-        let core = self.core.clone();
-        let (settled, taken) = core
+        let ttl = self.core.tracker.config.result_ttl;
+        let (settled, taken) = self
+            .core
             .store
-            .settle_then_dequeue(&self.ended, core.tracker.config.result_ttl, max)
+            .settle_then_dequeue(&self.ended, ttl, max)
             .await;
         self.report(settled);
         match taken {
             Ok(taken) => self.ahead.extend(taken),
             Err(err) => {
-                tracing::warn!(queue = %core.tracker.name, error = %error_chain(&err), "dequeue failed");
+                tracing::warn!(queue = %self.core.tracker.name, error = %error_chain(&err), "dequeue failed");
             }
         }
     }
@@ -223,9 +224,9 @@ impl<Req: Send + 'static, St: Store> Drop for Held<Req, St> {
         let Some((first, _)) = self.ended.first() else {
             return;
         };
+        let (id, attempt) = (first.id().clone(), first.attempt());
         // Settled at once when the store answers at once (the memory store does), else
         // on a task registered as running, so that shutdown waits for it.
-        let ctx = JobContext::new(first.id().clone(), first.attempt());
         let mut held = Held {
             core: self.core.clone(),
             ended: std::mem::take(&mut self.ended),
@@ -237,7 +238,7 @@ impl<Req: Send + 'static, St: Store> Drop for Held<Req, St> {
             .poll(&mut Context::from_waker(std::task::Waker::noop()))
             .is_pending()
         {
-            spawn_registered(&self.core.tracker, ctx, sending);
+            spawn_registered(&self.core.tracker, JobContext::new(id, attempt), sending);
         }
     }
 }
