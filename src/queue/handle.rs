@@ -167,21 +167,28 @@ impl Tracker {
         self.metrics.depth.increment(delta as f64);
     }
 
-    /// A job left the queue (started or was cancelled): its slot is free again.
-    fn release_slot(&self) {
+    /// Jobs left the queue (started or were cancelled): their slots are free again, once
+    /// the slots owed by retries are paid.
+    pub(crate) fn release_slots(&self, jobs: usize) {
         let mut debt = self.slot_debt.load(Ordering::Relaxed);
-        while debt > 0 {
+        let paid = loop {
+            let paid = debt.min(jobs);
+            if paid == 0 {
+                break 0;
+            }
             match self.slot_debt.compare_exchange_weak(
                 debt,
-                debt - 1,
+                debt - paid,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) => break paid,
                 Err(actual) => debt = actual,
             }
+        };
+        if jobs > paid {
+            self.slots.add_permits(jobs - paid);
         }
-        self.slots.add_permits(1);
     }
 
     /// A retry re-entered the queue: it takes a slot, or owes one if the queue is full (a
@@ -208,8 +215,9 @@ impl Tracker {
     }
 
     /// A worker took a job out of the queue.
+    /// An attempt started. Its job's queue slot is released by the dispatcher, several
+    /// at a time ([`release_slots`](Self::release_slots)).
     pub(crate) fn started(&self, id: &JobId, attempt: u32, waited: Option<Duration>) {
-        self.release_slot();
         self.add_queued(-1);
         if attempt == 1 {
             if let Some(waited) = waited {
@@ -260,7 +268,7 @@ impl Tracker {
 
     /// A queued job was cancelled before it ran.
     pub(crate) fn cancelled_queued(&self, id: &JobId) {
-        self.release_slot();
+        self.release_slots(1);
         self.add_queued(-1);
         self.settled(id, JobStatus::Cancelled, false);
     }

@@ -329,17 +329,35 @@ struct ContextInner {
     progress_changed: Notify,
 }
 
+impl ContextInner {
+    fn new(id: JobId, attempt: u32) -> Self {
+        Self {
+            id,
+            attempt,
+            cancel: Signal::new(),
+            abort: Signal::new(),
+            progress: Mutex::new(None),
+            progress_changed: Notify::new(),
+        }
+    }
+}
+
 impl JobContext {
     pub(crate) fn new(id: JobId, attempt: u32) -> Self {
         Self {
-            inner: Arc::new(ContextInner {
-                id,
-                attempt,
-                cancel: Signal::new(),
-                abort: Signal::new(),
-                progress: Mutex::new(None),
-                progress_changed: Notify::new(),
-            }),
+            inner: Arc::new(ContextInner::new(id, attempt)),
+        }
+    }
+
+    /// A context for another attempt, in this one's memory when nothing else holds it (the
+    /// dispatcher reuses the contexts of attempts that ended in their first poll).
+    pub(crate) fn reuse(mut self, id: JobId, attempt: u32) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                *inner = ContextInner::new(id, attempt);
+                self
+            }
+            None => Self::new(id, attempt),
         }
     }
 

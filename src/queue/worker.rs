@@ -147,6 +147,9 @@ struct Held<Req: Send + 'static, St: Store> {
     ended: Vec<(Lease, Settlement)>,
     /// Taken, not started: oldest first.
     ahead: VecDeque<Lease>,
+    /// Jobs started whose queue slots are not released yet: released at the next store
+    /// step or before any wait, in one go ([`Tracker::release_slots`]).
+    started: usize,
 }
 
 impl<Req: Send + 'static, St: Store> Held<Req, St> {
@@ -155,6 +158,16 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
             core,
             ended: Vec::new(),
             ahead: VecDeque::new(),
+            started: 0,
+        }
+    }
+
+    /// Releases the queue slots of the jobs started since the last release.
+    fn release_slots(&mut self) {
+        if self.started > 0 {
+            self.core
+                .tracker
+                .release_slots(std::mem::take(&mut self.started));
         }
     }
 
@@ -170,6 +183,7 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
 
     /// Settles what ended and gives back what was taken ahead, before the dispatcher waits.
     async fn flush(&mut self) {
+        self.release_slots();
         if !self.ended.is_empty() || !self.ahead.is_empty() {
             self.exchange(0).await;
         }
@@ -177,6 +191,7 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
 
     /// One store step: sends `ended` and the jobs taken ahead, takes up to `max` jobs.
     async fn exchange(&mut self, max: usize) {
+        self.release_slots();
         self.give_back();
         let ttl = self.core.tracker.config.result_ttl;
         let (settled, taken) = self
@@ -220,6 +235,7 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
 
 impl<Req: Send + 'static, St: Store> Drop for Held<Req, St> {
     fn drop(&mut self) {
+        self.release_slots();
         self.give_back();
         let Some((first, _)) = self.ended.first() else {
             return;
@@ -231,6 +247,7 @@ impl<Req: Send + 'static, St: Store> Drop for Held<Req, St> {
             core: self.core.clone(),
             ended: std::mem::take(&mut self.ended),
             ahead: VecDeque::new(),
+            started: 0,
         };
         let mut sending = Box::pin(async move { held.flush().await });
         if sending
@@ -244,7 +261,8 @@ impl<Req: Send + 'static, St: Store> Drop for Held<Req, St> {
 }
 
 /// The job's future, in its task-local scope, with panics caught. Boxed so that it can move
-/// to a task of its own after the dispatcher polled it once.
+/// to a task of its own after the dispatcher polled it once; the dispatcher reuses the box
+/// of an attempt that ended in that poll.
 type Running<F> = Pin<Box<CatchUnwind<TaskLocalFuture<JobContext, F>>>>;
 
 /// The dispatcher loop.
@@ -267,6 +285,9 @@ where
     let mut held = Held::new(core.clone());
     // The worker slot of the last attempt, when it ended inline: the next job takes it.
     let mut slot: Option<OwnedSemaphorePermit> = None;
+    // The box and the context of the last attempt that ended inline, for the next one.
+    let mut spare_box: Option<Running<S::Future>> = None;
+    let mut spare_ctx: Option<JobContext> = None;
     loop {
         let permit = match slot.take() {
             Some(permit) => permit,
@@ -313,8 +334,12 @@ where
             .duration_since(lease.enqueued_at())
             .ok();
         tracker.started(lease.id(), lease.attempt(), waited);
+        held.started += 1;
         let attempt = Attempt {
-            ctx: JobContext::new(lease.id().clone(), lease.attempt()),
+            ctx: match spare_ctx.take() {
+                Some(ctx) => ctx.reuse(lease.id().clone(), lease.attempt()),
+                None => JobContext::new(lease.id().clone(), lease.attempt()),
+            },
             lease,
             started: Instant::now(),
             worker: permit,
@@ -350,9 +375,14 @@ where
                 continue;
             }
         };
-        let mut fut: Running<S::Future> = Box::pin(CatchUnwind {
-            inner: attempt.ctx.scope(fut),
-        });
+        let fut = attempt.ctx.scope(fut);
+        let mut fut: Running<S::Future> = match spare_box.take() {
+            Some(mut boxed) => {
+                boxed.as_mut().project().inner.set(Some(fut));
+                boxed
+            }
+            None => Box::pin(CatchUnwind { inner: Some(fut) }),
+        };
         if !first_polls.inline() {
             spawn_attempt(&core, attempt, fut, Some(first_polls.clone()));
             continue;
@@ -365,7 +395,10 @@ where
         match polled {
             Poll::Pending => spawn_attempt(&core, attempt, fut, None),
             Poll::Ready(out) => {
-                drop(fut);
+                // The future is dropped now; its box and (unless the job kept a clone) its
+                // context serve the next attempt.
+                fut.as_mut().project().inner.set(None);
+                spare_box = Some(fut);
                 let outcome = Outcome::from_output(out);
                 let Some(settlement) = conclude(&core, &attempt, outcome, ran) else {
                     continue;
@@ -374,8 +407,12 @@ where
                     // Its last progress is written first, by `settle`.
                     finish(&core, attempt, settlement, false);
                 } else {
-                    held.ended.push((attempt.lease, settlement));
-                    slot = Some(attempt.worker);
+                    let Attempt {
+                        lease, ctx, worker, ..
+                    } = attempt;
+                    held.ended.push((lease, settlement));
+                    slot = Some(worker);
+                    spare_ctx = Some(ctx);
                 }
             }
         }
@@ -701,10 +738,11 @@ impl<F: Future + Unpin> Future for FirstPollTimer<F> {
 }
 
 pin_project! {
-    /// Turns a panic while polling `inner` into an `Err` with the panic's payload.
+    /// Turns a panic while polling `inner` into an `Err` with the panic's payload. `inner` is
+    /// `None` in a box the dispatcher keeps for the next attempt.
     struct CatchUnwind<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
     }
 }
 
@@ -712,7 +750,10 @@ impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.project().inner;
+        let Some(inner) = self.project().inner.as_pin_mut() else {
+            // Never polled empty: the box is filled before it is polled or spawned.
+            return Poll::Ready(Err(Box::new("the attempt's future was already dropped")));
+        };
         // The future is never polled again after it panicked: the attempt ends.
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
