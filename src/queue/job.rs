@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 ///
 /// Either chosen by the application, deterministically from the request
 /// ([`QueueBuilder::job_id`](super::QueueBuilder::job_id)), which deduplicates jobs, or
-/// generated: 32 random hex digits. Cloning is cheap (a reference count).
+/// generated: 32 random hex digits. Cloning is cheap: a generated id is held inline, and a
+/// chosen one behind a reference count. Two ids are equal when their strings are, however
+/// each was made.
 ///
 /// ```
 /// use layercake::queue::JobId;
@@ -25,39 +27,80 @@ use tokio::sync::Notify;
 /// assert_eq!(id.to_string(), "file-42");
 /// assert_eq!(id, JobId::from(String::from("file-42")));
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(Arc<str>);
+#[derive(Clone)]
+pub struct JobId(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// A generated id: ASCII hex digits, inline, so that making, cloning and dropping it
+    /// neither allocates nor touches a count shared between threads.
+    Hex([u8; 32]),
+    /// An id the application chose.
+    Text(Arc<str>),
+}
 
 impl JobId {
     /// The id as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ever hex digits (see `random`), so this never falls back.
+            Repr::Hex(digits) => std::str::from_utf8(digits).unwrap_or_default(),
+            Repr::Text(text) => text,
+        }
     }
 
-    /// A fresh random id: 128 bits as 32 lowercase hex digits, with one allocation.
+    /// A fresh random id: 128 bits as 32 lowercase hex digits, without an allocation.
     pub(crate) fn random() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut n = fastrand::u128(..);
-        let mut buf = [0u8; 32];
-        for byte in buf.iter_mut().rev() {
-            *byte = HEX[(n & 0xf) as usize];
+        let mut digits = [0u8; 32];
+        for digit in digits.iter_mut().rev() {
+            *digit = HEX[(n & 0xf) as usize];
             n >>= 4;
         }
-        // Every byte is an ASCII hex digit.
-        let s = std::str::from_utf8(&buf).unwrap_or_default();
-        Self(Arc::from(s))
+        Self(Repr::Hex(digits))
+    }
+}
+
+impl PartialEq for JobId {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Hex(a), Repr::Hex(b)) => a == b,
+            _ => self.as_str() == other.as_str(),
+        }
+    }
+}
+
+impl Eq for JobId {}
+
+impl PartialOrd for JobId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for JobId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for JobId {
+    /// As the string hashes, so that maps keyed by ids can be looked up by `&str`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl From<String> for JobId {
     fn from(id: String) -> Self {
-        Self(Arc::from(id))
+        Self(Repr::Text(Arc::from(id)))
     }
 }
 
 impl From<&str> for JobId {
     fn from(id: &str) -> Self {
-        Self(Arc::from(id))
+        Self(Repr::Text(Arc::from(id)))
     }
 }
 
@@ -69,37 +112,37 @@ impl From<&JobId> for JobId {
 
 impl Borrow<str> for JobId {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for JobId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<[u8]> for JobId {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.as_str().as_bytes()
     }
 }
 
 impl fmt::Debug for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("JobId").field(&&*self.0).finish()
+        f.debug_tuple("JobId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
+        f.pad(self.as_str())
     }
 }
 
 impl Serialize for JobId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -563,6 +606,40 @@ mod tests {
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn generated_ids_equal_hash_and_order_as_their_strings() {
+        use std::hash::BuildHasher;
+
+        let generated = JobId::random();
+        let parsed = JobId::from(generated.as_str().to_owned());
+        assert_eq!(generated, parsed);
+        assert_eq!(parsed, generated);
+        assert_eq!(generated.cmp(&parsed), std::cmp::Ordering::Equal);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&generated), hasher.hash_one(&parsed));
+        assert_eq!(
+            hasher.hash_one(&generated),
+            hasher.hash_one(generated.as_str())
+        );
+
+        let mut by_id = std::collections::HashMap::new();
+        by_id.insert(generated.clone(), 1);
+        assert_eq!(by_id.get(parsed.as_str()), Some(&1));
+        assert_eq!(by_id.get(&parsed), Some(&1));
+
+        let other = JobId::random();
+        assert_ne!(generated, other);
+        assert_eq!(
+            generated.cmp(&other),
+            generated.as_str().cmp(other.as_str())
+        );
+        assert_eq!(format!("{generated}"), generated.as_str());
+        assert_eq!(
+            format!("{generated:?}"),
+            format!("JobId({:?})", generated.as_str())
+        );
     }
 
     #[test]
