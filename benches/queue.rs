@@ -1,13 +1,13 @@
 //! Queue benchmarks, each measured against `tower::buffer::Buffer` on the same no-op service,
 //! in the same run and on the same runtime (multi-threaded, one worker per CPU).
 //!
-//! - `throughput`: 1,000 requests enqueued back to back, until all have completed. For
-//!   `Buffer`, the caller awaits every response future; for the queue, the caller enqueues
-//!   every job and waits until the last one is recorded as completed (counted by the
-//!   `on_change` hook), while the queue tracks each job: id, status, timestamps, encoded
-//!   request and result, metrics. `queue` keeps results for 1 s (about half a million
-//!   records at these rates), `queue_ttl_20ms` for 20 ms (a few thousand): the difference
-//!   is what holding the records costs.
+//! - `throughput`: 1,000 requests (`QUEUE_BENCH_JOBS` to change) enqueued back to back,
+//!   until all have completed. For `Buffer`, the caller awaits every response future; for
+//!   the queue, the caller enqueues every job and waits until the last one is recorded as
+//!   completed (counted by the `on_change` hook), while the queue tracks each job: id,
+//!   status, timestamps, encoded request and result, metrics. `queue` keeps results for
+//!   1 s (about half a million records at these rates), `queue_ttl_20ms` for 20 ms (a few
+//!   thousand): the difference is what holding the records costs.
 //! - `latency`: one request at a time, from the call to its completion being visible
 //!   (`Queue::wait` for the queue, the response for `Buffer`): the per-job overhead of a
 //!   round trip through the workers.
@@ -33,7 +33,17 @@ use tower::buffer::Buffer;
 use tower::{service_fn, Service, ServiceExt};
 use tower_layer::Layer;
 
+/// Jobs per `throughput` iteration, unless `QUEUE_BENCH_JOBS` says otherwise (with more
+/// than the queue's capacity of 1,024, callers wait for room, as in a steady state).
 const JOBS: usize = 1_000;
+
+fn jobs() -> usize {
+    std::env::var("QUEUE_BENCH_JOBS")
+        .ok()
+        .and_then(|jobs| jobs.parse().ok())
+        .filter(|&jobs| jobs > 0)
+        .unwrap_or(JOBS)
+}
 /// Long enough for every check a caller makes, short enough that the store's size is steady
 /// during a run of millions of jobs (with the default hour, the bench would measure the
 /// growth of a store of millions of finished jobs instead).
@@ -96,10 +106,11 @@ impl Completions {
 }
 
 fn throughput(c: &mut Criterion) {
+    let jobs = jobs();
     let rt = runtime();
     let mut group = c.benchmark_group("throughput");
     group
-        .throughput(Throughput::Elements(JOBS as u64))
+        .throughput(Throughput::Elements(jobs as u64))
         .sample_size(30)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8));
@@ -109,8 +120,8 @@ fn throughput(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let mut buffer = buffer.clone();
             async move {
-                let mut responses = Vec::with_capacity(JOBS);
-                for id in 0..JOBS as u64 {
+                let mut responses = Vec::with_capacity(jobs);
+                for id in 0..jobs as u64 {
                     let svc = buffer.ready().await.expect("ready");
                     responses.push(svc.call(req(id)));
                 }
@@ -149,8 +160,8 @@ fn throughput(c: &mut Criterion) {
                 let mut svc = svc.clone();
                 let completions = completions.clone();
                 async move {
-                    completions.expect(JOBS);
-                    for id in 0..JOBS as u64 {
+                    completions.expect(jobs);
+                    for id in 0..jobs as u64 {
                         let ready = svc.ready().await.expect("ready");
                         ready.call(req(id)).await.expect("enqueued");
                     }
