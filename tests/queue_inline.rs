@@ -31,7 +31,12 @@ enum Job {
     Panic,
     Permanent,
     Progress,
+    /// Keeps its context (in `KEPT`), with the id it had when the job ran.
+    Keep,
 }
+
+/// Contexts that `Job::Keep` jobs kept, with the id each had when its job ran.
+static KEPT: Mutex<Vec<(JobContext, JobId)>> = Mutex::new(Vec::new());
 
 /// Two jobs that block their threads until both are there: they meet only if they run in
 /// parallel.
@@ -67,9 +72,20 @@ fn queue(
     TestQueue,
     impl Service<Job, Response = JobId, Error = QueueError> + Clone,
 ) {
+    queue_with_capacity(1_000, meeting, last)
+}
+
+fn queue_with_capacity(
+    capacity: usize,
+    meeting: Arc<Meeting>,
+    last: LastTask,
+) -> (
+    TestQueue,
+    impl Service<Job, Response = JobId, Error = QueueError> + Clone,
+) {
     let queue: TestQueue = Queue::builder("inline")
         .workers(8)
-        .capacity(1_000)
+        .capacity(capacity)
         .max_attempts(2)
         .backoff(Backoff::fixed(Duration::ZERO))
         .build()
@@ -97,6 +113,10 @@ fn queue(
                 Job::Panic => panic!("the job panicked"),
                 Job::Permanent => return Err(Permanent::new("bad input").into()),
                 Job::Progress => ctx.set_progress(Progress::new(1.0).with_message("all done")),
+                Job::Keep => {
+                    let id = ctx.id().clone();
+                    KEPT.lock().unwrap().push((ctx, id));
+                }
             }
             Ok(task)
         }
@@ -541,4 +561,60 @@ async fn jobs_taken_ahead_are_given_back_when_the_service_is_not_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_taken_ahead_are_given_back_when_the_dispatcher_panics() {
     jobs_taken_ahead_are_given_back(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_slots_of_jobs_run_inline_come_back() {
+    let (queue, svc) = queue_with_capacity(4, Arc::default(), LastTask::default());
+
+    // Far more jobs than the capacity, enqueued back to back: each needs a slot freed by a
+    // job the dispatcher ran before, several of them in one store step once it runs them
+    // inline. A slot that never comes back shows as a timeout, not a hang.
+    let enqueued = tokio::time::timeout(Duration::from_secs(30), async {
+        until_inline(&queue, &svc).await;
+        let mut svc = svc.clone();
+        let mut ids = Vec::new();
+        for _ in 0..500 {
+            ids.push(svc.ready().await.unwrap().call(Job::Noop).await.unwrap());
+        }
+        ids
+    })
+    .await
+    .expect("every job got a slot");
+    for id in &enqueued {
+        assert_eq!(finished(&queue, id).await.status, JobStatus::Completed);
+    }
+    // Every slot is free again: the queue takes `capacity` jobs without waiting.
+    let mut svc = svc.clone();
+    for _ in 0..4 {
+        tokio::time::timeout(Duration::from_secs(5), svc.ready())
+            .await
+            .expect("a free slot")
+            .unwrap()
+            .call(Job::Noop)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_a_job_keeps_stays_its_own_while_later_attempts_run_inline() {
+    let last = LastTask::default();
+    let (queue, svc) = queue(Arc::default(), last.clone());
+
+    let kept = run_inline(&queue, &svc, &last, Job::Keep).await;
+    assert_eq!(kept.status, JobStatus::Completed);
+    // Attempts after it run inline too, and reuse whatever the dispatcher can.
+    until_inline(&queue, &svc).await;
+    run_inline(&queue, &svc, &last, Job::Keep).await;
+    until_inline(&queue, &svc).await;
+
+    let kept = KEPT.lock().unwrap().clone();
+    assert!(kept.len() >= 2, "{kept:?}");
+    for (ctx, id) in &kept {
+        assert_eq!(ctx.id(), id, "a kept context was given to another attempt");
+        assert_eq!(ctx.attempt(), 1);
+    }
+    let ids: HashSet<_> = kept.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), kept.len(), "{kept:?}");
 }
