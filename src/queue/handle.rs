@@ -214,9 +214,9 @@ impl Tracker {
         self.metrics.deduplicated.increment(1);
     }
 
-    /// A worker took a job out of the queue.
-    /// An attempt started. Its job's queue slot is released by the dispatcher, several
-    /// at a time ([`release_slots`](Self::release_slots)).
+    /// A worker took a job out of the queue and started an attempt. The job's queue slot
+    /// is released by the dispatcher, several at a time
+    /// ([`release_slots`](Self::release_slots)).
     pub(crate) fn started(&self, id: &JobId, attempt: u32, waited: Option<Duration>) {
         self.add_queued(-1);
         if attempt == 1 {
