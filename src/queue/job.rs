@@ -49,6 +49,15 @@ impl JobId {
         }
     }
 
+    /// The id's bytes, unchecked: equality and order on them are the string's (`str`
+    /// orders by its bytes).
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Hex(digits) => digits,
+            Repr::Text(text) => text.as_bytes(),
+        }
+    }
+
     /// A fresh random id: 128 bits as 32 lowercase hex digits, without an allocation.
     pub(crate) fn random() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -64,10 +73,7 @@ impl JobId {
 
 impl PartialEq for JobId {
     fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (Repr::Hex(a), Repr::Hex(b)) => a == b,
-            _ => self.as_str() == other.as_str(),
-        }
+        self.bytes() == other.bytes()
     }
 }
 
@@ -81,7 +87,7 @@ impl PartialOrd for JobId {
 
 impl Ord for JobId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.bytes().cmp(other.bytes())
     }
 }
 
@@ -124,7 +130,7 @@ impl AsRef<str> for JobId {
 
 impl AsRef<[u8]> for JobId {
     fn as_ref(&self) -> &[u8] {
-        self.as_str().as_bytes()
+        self.bytes()
     }
 }
 
