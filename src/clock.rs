@@ -5,19 +5,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The time source of a [`Cache`](crate::Cache): the system clock, or a [`MockClock`] that
-/// tests move forward by hand instead of sleeping.
+/// The time source of caches and queues: the system clock, or (feature `test-util`) a
+/// `MockClock` that tests move forward by hand instead of sleeping.
 ///
 /// A cache reads it for L1 expiry and for the written-at / expires-at stamps of the stored
 /// envelope. Redis keeps its own time for the key's TTL.
 #[derive(Clone, Default)]
-pub struct Clock {
+pub(crate) struct Clock {
     offset: Option<Arc<AtomicU64>>,
 }
 
 impl Clock {
     /// The system clock (the default).
-    pub fn system() -> Self {
+    pub(crate) fn system() -> Self {
         Self { offset: None }
     }
 
@@ -57,7 +57,13 @@ impl fmt::Debug for Clock {
     }
 }
 
-/// A clock for tests: it runs with the system clock, plus whatever [`advance`] added.
+/// A clock for tests (feature `test-util`): it runs with the system clock, plus whatever
+/// [`advance`] added.
+///
+/// One time model for caches and queues: hand the same `MockClock` to their builders'
+/// `clock` setters and move it forward instead of sleeping. (Tokio's paused clock is no
+/// substitute here: it jumps ahead whenever the runtime idles, which fires the Redis time
+/// budgets of tests that talk to a real server at once.)
 ///
 /// ```
 /// use std::time::Duration;
@@ -70,11 +76,14 @@ impl fmt::Debug for Clock {
 /// ```
 ///
 /// [`advance`]: MockClock::advance
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 #[derive(Clone, Debug, Default)]
 pub struct MockClock {
     offset: Arc<AtomicU64>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl MockClock {
     /// A mock clock that starts at the system time.
     pub fn new() -> Self {
@@ -88,6 +97,7 @@ impl MockClock {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl From<MockClock> for Clock {
     fn from(mock: MockClock) -> Self {
         Clock {

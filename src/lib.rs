@@ -39,7 +39,10 @@
 //! # Features
 //! - `http` (default): the HTTP adapter for `http::Request` / `http::Response` services
 //!   (Axum, Tonic, hyper) in [`cache::http`].
+//! - `test-util`: [`MockClock`], a clock that tests move forward by hand, and the `clock`
+//!   setters of the builders that take it.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -58,7 +61,8 @@ pub mod queue;
 pub use cache::{
     Cache, CacheBuilder, CacheLayer, CacheService, CacheStats, L2Cause, L2Error, L2State,
 };
-pub use clock::{Clock, MockClock};
+#[cfg(any(test, feature = "test-util"))]
+pub use clock::MockClock;
 pub use error::{BoxError, ConfigError};
 pub use metrics::describe_metrics;
 

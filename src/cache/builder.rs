@@ -230,9 +230,11 @@ impl CacheBuilder {
         self
     }
 
-    /// The time source (default [`Clock::system`]); tests pass a
-    /// [`MockClock`](crate::MockClock).
-    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+    /// The time source (default: the system clock), for tests (feature `test-util`): a
+    /// [`MockClock`](crate::MockClock) moved forward by hand instead of sleeping.
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn clock(mut self, clock: crate::MockClock) -> Self {
         self.clock = clock.into();
         self
     }
