@@ -172,7 +172,7 @@ struct L2Bench {
     single: tokio::runtime::Runtime,
     server: support::RedisServer,
     conn: redis::aio::MultiplexedConnection,
-    cache: Cache,
+    cache: Cache<Hits>,
 }
 
 fn l2_setup() -> L2Bench {

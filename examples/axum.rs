@@ -22,6 +22,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use layercake::cache::http::CachedResponse;
 use layercake::cache::http::HttpCacheLayer;
 use layercake::{Cache, ConfigError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -30,7 +31,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 ///
 /// Build it after installing the metrics recorder: a cache registers its metrics when it is
 /// built.
-pub fn build_cache(redis_url: Option<String>) -> Result<Cache, ConfigError> {
+pub fn build_cache(redis_url: Option<String>) -> Result<Cache<CachedResponse>, ConfigError> {
     Cache::builder("slow")
         .namespace("example")
         .time_to_live(Duration::from_secs(60))
@@ -40,7 +41,7 @@ pub fn build_cache(redis_url: Option<String>) -> Result<Cache, ConfigError> {
 
 /// The routes: `/slow/{id}` (cached; each miss takes `delay`), `/metrics` (Prometheus text
 /// format) and `/cache/stats` (JSON).
-pub fn app(cache: Cache, metrics: PrometheusHandle, delay: Duration) -> Router {
+pub fn app(cache: Cache<CachedResponse>, metrics: PrometheusHandle, delay: Duration) -> Router {
     let cached = Router::new()
         .route(
             "/slow/{id}",

@@ -99,7 +99,7 @@ pub struct Jobs {
     /// Reads a job through the status cache.
     status: BoxCloneSyncService<JobId, Option<Job>, QueueError>,
     /// The status cache, to read its statistics.
-    pub cache: Cache,
+    pub cache: Cache<Option<Job>>,
 }
 
 /// Builds the queue (its workers run `translate`) and the cached status reader. Call it

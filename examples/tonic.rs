@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use http::uri::PathAndQuery;
-use layercake::cache::http::{GrpcCacheLayer, UserKey};
+use layercake::cache::http::{CachedResponse, GrpcCacheLayer, UserKey};
 use layercake::Cache;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -250,7 +250,7 @@ impl CatalogClient {
 // ---- Wiring ------------------------------------------------------------------------
 
 /// The cache layer: `GetItem` is cached, nothing else is.
-pub fn cache_layer(cache: Cache) -> GrpcCacheLayer {
+pub fn cache_layer(cache: Cache<CachedResponse>) -> GrpcCacheLayer {
     GrpcCacheLayer::new(cache)
         .method(GET_ITEM)
         .x_cache_header(true)

@@ -70,7 +70,7 @@ impl fmt::Debug for Clock {
 /// use layercake::{Cache, MockClock};
 ///
 /// let clock = MockClock::new();
-/// let cache = Cache::builder("demo").clock(clock.clone()).build().unwrap();
+/// let cache = Cache::<String>::builder("demo").clock(clock.clone()).build().unwrap();
 /// clock.advance(Duration::from_secs(3600)); // every entry of `cache` is now an hour older
 /// # drop(cache);
 /// ```

@@ -8,7 +8,7 @@ use std::fmt;
 /// return this error instead, naming the setting and the reason.
 ///
 /// ```
-/// let err = layercake::Cache::builder("search").max_capacity(0).build().unwrap_err();
+/// let err = layercake::Cache::<String>::builder("search").max_capacity(0).build().unwrap_err();
 /// assert_eq!(err.setting(), "max_capacity");
 /// assert!(err.to_string().contains("max_capacity"));
 /// ```

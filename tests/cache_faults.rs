@@ -29,7 +29,7 @@ where
     res.unwrap_or_else(|e| panic!("request {req} failed: {e}"))
 }
 
-fn builder(name: &str, url: String) -> CacheBuilder {
+fn builder<V: layercake::cache::CacheValue>(name: &str, url: String) -> CacheBuilder<V> {
     Cache::builder(name)
         .namespace("faults")
         .ttl_jitter(0.0)
@@ -48,7 +48,7 @@ async fn until_written(server: &RedisServer, redis_key: &str) {
     .await;
 }
 
-async fn until_connected(cache: &Cache, what: &str) {
+async fn until_connected<V: Clone>(cache: &Cache<V>, what: &str) {
     eventually(WAIT, what, || async { cache.stats().l2_connected() }).await;
 }
 
@@ -125,7 +125,7 @@ async fn an_idle_cache_notices_redis_going_away_and_coming_back() {
     // No request touches this cache: only its own health check can tell that the
     // connection died, which is what a readiness probe on `stats()` relies on.
     let mut server = RedisServer::start();
-    let cache = builder("idle", server.url()).build().unwrap();
+    let cache = builder::<String>("idle", server.url()).build().unwrap();
     until_connected(&cache, "the idle cache connected").await;
 
     server.kill();

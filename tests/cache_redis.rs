@@ -22,7 +22,7 @@ where
     svc.clone().oneshot(req.to_owned()).await.unwrap()
 }
 
-fn builder(name: &str, server: &RedisServer) -> CacheBuilder {
+fn builder<V: layercake::cache::CacheValue>(name: &str, server: &RedisServer) -> CacheBuilder<V> {
     Cache::builder(name)
         .namespace("test")
         .ttl_jitter(0.0)
@@ -46,7 +46,7 @@ async fn until_written(server: &RedisServer, redis_key: &str) {
 }
 
 /// Waits until a cache's supervisor has connected to Redis.
-async fn until_connected(cache: &Cache) {
+async fn until_connected<V: Clone>(cache: &Cache<V>) {
     eventually(WAIT, "the cache connected to Redis", || async {
         cache.stats().l2_connected()
     })
@@ -100,7 +100,7 @@ async fn redis_key_envelope_and_pttl_have_the_documented_format() {
     assert_eq!(expires - written, 10_000);
 
     // A schema bump gives another key: old entries are orphaned, not misread.
-    let v2 = Cache::builder("provider")
+    let v2 = Cache::<String>::builder("provider")
         .namespace("myapp")
         .schema_version(2)
         .build()

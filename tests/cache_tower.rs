@@ -11,7 +11,7 @@ use tower_test::mock::{self, Spawn};
 type Mock = mock::Mock<String, String>;
 type Handle = mock::Handle<String, String>;
 type KeyFn = fn(&String) -> Option<String>;
-type Cached = Spawn<layercake::CacheService<Mock, KeyFn>>;
+type Cached = Spawn<layercake::CacheService<Mock, String, KeyFn>>;
 
 // A `KeyExtractor<String>` is a `Fn(&String) -> Option<_>`.
 #[allow(clippy::ptr_arg)]

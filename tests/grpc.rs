@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use example::{Catalog, CatalogClient, GetItemRequest, ListItemsRequest};
-use layercake::cache::http::{GrpcCacheLayer, UserKey};
+use layercake::cache::http::{CachedResponse, GrpcCacheLayer, UserKey};
 use layercake::Cache;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
@@ -18,10 +18,13 @@ use tonic::{Code, Request};
 struct Fixture {
     client: CatalogClient,
     catalog: Arc<Catalog>,
-    cache: Cache,
+    cache: Cache<CachedResponse>,
 }
 
-async fn start<U: UserKey>(name: &str, layer: impl FnOnce(Cache) -> GrpcCacheLayer<U>) -> Fixture {
+async fn start<U: UserKey>(
+    name: &str,
+    layer: impl FnOnce(Cache<CachedResponse>) -> GrpcCacheLayer<U>,
+) -> Fixture {
     let cache = Cache::builder(name).build().unwrap();
     let catalog = Arc::new(Catalog::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

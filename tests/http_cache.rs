@@ -19,6 +19,7 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use layercake::cache::http::CachedResponse;
 use layercake::cache::http::{HttpCacheLayer, QueryKey};
 use layercake::{Cache, MockClock};
 use support::{eventually, RedisServer};
@@ -167,11 +168,11 @@ struct App {
     base: String,
     client: reqwest::Client,
     calls: Calls,
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     clock: MockClock,
 }
 
-fn test_cache(name: &str, clock: &MockClock, redis_url: Option<String>) -> Cache {
+fn test_cache(name: &str, clock: &MockClock, redis_url: Option<String>) -> Cache<CachedResponse> {
     Cache::builder(name)
         .time_to_live(Duration::from_secs(60))
         .ttl_jitter(0.0)
@@ -182,17 +183,21 @@ fn test_cache(name: &str, clock: &MockClock, redis_url: Option<String>) -> Cache
 }
 
 /// The layer under test, with `x-cache` on so that tests can see hits.
-fn layer(cache: Cache) -> HttpCacheLayer {
+fn layer(cache: Cache<CachedResponse>) -> HttpCacheLayer {
     HttpCacheLayer::new(cache).x_cache_header(true)
 }
 
 /// Serves `routes`, wrapped by `wrap` (given a fresh L1-only cache), on 127.0.0.1:0.
-async fn start(name: &str, wrap: impl FnOnce(Router, Cache) -> Router) -> App {
+async fn start(name: &str, wrap: impl FnOnce(Router, Cache<CachedResponse>) -> Router) -> App {
     let clock = MockClock::new();
     serve(test_cache(name, &clock, None), clock, wrap).await
 }
 
-async fn serve(cache: Cache, clock: MockClock, wrap: impl FnOnce(Router, Cache) -> Router) -> App {
+async fn serve(
+    cache: Cache<CachedResponse>,
+    clock: MockClock,
+    wrap: impl FnOnce(Router, Cache<CachedResponse>) -> Router,
+) -> App {
     let calls = Calls::default();
     let app = wrap(routes(&calls), cache.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -660,7 +665,7 @@ async fn replicas(name: &str, redis: &RedisServer) -> (App, App) {
     let b = MockClock::new();
     // Each replica listens on its own port, which is part of the Host header; replicas
     // behind one load balancer would see the same host.
-    let wrap = |r: Router, c: Cache| r.layer(layer(c).host_in_key(false));
+    let wrap = |r: Router, c: Cache<CachedResponse>| r.layer(layer(c).host_in_key(false));
     let a = serve(test_cache(name, &a, Some(redis.url())), a, wrap).await;
     let b = serve(test_cache(name, &b, Some(redis.url())), b, wrap).await;
     eventually(

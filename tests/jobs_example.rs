@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 struct App {
     base: String,
     client: reqwest::Client,
-    cache: Cache,
+    cache: Cache<Option<example::Job>>,
 }
 
 async fn start(per_word: Duration) -> App {

@@ -1,5 +1,6 @@
 //! `CacheBuilder`: every setting of a cache, validated at `build()`.
 
+use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,17 +11,18 @@ use super::handle::{Cache, Inner};
 use super::stats::Instruments;
 use super::tier::l1::L1;
 use super::tier::l2::{L2Config, L2};
+use super::value::CacheValue;
 use crate::clock::Clock;
 use crate::key::{validate_part, KeyScheme};
 use crate::ConfigError;
 
-/// Builds a [`Cache`]. Every setting has a default except the name; [`build`] checks them
-/// all and names the first bad one.
+/// Builds a [`Cache`] of `V` values. Every setting has a default except the name;
+/// [`build`] checks them all and names the first bad one.
 ///
 /// [`build`]: CacheBuilder::build
 #[derive(Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
-pub struct CacheBuilder {
+pub struct CacheBuilder<V> {
     name: String,
     namespace: String,
     schema_version: u32,
@@ -33,6 +35,7 @@ pub struct CacheBuilder {
     redis_url: Option<String>,
     l2: L2Config,
     clock: Clock,
+    value: PhantomData<fn() -> V>,
 }
 
 /// What [`CacheBuilder::redis_url`] accepts: a URL (`&str`, `String`) or an optional one
@@ -74,7 +77,7 @@ impl IntoRedisUrl for Option<&str> {
     }
 }
 
-impl std::fmt::Debug for CacheBuilder {
+impl<V> std::fmt::Debug for CacheBuilder<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheBuilder")
             .field("name", &self.name)
@@ -94,7 +97,7 @@ impl std::fmt::Debug for CacheBuilder {
     }
 }
 
-impl CacheBuilder {
+impl<V: CacheValue> CacheBuilder<V> {
     pub(crate) fn new(name: String) -> Self {
         Self {
             name,
@@ -109,6 +112,7 @@ impl CacheBuilder {
             redis_url: None,
             l2: L2Config::default(),
             clock: Clock::system(),
+            value: PhantomData,
         }
     }
 
@@ -160,8 +164,10 @@ impl CacheBuilder {
         self
     }
 
-    /// The largest encoded response that is stored, in bytes (default 1 MiB). Larger
-    /// responses are served but not stored, and counted.
+    /// The largest encoded value that is stored in Redis, in bytes (default 1 MiB). Larger
+    /// values are served but not stored (in either tier), and counted. An L1-only cache
+    /// does not encode its values, so this does not apply to it: bound it by
+    /// [`max_capacity`](Self::max_capacity).
     pub fn max_entry_size(mut self, bytes: usize) -> Self {
         self.max_entry_size = bytes;
         self
@@ -252,12 +258,12 @@ impl CacheBuilder {
     /// use std::time::Duration;
     /// use layercake::Cache;
     ///
-    /// let err = Cache::builder("search").time_to_live(Duration::ZERO).build().unwrap_err();
+    /// let err = Cache::<String>::builder("search").time_to_live(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.setting(), "time_to_live");
-    /// let err = Cache::builder("search").redis_url("http://nope").build().unwrap_err();
+    /// let err = Cache::<String>::builder("search").redis_url("http://nope").build().unwrap_err();
     /// assert_eq!(err.setting(), "redis_url");
     /// ```
-    pub fn build(self) -> Result<Cache, ConfigError> {
+    pub fn build(self) -> Result<Cache<V>, ConfigError> {
         validate_part("name", &self.name)?;
         validate_part("namespace", &self.namespace)?;
         if self.ttl.is_zero() {

@@ -2,56 +2,64 @@
 //!
 //! The first request to miss a key becomes the *leader* and registers a flight; the others
 //! subscribe to it and sleep (no spinning) until the leader publishes. The leader ends its
-//! flight in one of three ways:
-//! - it publishes a value that was stored: waiters return a clone of it;
-//! - it ends without a value to share (the inner service failed, or the response was not to
-//!   be stored, which for HTTP can mean it was private to one user): each waiter then calls
-//!   the inner service itself;
+//! flight in one of four ways:
+//! - it publishes a value: waiters return a clone of it;
+//! - it publishes its error (where the caller can copy errors): waiters return a copy, so a
+//!   failing backend gets one call per flight, not one per waiter;
+//! - it failed with an error nobody can copy: waiters start a new flight, one of them leads
+//!   it, and the backend never gets more than one call at a time for the key;
+//! - it loaded a value that is private to its own request (for HTTP, a response with
+//!   `Set-Cookie`): each waiter loads for itself at once;
 //! - its future is dropped mid-way: waiters contend again and one of them takes over.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::tier::l1::Value;
+/// A leader's error, published for waiters whose call site can copy it.
+pub(crate) type SharedError = Arc<dyn Any + Send + Sync>;
 
 #[derive(Clone)]
-pub(crate) enum State {
+pub(crate) enum State<V> {
     Running,
-    Value(Value),
-    Unshared,
+    Value(V),
+    Failed(Option<SharedError>),
+    Private,
 }
 
-pub(crate) enum End {
-    Value(Value),
-    Unshared,
+pub(crate) enum End<V> {
+    Value(V),
+    /// The leader failed; its error, if it could be shared.
+    Failed(Option<SharedError>),
+    Private,
     Abandoned,
 }
 
 /// A registered flight: its id (so a leader unregisters only its own flight) and, once
 /// somebody waits, the channel the leader publishes on. Most flights are never joined, so
 /// the channel is made by the first waiter, not by every leader.
-struct Registered {
+struct Registered<V> {
     id: u64,
-    tx: Option<watch::Sender<State>>,
+    tx: Option<watch::Sender<State<V>>>,
 }
 
 /// Shards of the flight map. Two locks per miss on one shared map made threads queue on
 /// each other under load; with keys spread over shards they rarely meet.
 const SHARDS: usize = 32;
 
-type Shard = Mutex<HashMap<Box<[u8]>, Registered, foldhash::fast::RandomState>>;
+type Map<V> = HashMap<Box<[u8]>, Registered<V>, foldhash::fast::RandomState>;
 
-pub(crate) struct Flights {
-    shards: Box<[Shard]>,
+pub(crate) struct Flights<V> {
+    shards: Box<[Mutex<Map<V>>]>,
     /// Picks a shard; a per-process random seed, like the maps' own hashers.
     hasher: foldhash::fast::RandomState,
     ids: AtomicU64,
 }
 
-impl Default for Flights {
+impl<V> Default for Flights<V> {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -61,7 +69,7 @@ impl Default for Flights {
     }
 }
 
-impl std::fmt::Debug for Flights {
+impl<V> std::fmt::Debug for Flights<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Flights")
             .field("in_flight", &self.len())
@@ -69,17 +77,13 @@ impl std::fmt::Debug for Flights {
     }
 }
 
-pub(crate) enum Role<'a> {
-    Leader(Leader<'a>),
-    Waiter(watch::Receiver<State>),
+pub(crate) enum Role<'a, V> {
+    Leader(Leader<'a, V>),
+    Waiter(watch::Receiver<State<V>>),
 }
 
-impl Flights {
-    fn lock(
-        &self,
-        key: &[u8],
-    ) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Registered, foldhash::fast::RandomState>>
-    {
+impl<V> Flights<V> {
+    fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, Map<V>> {
         use std::hash::BuildHasher;
         let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
         // The map stays consistent whatever panicked while holding the lock: every update
@@ -90,7 +94,7 @@ impl Flights {
         }
     }
 
-    pub(crate) fn join<'a>(&'a self, key: &'a [u8]) -> Role<'a> {
+    pub(crate) fn join<'a>(&'a self, key: &'a [u8]) -> Role<'a, V> {
         let mut map = self.lock(key);
         if let Some(flight) = map.get_mut(key) {
             let tx = flight
@@ -117,29 +121,26 @@ impl Flights {
 }
 
 /// The leader's side of a flight. Dropping it without [`Leader::finish`] abandons the flight.
-pub(crate) struct Leader<'a> {
-    flights: &'a Flights,
+pub(crate) struct Leader<'a, V> {
+    flights: &'a Flights<V>,
     key: &'a [u8],
     id: u64,
     unregistered: bool,
 }
 
-impl Leader<'_> {
-    /// Ends the flight. `share` makes the value for the waiters (`None`: nothing to share);
-    /// it runs only if somebody waits, so a flight nobody joined clones nothing.
-    pub(crate) fn finish(mut self, share: impl FnOnce() -> Option<Value>) {
+impl<V> Leader<'_, V> {
+    /// Ends the flight. `end` makes what the waiters get; it runs only if somebody waits,
+    /// so a flight nobody joined clones nothing.
+    pub(crate) fn finish(mut self, end: impl FnOnce() -> State<V>) {
         // Unregister first: waiters join under the map lock, so once the flight is out of
         // the map nobody else can join it.
         if let Some(tx) = self.unregister() {
-            tx.send_replace(match share() {
-                Some(v) => State::Value(v),
-                None => State::Unshared,
-            });
+            tx.send_replace(end());
         }
     }
 
     /// Removes this flight from the map, returning its channel if anybody joined.
-    fn unregister(&mut self) -> Option<watch::Sender<State>> {
+    fn unregister(&mut self) -> Option<watch::Sender<State<V>>> {
         if std::mem::replace(&mut self.unregistered, true) {
             return None;
         }
@@ -151,7 +152,7 @@ impl Leader<'_> {
     }
 }
 
-impl Drop for Leader<'_> {
+impl<V> Drop for Leader<'_, V> {
     fn drop(&mut self) {
         // Without `finish`, the channel is dropped here still holding `Running`: waiters see
         // it close and know the flight was abandoned.
@@ -159,20 +160,23 @@ impl Drop for Leader<'_> {
     }
 }
 
+fn ended<V: Clone>(state: &State<V>) -> Option<End<V>> {
+    match state {
+        State::Running => None,
+        State::Value(v) => Some(End::Value(v.clone())),
+        State::Failed(e) => Some(End::Failed(e.clone())),
+        State::Private => Some(End::Private),
+    }
+}
+
 /// Waits for a flight to end.
-pub(crate) async fn wait(mut rx: watch::Receiver<State>) -> End {
+pub(crate) async fn wait<V: Clone>(mut rx: watch::Receiver<State<V>>) -> End<V> {
     loop {
-        match &*rx.borrow_and_update() {
-            State::Value(v) => return End::Value(Arc::clone(v)),
-            State::Unshared => return End::Unshared,
-            State::Running => {}
+        if let Some(end) = ended(&rx.borrow_and_update()) {
+            return end;
         }
         if rx.changed().await.is_err() {
-            return match &*rx.borrow() {
-                State::Value(v) => End::Value(Arc::clone(v)),
-                State::Unshared => End::Unshared,
-                State::Running => End::Abandoned,
-            };
+            return ended(&rx.borrow()).unwrap_or(End::Abandoned);
         }
     }
 }
@@ -183,7 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn value_reaches_waiters_and_map_empties() {
-        let flights = Flights::default();
+        let flights = Flights::<u8>::default();
         let Role::Leader(leader) = flights.join(b"k") else {
             panic!("first is leader")
         };
@@ -191,9 +195,9 @@ mod tests {
             panic!("second waits")
         };
         let waiting = tokio::spawn(wait(rx));
-        leader.finish(|| Some(Arc::new(5u8)));
+        leader.finish(|| State::Value(5));
         match waiting.await.unwrap() {
-            End::Value(v) => assert_eq!(v.downcast_ref::<u8>(), Some(&5)),
+            End::Value(v) => assert_eq!(v, 5),
             _ => panic!("expected the value"),
         }
         assert_eq!(flights.len(), 0);
@@ -201,7 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_leader_is_abandoned_and_replaceable() {
-        let flights = Flights::default();
+        let flights = Flights::<u8>::default();
         let leader = flights.join(b"k");
         let Role::Waiter(rx) = flights.join(b"k") else {
             panic!("second waits")
@@ -212,15 +216,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unshared_end() {
-        let flights = Flights::default();
+    async fn failed_and_private_ends() {
+        let flights = Flights::<u8>::default();
         let Role::Leader(leader) = flights.join(b"k") else {
             panic!()
         };
         let Role::Waiter(rx) = flights.join(b"k") else {
             panic!()
         };
-        leader.finish(|| None);
-        assert!(matches!(wait(rx).await, End::Unshared));
+        leader.finish(|| State::Failed(Some(Arc::new("boom"))));
+        match wait(rx).await {
+            End::Failed(Some(e)) => assert_eq!(e.downcast_ref::<&str>(), Some(&"boom")),
+            _ => panic!("expected the shared error"),
+        }
+        let Role::Leader(leader) = flights.join(b"k") else {
+            panic!()
+        };
+        let Role::Waiter(rx) = flights.join(b"k") else {
+            panic!()
+        };
+        leader.finish(|| State::Private);
+        assert!(matches!(wait(rx).await, End::Private));
     }
 }

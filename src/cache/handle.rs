@@ -1,31 +1,55 @@
-//! The `Cache` handle: configuration, both tiers, single flight, and the admin operations.
+//! The `Cache` handle: configuration, both tiers, the direct API and the admin operations.
+//! The read path itself (single flight, L2, the load, storing) is in `read.rs`.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-use serde::{de::DeserializeOwned, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::builder::CacheBuilder;
-use super::epoch::{Epochs, Ticket};
-use super::flight::{self, End, Flights, Role};
-use super::stats::{CacheStats, Instruments, L2Cause, L2Op, L2State, Outcome};
-use super::tier::l1::{Value, L1};
-use super::tier::l2::{L2Error, Write, L2};
+use super::epoch::Epochs;
+use super::flight::Flights;
+use super::stats::{CacheStats, Instruments, L2State, Outcome};
+use super::tier::l1::L1;
+use super::tier::l2::{L2Error, L2};
+use super::value::{CacheValue, Loaded, Ttl};
 use crate::clock::Clock;
-use crate::codec;
-use crate::key::{self, KeyScheme};
+use crate::key::KeyScheme;
 
-/// A two-tier cache: an in-process L1 and an optional Redis L2.
+/// A two-tier cache of `V` values: an in-process L1 and an optional Redis L2.
 ///
-/// Build one with [`Cache::builder`], hand clones of it to one or more
-/// [`CacheLayer`](crate::CacheLayer)s, and keep one to invalidate entries, read
-/// [`stats`](Cache::stats) or switch caching off at run time. Clones share everything.
+/// Build one with [`Cache::builder`]. Use it directly ([`get_with`](Cache::get_with),
+/// [`try_get_with`](Cache::try_get_with), [`get`](Cache::get), [`insert`](Cache::insert))
+/// around any function call, or hand clones of it to one or more
+/// [`CacheLayer`](crate::CacheLayer)s in front of services whose response is `V`. Keep
+/// one to invalidate entries, read [`stats`](Cache::stats) or switch caching off at run
+/// time. Clones share everything.
 ///
-/// Use one `Cache` per response type: entries are stored under the application's key, and
-/// a hit of another type is treated as a miss.
+/// The value type is part of the cache's type, so two services with different response
+/// types cannot share one cache (and so cannot read each other's entries):
+///
+/// ```compile_fail
+/// use std::convert::Infallible;
+/// use tower::{service_fn, Layer};
+/// use layercake::{Cache, CacheLayer};
+///
+/// let cache = Cache::builder("lengths").build().unwrap();
+/// let key = |s: &String| Some(s.clone());
+/// let _a = CacheLayer::new(cache.clone(), key)
+///     .layer(service_fn(|s: String| async move { Ok::<_, Infallible>(s.len()) }));
+/// let _b = CacheLayer::new(cache, key) // error: this cache holds `usize`, not `String`
+///     .layer(service_fn(|s: String| async move { Ok::<_, Infallible>(s) }));
+/// # fn ready<S: tower::Service<String>>(_: &S) {}
+/// # ready(&_a); ready(&_b);
+/// ```
+///
+/// # The non-blocking contract
+/// Nothing the cache does fails a call: a Redis problem (refused, timed out, blackholed,
+/// restarting, wrong password, OOM, undecodable bytes) is a miss, counted by cause and
+/// logged at most once every 10 s. A Redis read costs at most
+/// [`l2_timeout`](CacheBuilder::l2_timeout), and nothing once the circuit breaker is open.
 ///
 /// # Consistency
 /// L1 is per process. [`invalidate`](Cache::invalidate) removes a key from this process' L1
@@ -33,14 +57,21 @@ use crate::key::{self, KeyScheme};
 /// [`l1_time_to_live`](CacheBuilder::l1_time_to_live) where it matters. Writes to Redis are
 /// asynchronous (a background writer), so another replica may miss an entry for the
 /// moment it takes to write it. A load already under way when its key is invalidated (or the
-/// cache cleared) still answers its own request, but what it read is not stored, in L1 or
+/// cache cleared) still answers its own caller, but what it read is not stored, in L1 or
 /// Redis: an invalidation is never undone by a read that began before it.
-#[derive(Clone)]
-pub struct Cache {
-    pub(crate) inner: Arc<Inner>,
+pub struct Cache<V> {
+    pub(crate) inner: Arc<Inner<V>>,
 }
 
-pub(crate) struct Inner {
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct Inner<V> {
     pub(crate) name: Arc<str>,
     pub(crate) scheme: KeyScheme,
     pub(crate) ttl: Duration,
@@ -48,15 +79,15 @@ pub(crate) struct Inner {
     pub(crate) jitter: f64,
     pub(crate) max_entry_size: usize,
     pub(crate) clock: Clock,
-    pub(crate) l1: Option<L1>,
+    pub(crate) l1: Option<L1<V>>,
     pub(crate) l2: Option<Arc<L2>>,
-    pub(crate) flights: Flights,
+    pub(crate) flights: Flights<V>,
     pub(crate) epochs: Arc<Epochs>,
     pub(crate) enabled: AtomicBool,
     pub(crate) ins: Arc<Instruments>,
 }
 
-impl fmt::Debug for Cache {
+impl<V: Clone> fmt::Debug for Cache<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
         f.debug_struct("Cache")
@@ -69,7 +100,7 @@ impl fmt::Debug for Cache {
     }
 }
 
-impl Cache {
+impl<V: CacheValue> Cache<V> {
     /// Starts building a cache named `name`.
     ///
     /// The name labels its metrics (`cache="name"`) and is part of every Redis key, so it
@@ -78,7 +109,7 @@ impl Cache {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let cache = layercake::Cache::builder("provider")
+    /// let cache: layercake::Cache<Vec<String>> = layercake::Cache::builder("provider")
     ///     .namespace("myapp")
     ///     .time_to_live(Duration::from_secs(600))
     ///     .max_capacity(10_000)
@@ -86,8 +117,191 @@ impl Cache {
     ///     .build()?;
     /// # Ok::<(), layercake::ConfigError>(())
     /// ```
-    pub fn builder(name: impl Into<String>) -> CacheBuilder {
+    pub fn builder(name: impl Into<String>) -> CacheBuilder<V> {
         CacheBuilder::new(name.into())
+    }
+
+    /// The value under `key`, from L1 or else Redis (within the read budget); `None` on a
+    /// miss. A Redis hit is copied into L1 with the time it has left.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = layercake::Cache::builder("embeddings").build()?;
+    /// assert_eq!(cache.get("doc-1").await, None);
+    /// cache.insert("doc-1", vec![0.25_f32, 0.5]).await;
+    /// assert_eq!(cache.get("doc-1").await, Some(vec![0.25, 0.5]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Option<V> {
+        let key = key.as_ref();
+        if !self.is_enabled() {
+            self.count(Outcome::Bypass);
+            return None;
+        }
+        if let Some(v) = self.get_l1(key) {
+            return Some(v);
+        }
+        let ticket = self.inner.epochs.ticket(key);
+        let found = self.l2_get(key, ticket).await;
+        self.count(if found.is_some() {
+            Outcome::HitL2
+        } else {
+            Outcome::Miss
+        });
+        found
+    }
+
+    /// The value under `key` in L1 alone: no I/O, never waits. Counts a hit; a miss is not
+    /// counted, since the caller goes on to a lookup that counts it
+    /// ([`get`](Self::get), [`load`](Self::load)). The layers' hit path.
+    #[inline]
+    pub fn get_l1(&self, key: impl AsRef<[u8]>) -> Option<V> {
+        if !self.is_enabled() {
+            return None;
+        }
+        let hit = self.inner.l1.as_ref()?.get(key.as_ref());
+        if hit.is_some() {
+            self.count(Outcome::HitL1);
+        }
+        hit
+    }
+
+    /// Stores `value` under `key` for the cache's `time_to_live`: in L1 at once, in Redis
+    /// through the background writer (never waited for). A value larger than
+    /// [`max_entry_size`](CacheBuilder::max_entry_size) once encoded is not stored (counted).
+    pub async fn insert(&self, key: impl AsRef<[u8]>, value: V) {
+        self.insert_with_ttl(key, value, Ttl::Default).await;
+    }
+
+    /// Stores `value` under `key` for `ttl` (capped by the cache's `time_to_live`), as
+    /// [`insert`](Self::insert) does.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let cache = layercake::Cache::builder("status").build()?;
+    /// cache.insert_with_ttl("job-7", "running".to_string(), Duration::from_secs(2)).await;
+    /// assert_eq!(cache.get("job-7").await.as_deref(), Some("running"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert_with_ttl(&self, key: impl AsRef<[u8]>, value: V, ttl: impl Into<Ttl>) {
+        let key = key.as_ref();
+        if !self.is_enabled() {
+            return;
+        }
+        let ticket = self.inner.epochs.ticket(key);
+        self.store(key, &value, ttl.into(), ticket);
+    }
+
+    /// The value under `key`, or, on a miss, the output of `init`, which is then stored.
+    ///
+    /// Concurrent calls for one key run one `init` (single flight) and all get its value.
+    /// The future is only awaited on a miss; it is dropped unpolled on a hit.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = layercake::Cache::builder("embeddings").build()?;
+    /// let embed = |text: &str| { let n = text.len() as f32; async move { vec![n, n / 2.0] } };
+    /// let v = cache.get_with("hello", embed("hello")).await; // computed
+    /// let w = cache.get_with("hello", embed("hello")).await; // from L1
+    /// assert_eq!(v, w);
+    /// assert_eq!((cache.stats().misses, cache.stats().hits_l1), (1, 1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with(&self, key: impl AsRef<[u8]>, init: impl Future<Output = V>) -> V {
+        let loaded = self
+            .load(key, share_nothing, || async {
+                Ok::<_, Infallible>(Loaded::Store(init.await, Ttl::Default))
+            })
+            .await;
+        match loaded {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The value under `key`, or, on a miss, the value `init` resolves to, which is then
+    /// stored. An error is not stored, and is returned to every call that waited for the
+    /// same load: a failing backend sees one call per miss, not one per caller.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = layercake::Cache::builder("rows").build()?;
+    /// let row = cache.try_get_with("user:1", async { Ok::<_, std::io::Error>("ada".to_string()) }).await?;
+    /// assert_eq!(row, "ada");
+    /// let err = cache
+    ///     .try_get_with("user:2", async { Err(std::io::Error::other("db down")) })
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "db down"); // an Arc<io::Error>, shared with every waiter
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_get_with<E>(
+        &self,
+        key: impl AsRef<[u8]>,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        self.load(
+            key,
+            |e: &Arc<E>| Some(Arc::clone(e)),
+            || async {
+                match init.await {
+                    Ok(v) => Ok(Loaded::Store(v, Ttl::Default)),
+                    Err(e) => Err(Arc::new(e)),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The general form of [`try_get_with`](Self::try_get_with), on which the layers run:
+    /// `init` says what may be done with its value ([`Loaded`]: store it for how long,
+    /// share it with the calls waiting for the same key, or neither), and `share_error`
+    /// copies an error for each waiting call (`None`: it cannot be copied).
+    ///
+    /// When the loading call fails and its error cannot be copied, the waiting calls start
+    /// a new load one after another, each joined by the ones still waiting, so that the
+    /// backend never gets more than one call at a time for the key; the first success is
+    /// handed to all.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use layercake::cache::{Loaded, Ttl};
+    ///
+    /// let cache = layercake::Cache::builder("quotes").build()?;
+    /// let quote = cache
+    ///     .load("EURUSD", |e: &String| Some(e.clone()), || async {
+    ///         // A quote is good for five seconds.
+    ///         Ok::<_, String>(Loaded::Store(1.08_f64, Ttl::After(Duration::from_secs(5))))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(quote, 1.08);
+    /// # Ok(()) }
+    /// ```
+    pub async fn load<E, F, Fut>(
+        &self,
+        key: impl AsRef<[u8]>,
+        share_error: impl Fn(&E) -> Option<E>,
+        init: F,
+    ) -> Result<V, E>
+    where
+        E: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<V>, E>>,
+    {
+        let key = key.as_ref();
+        if !self.is_enabled() {
+            self.count(Outcome::Bypass);
+            return init().await.map(Loaded::into_value);
+        }
+        if let Some(v) = self.get_l1(key) {
+            return Ok(v);
+        }
+        self.load_miss(key, &share_error, init).await
     }
 
     /// The cache's name.
@@ -95,10 +309,10 @@ impl Cache {
         &self.inner.name
     }
 
-    /// The Redis key under which `key` is stored (see the crate docs for the scheme).
+    /// The Redis key under which `key` is stored (see the README for the scheme).
     ///
     /// ```
-    /// let cache = layercake::Cache::builder("provider").namespace("myapp").build()?;
+    /// let cache = layercake::Cache::<String>::builder("provider").namespace("myapp").build()?;
     /// let redis_key = cache.redis_key("query=rust");
     /// assert!(redis_key.starts_with("myapp:provider:v1:"));
     /// assert_eq!(redis_key.len(), "myapp:provider:v1:".len() + 32);
@@ -115,7 +329,7 @@ impl Cache {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache = layercake::Cache::builder("provider").build()?;
+    /// let cache = layercake::Cache::<String>::builder("provider").build()?;
     /// cache.invalidate("query=rust").await?;
     /// # Ok(()) }
     /// ```
@@ -149,11 +363,13 @@ impl Cache {
             None => Ok(0),
         }
     }
+}
 
+impl<V: Clone> Cache<V> {
     /// A snapshot of this cache's counters and state.
     ///
     /// ```
-    /// let cache = layercake::Cache::builder("provider").build()?;
+    /// let cache = layercake::Cache::<String>::builder("provider").build()?;
     /// let stats = cache.stats();
     /// assert_eq!(stats.hit_rate(), 0.0);
     /// assert!(!stats.l2_connected()); // no redis_url: L1 only
@@ -166,15 +382,29 @@ impl Cache {
         i.ins.snapshot(l1, l2)
     }
 
-    /// Switches caching on or off at run time. While off, every layer built on this cache
-    /// passes requests straight to its inner service (counted as `bypass`).
+    /// Switches caching on or off at run time. While off, lookups miss without looking,
+    /// nothing is stored, and every layer built on this cache passes requests straight to
+    /// its inner service (counted as `bypass`).
     pub fn set_enabled(&self, enabled: bool) {
         self.inner.enabled.store(enabled, Ordering::Relaxed);
     }
 
     /// Whether caching is on (see [`set_enabled`](Cache::set_enabled)).
+    #[inline]
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request that did not use the cache (`result="bypass"`): for layers and
+    /// callers that decide per request that a lookup does not apply.
+    pub fn record_bypass(&self) {
+        self.count(Outcome::Bypass);
+    }
+
+    /// Now, by the cache's clock: the system clock, or a `MockClock` in tests (feature
+    /// `test-util`). For ages of stored values (the HTTP layer's `Age` header).
+    pub fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.inner.clock.unix_ms())
     }
 
     /// Counts a lookup's outcome and logs it at `debug` (with `debug` off, the log costs
@@ -184,209 +414,9 @@ impl Cache {
         self.inner.ins.outcome(outcome);
         tracing::debug!(cache = %self.inner.name, result = outcome.as_str(), "cache lookup");
     }
+}
 
-    /// The L1 hit path: no I/O, no allocation beyond the response's own `Clone`.
-    #[inline]
-    pub(crate) fn l1_get<V: Clone + 'static>(&self, key: &[u8]) -> Option<V> {
-        self.inner.l1.as_ref()?.get(key)
-    }
-
-    /// Stores `value` under `key` (L1 now, Redis in the background) with `ttl` capped by
-    /// `time_to_live`, as a miss would; `false` when it was not stored (too large, or it does
-    /// not serialize). For adapters that store more than the value they load: the HTTP
-    /// layer's `Vary` markers and variants.
-    #[cfg(feature = "http")]
-    pub(crate) fn put<V>(&self, key: &[u8], value: &V, ttl: Duration) -> bool
-    where
-        V: Clone + Serialize + Send + Sync + 'static,
-    {
-        // Adapters call this right after their own load; a ticket taken now only guards
-        // against invalidations from here on.
-        let ticket = self.inner.epochs.ticket(key);
-        self.store(key, value, ttl, ticket).is_some()
-    }
-
-    /// Now, by the cache's clock, in Unix milliseconds (the HTTP layer's `Age`).
-    #[cfg(feature = "http")]
-    pub(crate) fn now_unix_ms(&self) -> u64 {
-        self.inner.clock.unix_ms()
-    }
-
-    /// The miss path: single flight, then L2, then `load`; stores what `ttl_for` allows.
-    ///
-    /// `ttl_for` returns the TTL to store a response with (`None`: do not store); it is
-    /// capped by the cache's own `time_to_live`.
-    pub(crate) async fn load<V, E, F, Fut, T>(
-        &self,
-        key: &[u8],
-        load: F,
-        ttl_for: T,
-    ) -> Result<V, E>
-    where
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-        T: FnOnce(&V) -> Option<Duration>,
-    {
-        let inner = &*self.inner;
-        loop {
-            match inner.flights.join(key) {
-                Role::Leader(leader) => {
-                    // Before anything is read: an invalidation from here on outdates it.
-                    let ticket = inner.epochs.ticket(key);
-                    // A previous leader may have stored the key between our L1 miss and now.
-                    if let Some(v) = self.l1_get::<V>(key) {
-                        self.count(Outcome::HitL1);
-                        leader.finish(|| Some(Arc::new(v.clone())));
-                        return Ok(v);
-                    }
-                    if let Some((v, in_l1)) = self.l2_get::<V>(key, ticket).await {
-                        self.count(Outcome::HitL2);
-                        leader.finish(|| in_l1.or_else(|| Some(Arc::new(v.clone()))));
-                        return Ok(v);
-                    }
-                    self.count(Outcome::Miss);
-                    let result = load().await;
-                    let shared = match &result {
-                        Ok(v) => ttl_for(v).and_then(|ttl| self.store(key, v, ttl, ticket)),
-                        Err(_) => None,
-                    };
-                    leader.finish(|| shared);
-                    return result;
-                }
-                Role::Waiter(rx) => match flight::wait(rx).await {
-                    End::Value(v) => {
-                        if let Some(v) = v.downcast_ref::<V>() {
-                            self.count(Outcome::Coalesced);
-                            return Ok(v.clone());
-                        }
-                        return self.load_alone(key, load, ttl_for).await;
-                    }
-                    End::Unshared => return self.load_alone(key, load, ttl_for).await,
-                    End::Abandoned => {
-                        if let Some(v) = self.l1_get::<V>(key) {
-                            self.count(Outcome::HitL1);
-                            return Ok(v);
-                        }
-                    }
-                },
-            }
-        }
-    }
-
-    /// A miss served without a flight: the leader had nothing it could share.
-    async fn load_alone<V, E, F, Fut, T>(&self, key: &[u8], load: F, ttl_for: T) -> Result<V, E>
-    where
-        V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-        T: FnOnce(&V) -> Option<Duration>,
-    {
-        self.count(Outcome::Miss);
-        let ticket = self.inner.epochs.ticket(key);
-        let result = load().await;
-        if let Ok(v) = &result {
-            if let Some(ttl) = ttl_for(v) {
-                self.store(key, v, ttl, ticket);
-            }
-        }
-        result
-    }
-
-    /// Reads `key` from Redis; every failure is a logged, counted miss. A hit is backfilled
-    /// into L1 with the entry's remaining TTL, and returned with the L1 copy (if any) so
-    /// single-flight waiters can share it without another clone.
-    async fn l2_get<V>(&self, key: &[u8], ticket: Ticket) -> Option<(V, Option<Value>)>
-    where
-        V: Clone + DeserializeOwned + Send + Sync + 'static,
-    {
-        let inner = &*self.inner;
-        let l2 = inner.l2.as_ref()?;
-        let redis_key = inner.scheme.redis_key(key);
-        let bytes = match l2.get(&redis_key).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return None,
-            Err(L2Cause::Decode) => {
-                // Another Redis type under our key: remove it.
-                l2.write(Write::Del { key: redis_key });
-                return None;
-            }
-            Err(_) => return None,
-        };
-        if bytes.len() > inner.max_entry_size + codec::HEADER_LEN {
-            // Written by a replica with a larger limit: skip it, leave it alone.
-            inner.ins.l2_error(L2Op::Get, L2Cause::Oversized);
-            return None;
-        }
-        match codec::decode::<V>(&bytes) {
-            Ok((header, value)) => {
-                let remaining = header.remaining(inner.clock.unix_ms())?;
-                // Read before an invalidation that has since happened: serve it to this
-                // request, but do not put it back into L1.
-                let fresh = inner.epochs.is_current(ticket);
-                let in_l1 = inner.l1.as_ref().filter(|_| fresh).map(|l1| {
-                    let shared: Value = Arc::new(value.clone());
-                    l1.insert(key.into(), Arc::clone(&shared), self.l1_ttl(remaining));
-                    inner.ins.set_l1_entries(l1.len());
-                    shared
-                });
-                Some((value, in_l1))
-            }
-            Err(e) => {
-                inner.ins.l2_error(L2Op::Get, L2Cause::Decode);
-                tracing::debug!(cache = %inner.name, key = %redis_key, error = ?e, "undecodable cache entry removed");
-                l2.write(Write::Del { key: redis_key });
-                None
-            }
-        }
-    }
-
-    /// Stores `value` in L1 now and in Redis through the background writer. Returns the
-    /// stored value for single-flight waiters, or `None` when it was not stored.
-    /// Skipped when the key was invalidated since `ticket` was taken (see `epoch.rs`).
-    fn store<V>(&self, key: &[u8], value: &V, ttl: Duration, ticket: Ticket) -> Option<Value>
-    where
-        V: Clone + Serialize + Send + Sync + 'static,
-    {
-        let inner = &*self.inner;
-        if !inner.epochs.is_current(ticket) {
-            tracing::debug!(cache = %inner.name, "response not cached: the key was invalidated while it loaded");
-            return None;
-        }
-        let ttl = key::jittered(ttl.min(inner.ttl), inner.jitter);
-        let bytes = match codec::encode(value, inner.clock.unix_ms(), ttl) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                inner.ins.not_stored_encode();
-                tracing::debug!(cache = %inner.name, error = %e, "response not cached: it does not serialize");
-                return None;
-            }
-        };
-        if bytes.len() - codec::HEADER_LEN > inner.max_entry_size {
-            inner.ins.not_stored_oversized();
-            tracing::debug!(cache = %inner.name, size = bytes.len(), limit = inner.max_entry_size, "response not cached: too large");
-            return None;
-        }
-        let shared: Value = Arc::new(value.clone());
-        if let Some(l1) = &inner.l1 {
-            l1.insert(key.into(), Arc::clone(&shared), self.l1_ttl(ttl));
-            inner.ins.set_l1_entries(l1.len());
-        }
-        if let Some(l2) = &inner.l2 {
-            l2.write(Write::Set {
-                key: inner.scheme.redis_key(key),
-                bytes,
-                ttl,
-                ticket,
-            });
-        }
-        Some(shared)
-    }
-
-    fn l1_ttl(&self, ttl: Duration) -> Duration {
-        match self.inner.l1_ttl {
-            Some(cap) => ttl.min(cap),
-            None => ttl,
-        }
-    }
+/// The `share_error` of loads whose errors cannot happen or cannot be copied.
+pub(crate) fn share_nothing<E>(_: &E) -> Option<E> {
+    None
 }

@@ -32,18 +32,24 @@ mod builder;
 mod epoch;
 mod flight;
 mod future;
-mod handle;
+pub(crate) mod handle;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
+mod read;
 mod service;
 pub(crate) mod stats;
 pub(crate) mod tier;
+mod value;
 
 pub use builder::{CacheBuilder, IntoRedisUrl};
 pub use future::ResponseFuture;
 pub use handle::Cache;
 pub use layer::CacheLayer;
-pub use service::{CacheService, KeyExtractor, StoreAll, StorePolicy};
+pub use service::{
+    CacheService, CloneErrors, DontShare, KeyExtractor, ShareError, ShareWith, StoreAll,
+    StoreDecision, StorePolicy,
+};
 pub use stats::{CacheStats, L2Cause, L2Errors, L2State};
 pub use tier::l2::L2Error;
+pub use value::{CacheValue, Loaded, Ttl};

@@ -2,18 +2,17 @@ use std::fmt;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Serialize};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::stats::Outcome;
+use super::value::{CacheValue, Loaded, Ttl};
 use super::Cache;
 
 /// Extracts a cache key from a request; `None` bypasses the cache for that request.
 ///
 /// Implemented for every `Fn(&Req) -> Option<K>` where `K: AsRef<[u8]>` (a `String`, a
 /// `Vec<u8>`, `&'static str`, `bytes::Bytes`...). The key is used as is in L1 and hashed
-/// into the Redis key (see the crate docs for the scheme).
+/// into the Redis key (see the README for the scheme).
 pub trait KeyExtractor<Req> {
     /// The key type.
     type Key: AsRef<[u8]>;
@@ -34,30 +33,129 @@ where
     }
 }
 
-/// Decides whether a successful response is stored.
+/// Decides whether a successful response is stored, and for how long.
 ///
-/// Implemented for every `Fn(&Res) -> bool`. Errors are never stored.
+/// Implemented for every `Fn(&Res) -> D` where `D` is a [`StoreDecision`]: a `bool`
+/// (store for the cache's `time_to_live` or not), a [`Ttl`] or a `Duration` (store for
+/// that long), or an `Option` of either (`None`: not stored). Errors are never stored.
+///
+/// ```
+/// use std::time::Duration;
+/// # use layercake::{Cache, CacheLayer};
+/// # struct Quote { price: f64, stale_after_secs: u64 }
+/// # let cache = Cache::<Vec<String>>::builder("search").build().unwrap();
+/// // Empty result lists are not stored; the others for the cache's time_to_live.
+/// let layer = CacheLayer::new(cache, |q: &String| Some(q.clone()))
+///     .store_when(|hits: &Vec<String>| !hits.is_empty());
+/// # let _ = layer;
+/// // Each response says how long it is good for.
+/// let policy = |q: &Quote| (q.price > 0.0).then(|| Duration::from_secs(q.stale_after_secs));
+/// # let _ = policy;
+/// ```
 pub trait StorePolicy<Res> {
-    /// Whether to store `res`.
-    fn should_store(&self, res: &Res) -> bool;
+    /// How long to store `res`; `None`: not stored.
+    fn ttl(&self, res: &Res) -> Option<Ttl>;
 }
 
-impl<Res, F> StorePolicy<Res> for F
+impl<Res, F, D> StorePolicy<Res> for F
 where
-    F: Fn(&Res) -> bool,
+    F: Fn(&Res) -> D,
+    D: StoreDecision,
 {
-    fn should_store(&self, res: &Res) -> bool {
-        self(res)
+    fn ttl(&self, res: &Res) -> Option<Ttl> {
+        self(res).into_ttl()
     }
 }
 
-/// The default [`StorePolicy`]: every `Ok` response is stored.
+/// What a [`StorePolicy`] closure may return.
+pub trait StoreDecision {
+    /// How long to store; `None`: not stored.
+    fn into_ttl(self) -> Option<Ttl>;
+}
+
+impl StoreDecision for bool {
+    fn into_ttl(self) -> Option<Ttl> {
+        self.then_some(Ttl::Default)
+    }
+}
+
+impl StoreDecision for Ttl {
+    fn into_ttl(self) -> Option<Ttl> {
+        Some(self)
+    }
+}
+
+impl StoreDecision for Duration {
+    fn into_ttl(self) -> Option<Ttl> {
+        Some(Ttl::After(self))
+    }
+}
+
+impl<T: StoreDecision> StoreDecision for Option<T> {
+    fn into_ttl(self) -> Option<Ttl> {
+        self.and_then(StoreDecision::into_ttl)
+    }
+}
+
+/// The default [`StorePolicy`]: every `Ok` response is stored for the cache's
+/// `time_to_live`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreAll;
 
 impl<Res> StorePolicy<Res> for StoreAll {
-    fn should_store(&self, _: &Res) -> bool {
-        true
+    fn ttl(&self, _: &Res) -> Option<Ttl> {
+        Some(Ttl::Default)
+    }
+}
+
+/// How a layer hands an inner service's error to the requests that waited for the same
+/// key (single flight).
+///
+/// Every waiting request must get an error of the service's own type, and only the inner
+/// service makes those, so an error that cannot be copied cannot be shared: with
+/// [`DontShare`] (the default), the waiting requests then try again one after another,
+/// so that the failing service gets one call at a time for the key, however many wait.
+/// [`CloneErrors`] ([`CacheLayer::share_errors`](super::CacheLayer::share_errors)) and
+/// [`ShareWith`] ([`CacheLayer::share_errors_with`](super::CacheLayer::share_errors_with))
+/// copy the error instead: one failed call answers every waiting request.
+pub trait ShareError<E> {
+    /// A copy of `error` for one waiting request; `None`: it cannot be copied.
+    fn share(&self, error: &E) -> Option<E>;
+}
+
+/// Errors are not copied; see [`ShareError`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DontShare;
+
+impl<E> ShareError<E> for DontShare {
+    fn share(&self, _: &E) -> Option<E> {
+        None
+    }
+}
+
+/// Errors are cloned for each waiting request; see [`ShareError`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneErrors;
+
+impl<E: Clone> ShareError<E> for CloneErrors {
+    fn share(&self, error: &E) -> Option<E> {
+        Some(error.clone())
+    }
+}
+
+/// Errors are copied by a function for each waiting request; see [`ShareError`].
+#[derive(Clone)]
+pub struct ShareWith<F>(pub(crate) F);
+
+impl<F> fmt::Debug for ShareWith<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("ShareWith")
+    }
+}
+
+impl<E, F: Fn(&E) -> E> ShareError<E> for ShareWith<F> {
+    fn share(&self, error: &E) -> Option<E> {
+        Some((self.0)(error))
     }
 }
 
@@ -65,23 +163,36 @@ impl<Res> StorePolicy<Res> for StoreAll {
 ///
 /// Its `Error` is the inner service's: the cache adds no errors of its own. `poll_ready` is
 /// the inner service's, and a clone starts unready, as a fresh clone of the inner service
-/// does.
-#[derive(Clone)]
-pub struct CacheService<S, K, P = StoreAll> {
+/// does. It runs on the cache's public API: [`Cache::get_l1`] for the hit path, and
+/// [`Cache::load`] for a miss.
+pub struct CacheService<S, V, K, P = StoreAll, X = DontShare> {
     inner: S,
-    cache: Cache,
+    cache: Cache<V>,
     key: K,
     policy: P,
+    share: X,
 }
 
-impl<S, K, P> CacheService<S, K, P> {
-    /// Wraps `inner`; see [`CacheLayer`](super::CacheLayer).
-    pub fn new(inner: S, cache: Cache, key: K, policy: P) -> Self {
+impl<S: Clone, V, K: Clone, P: Clone, X: Clone> Clone for CacheService<S, V, K, P, X> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+            key: self.key.clone(),
+            policy: self.policy.clone(),
+            share: self.share.clone(),
+        }
+    }
+}
+
+impl<S, V, K, P, X> CacheService<S, V, K, P, X> {
+    pub(crate) fn new(inner: S, cache: Cache<V>, key: K, policy: P, share: X) -> Self {
         Self {
             inner,
             cache,
             key,
             policy,
+            share,
         }
     }
 
@@ -101,12 +212,12 @@ impl<S, K, P> CacheService<S, K, P> {
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Cache<V> {
         &self.cache
     }
 }
 
-impl<S: fmt::Debug, K, P> fmt::Debug for CacheService<S, K, P> {
+impl<S: fmt::Debug, V: Clone, K, P, X> fmt::Debug for CacheService<S, V, K, P, X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheService")
             .field("inner", &self.inner)
@@ -115,20 +226,21 @@ impl<S: fmt::Debug, K, P> fmt::Debug for CacheService<S, K, P> {
     }
 }
 
-impl<S, Req, K, P> Service<Req> for CacheService<S, K, P>
+impl<S, V, Req, K, P, X> Service<Req> for CacheService<S, V, K, P, X>
 where
-    S: Service<Req> + Clone + Send + 'static,
-    S::Response: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    S: Service<Req, Response = V> + Clone + Send + 'static,
+    V: CacheValue,
     S::Error: Send + 'static,
     S::Future: Send + 'static,
     Req: Send + 'static,
     K: KeyExtractor<Req>,
     K::Key: Send + 'static,
-    P: StorePolicy<S::Response> + Clone + Send + 'static,
+    P: StorePolicy<V> + Clone + Send + 'static,
+    X: ShareError<S::Error> + Clone + Send + Sync + 'static,
 {
-    type Response = S::Response;
+    type Response = V;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S::Response, S::Error>;
+    type Future = ResponseFuture<S::Future, V, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -138,12 +250,11 @@ where
         let key = match self.key.key(&req) {
             Some(key) if self.cache.is_enabled() => key,
             _ => {
-                self.cache.count(Outcome::Bypass);
+                self.cache.record_bypass();
                 return ResponseFuture::inner(self.inner.call(req));
             }
         };
-        if let Some(hit) = self.cache.l1_get::<S::Response>(key.as_ref()) {
-            self.cache.count(Outcome::HitL1);
+        if let Some(hit) = self.cache.get_l1(key.as_ref()) {
             return ResponseFuture::ready(Ok(hit));
         }
         // The ready service goes into the future; a fresh clone (not yet ready) stays.
@@ -151,14 +262,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cache = self.cache.clone();
         let policy = self.policy.clone();
+        let share = self.share.clone();
         ResponseFuture::load(Box::pin(async move {
+            let share_error = |e: &S::Error| share.share(e);
             cache
-                .load(
-                    key.as_ref(),
-                    move || inner.call(req),
-                    // Duration::MAX: the cache's own time_to_live applies.
-                    move |res| policy.should_store(res).then_some(Duration::MAX),
-                )
+                .load(key, share_error, || async move {
+                    let res = inner.call(req).await?;
+                    Ok(match policy.ttl(&res) {
+                        Some(ttl) => Loaded::Store(res, ttl),
+                        // Not for storing: nor for handing to other requests.
+                        None => Loaded::Private(res),
+                    })
+                })
                 .await
         }))
     }

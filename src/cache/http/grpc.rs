@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap};
@@ -14,15 +13,15 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::admit::{has_credentials, Admitted, Fresh};
 use super::body::{collect, CacheBody, Collected};
 use super::future::{passthrough, ResponseFuture};
 use super::key;
 use super::policy::{self, VaryList};
-use super::service::{has_credentials, Admitted, Fresh};
-use super::stored::{Entry, Render, Source, Stored, X_CACHE};
+use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::{NoUser, UserKey};
-use crate::cache::stats::Outcome;
-use crate::cache::Cache;
+use crate::cache::handle::share_nothing;
+use crate::cache::{Cache, Ttl};
 
 /// The settings of a [`GrpcCacheLayer`].
 #[derive(Debug, Clone)]
@@ -70,14 +69,14 @@ struct Config {
 #[derive(Clone)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct GrpcCacheLayer<U = NoUser> {
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     config: Arc<Config>,
     user: U,
 }
 
 impl GrpcCacheLayer {
     /// A layer on `cache` that caches no method until [`method`](Self::method) names one.
-    pub fn new(cache: Cache) -> Self {
+    pub fn new(cache: Cache<CachedResponse>) -> Self {
         Self {
             cache,
             config: Arc::new(Config {
@@ -137,7 +136,7 @@ impl<U> GrpcCacheLayer<U> {
     }
 
     /// The cache this layer stores into.
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Cache<CachedResponse> {
         &self.cache
     }
 }
@@ -171,7 +170,7 @@ impl<S, U: Clone> Layer<S> for GrpcCacheLayer<U> {
 #[derive(Clone)]
 pub struct GrpcCacheService<S, U> {
     inner: S,
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     config: Arc<Config>,
     user: U,
 }
@@ -193,7 +192,7 @@ impl<S, U> GrpcCacheService<S, U> {
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Cache<CachedResponse> {
         &self.cache
     }
 }
@@ -258,7 +257,7 @@ where
             None
         };
         if !listed || (user.is_none() && has_credentials(&parts.headers)) {
-            self.cache.count(Outcome::Bypass);
+            self.cache.record_bypass();
             let req = Request::from_parts(parts, CacheBody::inner(body));
             return ResponseFuture::inner(self.inner.call(req), listed && config.x_cache);
         }
@@ -272,7 +271,7 @@ where
 
 /// A call to a listed method: read the request message, then look it up.
 async fn unary<S, ReqB, ResB>(
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     config: Arc<Config>,
     mut inner: S,
     parts: Parts,
@@ -281,6 +280,7 @@ async fn unary<S, ReqB, ResB>(
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
     S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>>,
+    S::Error: Send + 'static,
     ReqB: Body,
     ReqB::Data: Buf,
     ResB: Body,
@@ -293,12 +293,12 @@ where
             trailers: None,
         } if is_one_message(&data) => data,
         Collected::Complete { data, trailers } => {
-            cache.count(Outcome::Bypass);
+            cache.record_bypass();
             let req = Request::from_parts(parts, CacheBody::full(data, trailers));
             return Ok(passthrough(inner.call(req).await?, x_cache));
         }
         Collected::Partial(body) => {
-            cache.count(Outcome::Bypass);
+            cache.record_bypass();
             let req = Request::from_parts(parts, body);
             return Ok(passthrough(inner.call(req).await?, x_cache));
         }
@@ -314,23 +314,17 @@ where
         let fresh = &mut fresh;
         let (cache_ref, config) = (&cache, &*config);
         cache
-            .load(
-                &key,
-                move || {
-                    let (mut svc, req) = call.take().expect("the loader runs at most once");
-                    async move {
-                        let res = svc.call(req).await?;
-                        Ok(admit(res, config, cache_ref.now_unix_ms())
-                            .await
-                            .into_entry(fresh))
-                    }
-                },
-                |entry| match entry {
-                    Entry::Response(stored) => Some(stored.ttl()),
-                    _ => None,
-                },
-            )
+            .load(key, share_nothing, move || {
+                let (mut svc, req) = call.take().expect("the loader runs at most once");
+                async move {
+                    let res = svc.call(req).await?;
+                    Ok(admit(res, config, now_ms(cache_ref))
+                        .await
+                        .into_loaded(fresh, |_| true))
+                }
+            })
             .await?
+            .0
     };
     let render = Render {
         head: false,
@@ -390,7 +384,7 @@ where
         now_ms,
         0,
         VaryList::from([]),
-        Duration::MAX,
+        Ttl::Default,
     ))
 }
 

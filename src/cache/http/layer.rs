@@ -6,34 +6,12 @@ use http::request::Parts;
 use http::StatusCode;
 use tower_layer::Layer;
 
+use super::config::Config;
 use super::grpc::GrpcCacheLayer;
 use super::service::HttpCacheService;
+use super::stored::CachedResponse;
 use super::{NoUser, QueryKey};
 use crate::cache::{Cache, CacheLayer};
-
-/// The settings of an [`HttpCacheLayer`], shared by its services.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) max_body_size: usize,
-    pub(crate) statuses: Vec<StatusCode>,
-    pub(crate) query: QueryKey,
-    pub(crate) key_headers: Vec<HeaderName>,
-    pub(crate) host: bool,
-    pub(crate) x_cache: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            max_body_size: super::DEFAULT_MAX_BODY_SIZE,
-            statuses: vec![StatusCode::OK],
-            query: QueryKey::Full,
-            key_headers: Vec::new(),
-            host: true,
-            x_cache: false,
-        }
-    }
-}
 
 /// Caches the responses of an `http::Request` → `http::Response` service (an Axum
 /// `Router`, a hyper service...) in a [`Cache`]: see the [module docs](super) for the key,
@@ -66,7 +44,7 @@ impl Default for Config {
 #[derive(Clone)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct HttpCacheLayer<U = NoUser> {
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     config: Arc<Config>,
     user: U,
 }
@@ -74,7 +52,7 @@ pub struct HttpCacheLayer<U = NoUser> {
 impl HttpCacheLayer {
     /// A layer that caches responses in `cache`, with the safe defaults listed in the
     /// [module docs](super).
-    pub fn new(cache: Cache) -> Self {
+    pub fn new(cache: Cache<CachedResponse>) -> Self {
         Self {
             cache,
             config: Arc::new(Config::default()),
@@ -83,7 +61,7 @@ impl HttpCacheLayer {
     }
 }
 
-impl CacheLayer<()> {
+impl CacheLayer<CachedResponse, ()> {
     /// An [`HttpCacheLayer`] on `cache`: the same as [`HttpCacheLayer::new`].
     ///
     /// ```
@@ -97,12 +75,12 @@ impl CacheLayer<()> {
     /// # let _ = app;
     /// # Ok::<(), layercake::ConfigError>(())
     /// ```
-    pub fn http(cache: Cache) -> HttpCacheLayer {
+    pub fn http(cache: Cache<CachedResponse>) -> HttpCacheLayer {
         HttpCacheLayer::new(cache)
     }
 
     /// A [`GrpcCacheLayer`] on `cache`: the same as [`GrpcCacheLayer::new`].
-    pub fn grpc(cache: Cache) -> GrpcCacheLayer {
+    pub fn grpc(cache: Cache<CachedResponse>) -> GrpcCacheLayer {
         GrpcCacheLayer::new(cache)
     }
 }
@@ -203,7 +181,7 @@ impl<U> HttpCacheLayer<U> {
     }
 
     /// The cache this layer stores into.
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Cache<CachedResponse> {
         &self.cache
     }
 }

@@ -98,7 +98,9 @@
 //! See [`GrpcCacheLayer`]: unary methods named in its configuration, keyed by method path
 //! and request message, only `grpc-status: 0` stored.
 
+mod admit;
 mod body;
+mod config;
 mod future;
 mod grpc;
 mod key;
@@ -112,6 +114,7 @@ pub use future::ResponseFuture;
 pub use grpc::{GrpcCacheLayer, GrpcCacheService};
 pub use layer::HttpCacheLayer;
 pub use service::HttpCacheService;
+pub use stored::CachedResponse;
 
 use http::request::Parts;
 

@@ -10,15 +10,16 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
+use super::admit::{has_credentials, Admitted, Fresh};
 use super::body::{collect, CacheBody, Collected};
+use super::config::Config;
 use super::future::{passthrough, ResponseFuture};
 use super::key::{self, HttpKey, Key};
-use super::layer::Config;
 use super::policy::{self, CacheControl, RequestDirective, Vary, VaryList};
-use super::stored::{Entry, Render, Source, Stored, X_CACHE};
+use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::UserKey;
-use crate::cache::stats::Outcome;
-use crate::cache::Cache;
+use crate::cache::handle::share_nothing;
+use crate::cache::{Cache, Ttl};
 
 /// The service built by [`HttpCacheLayer`](super::HttpCacheLayer).
 ///
@@ -29,13 +30,18 @@ use crate::cache::Cache;
 #[derive(Clone)]
 pub struct HttpCacheService<S, U> {
     inner: S,
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     config: Arc<Config>,
     user: U,
 }
 
 impl<S, U> HttpCacheService<S, U> {
-    pub(crate) fn new(inner: S, cache: Cache, config: Arc<Config>, user: U) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        cache: Cache<CachedResponse>,
+        config: Arc<Config>,
+        user: U,
+    ) -> Self {
         Self {
             inner,
             cache,
@@ -60,7 +66,7 @@ impl<S, U> HttpCacheService<S, U> {
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Cache {
+    pub fn cache(&self) -> &Cache<CachedResponse> {
         &self.cache
     }
 }
@@ -83,11 +89,6 @@ enum Plan {
         head: bool,
         refresh: bool,
     },
-}
-
-/// Whether a request carries credentials that make its response private by default.
-pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
 }
 
 impl<S, U: UserKey> HttpCacheService<S, U> {
@@ -150,7 +151,7 @@ where
         let x_cache = self.config.x_cache;
         let (base, head, refresh) = match plan {
             Plan::Bypass => {
-                self.cache.count(Outcome::Bypass);
+                self.cache.record_bypass();
                 return ResponseFuture::inner(self.inner.call(req), x_cache);
             }
             Plan::Lookup {
@@ -166,19 +167,18 @@ where
         };
         let mut known_vary = None;
         if !refresh {
-            // The L1 hit path: no I/O, nothing boxed.
-            match self.cache.l1_get::<Entry>(&base) {
+            // The L1 hit path: no I/O, nothing boxed. A `Vary` marker and the variant it
+            // leads to are two lookups, each counted.
+            match self.cache.get_l1(base).map(|e| e.0) {
                 Some(Entry::Response(stored)) if stored.vary().is_empty() => {
-                    self.cache.count(Outcome::HitL1);
-                    let now = self.cache.now_unix_ms();
+                    let now = now_ms(&self.cache);
                     return ResponseFuture::ready(stored.render(render, Source::Hit, now));
                 }
                 Some(Entry::Vary(vary)) => {
                     let variant = key::variant(&base, &vary, req.headers());
-                    if let Some(Entry::Response(stored)) = self.cache.l1_get::<Entry>(&variant) {
+                    if let Some(Entry::Response(stored)) = self.cache.get_l1(variant).map(|e| e.0) {
                         if *stored.vary() == vary {
-                            self.cache.count(Outcome::HitL1);
-                            let now = self.cache.now_unix_ms();
+                            let now = now_ms(&self.cache);
                             return ResponseFuture::ready(stored.render(render, Source::Hit, now));
                         }
                     }
@@ -204,41 +204,6 @@ where
     }
 }
 
-/// A response just received from the inner service.
-// Lives for one step of one miss and is moved once: not worth boxing the large variant.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Admitted<B: Body> {
-    /// Read in full and storable.
-    Store(Stored),
-    /// Not to be stored: give it to the client as it is.
-    Pass(Response<CacheBody<B>>),
-}
-
-/// What the loader did, told to the code after `Cache::load`.
-#[allow(clippy::large_enum_variant)] // as `Admitted`
-pub(crate) enum Fresh<B: Body> {
-    /// It called the service and got a storable response.
-    Loaded,
-    /// It called the service and got a response that is not stored.
-    Pass(Response<CacheBody<B>>),
-}
-
-impl<B: Body> Admitted<B> {
-    /// The cache entry for `Cache::load`, noting in `fresh` what happened.
-    pub(crate) fn into_entry(self, fresh: &mut Option<Fresh<B>>) -> Entry {
-        match self {
-            Admitted::Store(stored) => {
-                *fresh = Some(Fresh::Loaded);
-                Entry::Response(stored)
-            }
-            Admitted::Pass(res) => {
-                *fresh = Some(Fresh::Pass(res));
-                Entry::Uncacheable
-            }
-        }
-    }
-}
-
 /// Whether a stored response's `Vary` is the one expected under the key it was found at.
 fn same_vary(found: &VaryList, expected: Option<&VaryList>) -> bool {
     match expected {
@@ -249,7 +214,7 @@ fn same_vary(found: &VaryList, expected: Option<&VaryList>) -> bool {
 
 /// The state of one miss (or refresh).
 struct Miss {
-    cache: Cache,
+    cache: Cache<CachedResponse>,
     config: Arc<Config>,
     base: Key,
     render: Render,
@@ -266,6 +231,7 @@ impl Miss {
     ) -> Result<Response<CacheBody<ResB>>, S::Error>
     where
         S: Service<Request<ReqB>, Response = Response<ResB>>,
+        S::Error: Send + 'static,
         ResB: Body,
         ResB::Data: Buf,
     {
@@ -285,34 +251,29 @@ impl Miss {
                 let this = &self;
                 let expected = expected.as_ref();
                 cache
-                    .load(
-                        &key,
-                        move || {
-                            let (mut svc, req) = call.take().expect("the loader runs at most once");
-                            async move {
-                                let res = svc.call(req).await?;
-                                Ok(this.admit(res).await.into_entry(fresh))
-                            }
-                        },
-                        // Stored under `key` only when it belongs there; others are placed
-                        // by `store_under` below.
-                        move |entry| match entry {
-                            Entry::Response(s) if same_vary(s.vary(), expected) => Some(s.ttl()),
-                            _ => None,
-                        },
-                    )
+                    .load(key, share_nothing, move || {
+                        let (mut svc, req) = call.take().expect("the loader runs at most once");
+                        async move {
+                            let res = svc.call(req).await?;
+                            // Stored under `key` only when it belongs there; others are
+                            // placed by `store_under` below.
+                            let here = |s: &Stored| same_vary(s.vary(), expected);
+                            Ok(this.admit(res).await.into_loaded(fresh, here))
+                        }
+                    })
                     .await?
+                    .0
             };
             match (entry, fresh) {
                 (_, Some(Fresh::Pass(res))) => return Ok(res),
                 (Entry::Response(stored), Some(Fresh::Loaded)) => {
                     if !same_vary(stored.vary(), expected.as_ref()) {
-                        self.store_under(&stored, &headers);
+                        self.store_under(&stored, &headers).await;
                     }
                     return Ok(stored.render(self.render, Source::Miss, 0));
                 }
                 (Entry::Response(stored), None) if same_vary(stored.vary(), expected.as_ref()) => {
-                    let now = cache.now_unix_ms();
+                    let now = now_ms(cache);
                     return Ok(stored.render(self.render, Source::Hit, now));
                 }
                 (Entry::Vary(vary), None) if expected.is_none() => {
@@ -342,12 +303,13 @@ impl Miss {
         ResB: Body,
         ResB::Data: Buf,
     {
-        self.cache.count(Outcome::Miss);
+        // A refresh skips the lookup: counted as a bypass, not as a miss.
+        self.cache.record_bypass();
         let headers = req.headers().clone();
         let res = inner.call(req).await?;
         match self.admit(res).await {
             Admitted::Store(stored) => {
-                self.store_under(&stored, &headers);
+                self.store_under(&stored, &headers).await;
                 Ok(stored.render(self.render, Source::Miss, 0))
             }
             Admitted::Pass(res) => Ok(res),
@@ -356,17 +318,21 @@ impl Miss {
 
     /// Stores a fresh response where later requests look for it: under the base key, or,
     /// when it has `Vary`, a marker under the base key and the response under its variant.
-    fn store_under(&self, stored: &Stored, request_headers: &HeaderMap) {
+    async fn store_under(&self, stored: &Stored, request_headers: &HeaderMap) {
         let cache = &self.cache;
         let vary = stored.vary();
+        let response = CachedResponse(Entry::Response(stored.clone()));
         if vary.is_empty() {
-            cache.put(&self.base, &Entry::Response(stored.clone()), stored.ttl());
+            cache
+                .insert_with_ttl(self.base, response, stored.ttl())
+                .await;
         } else {
             // The marker lives as long as the cache allows, so that the variants (which may
             // have shorter lives) stay reachable.
-            cache.put(&self.base, &Entry::Vary(Arc::clone(vary)), Duration::MAX);
+            let marker = CachedResponse(Entry::Vary(Arc::clone(vary)));
+            cache.insert_with_ttl(self.base, marker, Ttl::Default).await;
             let variant = key::variant(&self.base, vary, request_headers);
-            cache.put(&variant, &Entry::Response(stored.clone()), stored.ttl());
+            cache.insert_with_ttl(variant, response, stored.ttl()).await;
         }
     }
 
@@ -410,7 +376,7 @@ impl Miss {
                     parts.headers,
                     data,
                     trailers,
-                    self.cache.now_unix_ms(),
+                    now_ms(&self.cache),
                     age,
                     vary,
                     ttl,
@@ -422,8 +388,8 @@ impl Miss {
 
 /// Why and how a response may be stored.
 struct Storable {
-    /// How long (`Duration::MAX`: the cache's `time_to_live`).
-    ttl: Duration,
+    /// How long.
+    ttl: Ttl,
     /// The `Vary` names (empty without `Vary`).
     vary: VaryList,
     /// The response's own `Age`, which its `max-age` counts from.
@@ -446,8 +412,8 @@ fn storable(status: StatusCode, headers: &HeaderMap, config: &Config) -> Option<
     };
     let ttl = match cc.shared_max_age() {
         Some(max_age) if max_age <= age => return None,
-        Some(max_age) => Duration::from_secs(max_age - age),
-        None => Duration::MAX,
+        Some(max_age) => Ttl::After(Duration::from_secs(max_age - age)),
+        None => Ttl::Default,
     };
     let vary = match policy::parse_vary(headers).ok()? {
         Vary::None => VaryList::from([]),
@@ -542,11 +508,11 @@ mod tests {
             storable(StatusCode::from_u16(status).unwrap(), &map, &config)
                 .map(|s| (s.ttl, s.vary.len(), s.age))
         };
-        assert_eq!(decide(200, &[]), Some((Duration::MAX, 0, 0)));
+        assert_eq!(decide(200, &[]), Some((Ttl::Default, 0, 0)));
         assert_eq!(decide(201, &[]), None);
         assert_eq!(
             decide(200, &[("cache-control", "max-age=10"), ("age", "4")]),
-            Some((Duration::from_secs(6), 0, 4))
+            Some((Ttl::After(Duration::from_secs(6)), 0, 4))
         );
         assert_eq!(
             decide(200, &[("cache-control", "max-age=10"), ("age", "10")]),

@@ -2,7 +2,7 @@
 //! or the `Vary` marker of a resource whose responses vary.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH};
@@ -12,6 +12,44 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::body::CacheBody;
 use super::policy::VaryList;
+use crate::cache::{Cache, Ttl};
+
+/// What the HTTP and gRPC layers store in a [`Cache`]: a response (status, headers, body,
+/// trailers), or the marker of a resource whose responses vary. Opaque: build a
+/// `Cache<CachedResponse>` and hand it to [`HttpCacheLayer`](super::HttpCacheLayer) or
+/// [`GrpcCacheLayer`](super::GrpcCacheLayer), which infer the type.
+///
+/// ```
+/// use layercake::{cache::http::CachedResponse, Cache, CacheLayer};
+///
+/// let pages: Cache<CachedResponse> = Cache::builder("pages").build()?;
+/// let layer = CacheLayer::http(pages.clone());
+/// # let _ = layer;
+/// # Ok::<(), layercake::ConfigError>(())
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CachedResponse(pub(crate) Entry);
+
+impl std::fmt::Debug for CachedResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Entry::Response(s) => f
+                .debug_struct("CachedResponse")
+                .field("status", &s.0.status)
+                .field("body_len", &s.0.body.len())
+                .finish_non_exhaustive(),
+            Entry::Vary(names) => f.debug_tuple("CachedResponse::Vary").field(names).finish(),
+            Entry::Uncacheable => f.pad("CachedResponse::Uncacheable"),
+        }
+    }
+}
+
+/// Now by the cache's clock, in Unix milliseconds (for `Age`).
+pub(crate) fn now_ms(cache: &Cache<CachedResponse>) -> u64 {
+    let since = cache.now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// One cache entry.
 #[derive(Clone, Serialize, Deserialize)]
@@ -43,7 +81,7 @@ struct Inner {
     /// The `Vary` names it was stored under; empty without `Vary`.
     vary: VaryList,
     /// How long to keep it (not stored: only read when it is first stored).
-    ttl: Duration,
+    ttl: Ttl,
 }
 
 /// Whether a response given to a client came from the cache (the `x-cache` header).
@@ -85,7 +123,7 @@ impl Stored {
         stored_at_ms: u64,
         age: u64,
         vary: VaryList,
-        ttl: Duration,
+        ttl: Ttl,
     ) -> Self {
         Self(Arc::new(Inner {
             status,
@@ -103,7 +141,7 @@ impl Stored {
         &self.0.vary
     }
 
-    pub(crate) fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Ttl {
         self.0.ttl
     }
 
@@ -249,7 +287,7 @@ impl<'de> Deserialize<'de> for Stored {
             w.stored_at_ms,
             w.age,
             vary,
-            Duration::ZERO,
+            Ttl::After(Duration::ZERO),
         ))
     }
 }
@@ -273,7 +311,7 @@ mod tests {
             1_000,
             7,
             vec![HeaderName::from_static("accept-language")].into(),
-            Duration::from_secs(5),
+            Ttl::After(Duration::from_secs(5)),
         )
     }
 

@@ -1,0 +1,67 @@
+//! What the HTTP and gRPC services share: a response just read from the inner service, and
+//! whether a request carries credentials.
+
+use http::header::{self, HeaderMap};
+use http::Response;
+use http_body::Body;
+
+use super::body::CacheBody;
+use super::stored::{CachedResponse, Entry, Stored};
+use crate::cache::Loaded;
+
+/// Whether a request carries credentials that make its response private by default.
+pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
+}
+
+/// A response just received from the inner service.
+// Lives for one step of one miss and is moved once: not worth boxing the large variant.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Admitted<B: Body> {
+    /// Read in full and storable.
+    Store(Stored),
+    /// Not to be stored: give it to the client as it is.
+    Pass(Response<CacheBody<B>>),
+}
+
+/// What the loader did, told to the code after `Cache::load`.
+#[allow(clippy::large_enum_variant)] // as `Admitted`
+pub(crate) enum Fresh<B: Body> {
+    /// It called the service and got a storable response.
+    Loaded,
+    /// It called the service and got a response that is not stored.
+    Pass(Response<CacheBody<B>>),
+}
+
+impl<B: Body> Admitted<B> {
+    /// The cache entry for `Cache::load`, noting in `fresh` what happened.
+    pub(crate) fn into_entry(self, fresh: &mut Option<Fresh<B>>) -> Entry {
+        match self {
+            Admitted::Store(stored) => {
+                *fresh = Some(Fresh::Loaded);
+                Entry::Response(stored)
+            }
+            Admitted::Pass(res) => {
+                *fresh = Some(Fresh::Pass(res));
+                Entry::Uncacheable
+            }
+        }
+    }
+
+    /// As [`into_entry`](Self::into_entry), with what `Cache::load` may do with it: a
+    /// storable response is stored for its TTL when `here` says it belongs under the key
+    /// being loaded; anything else is for this request alone.
+    pub(crate) fn into_loaded(
+        self,
+        fresh: &mut Option<Fresh<B>>,
+        here: impl FnOnce(&Stored) -> bool,
+    ) -> Loaded<CachedResponse> {
+        match self.into_entry(fresh) {
+            Entry::Response(stored) if here(&stored) => {
+                let ttl = stored.ttl();
+                Loaded::Store(CachedResponse(Entry::Response(stored)), ttl)
+            }
+            entry => Loaded::Private(CachedResponse(entry)),
+        }
+    }
+}
