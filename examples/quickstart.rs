@@ -1,7 +1,8 @@
 //! The crate's two jobs on their embedded defaults:
 //!
-//! 1. a slow service behind `CacheLayer`: a miss, then a hit, with their times and the stats;
-//! 2. long work behind `QueueLayer`: the call returns a job id at once, the job runs on a
+//! 1. a slow function call behind `Cache::get_with`: a miss, then a hit;
+//! 2. a slow service behind `CacheLayer`: a miss, then a hit, with their times and the stats;
+//! 3. long work behind `QueueLayer`: the call returns a job id at once, the job runs on a
 //!    background worker, and the `Queue` handle reports its status and result.
 //!
 //! ```text
@@ -46,6 +47,12 @@ async fn search_provider(req: Search) -> Result<Hits, Infallible> {
     })
 }
 
+/// Stands in for a slow model call.
+async fn embed(text: &str) -> Vec<f32> {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    vec![text.len() as f32, text.split(' ').count() as f32]
+}
+
 /// A long job: translating a document.
 #[derive(Debug, Serialize, Deserialize)]
 struct Translate {
@@ -67,16 +74,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     let redis_url = std::env::var("REDIS_URL").ok();
+    match &redis_url {
+        Some(_) => println!("cache: L1 + Redis L2"),
+        None => println!("cache: L1 only (set REDIS_URL to add Redis)"),
+    }
+
+    // 1. A function call: an embedding, computed once per text.
+    let embeddings: Cache<Vec<f32>> = Cache::builder("embeddings")
+        .namespace("quickstart")
+        .time_to_live(Duration::from_secs(3600))
+        .redis_url(redis_url.clone())
+        .build()?;
+    for attempt in ["miss", "hit"] {
+        let started = Instant::now();
+        let v = embeddings.get_with("hola mundo", embed("hola mundo")).await;
+        println!(
+            "{attempt:>4}: {:>10.3?}  embedding {v:?}",
+            started.elapsed()
+        );
+    }
+
+    // 2. A service: a search provider.
     let cache = Cache::builder("provider")
         .namespace("quickstart")
         .time_to_live(Duration::from_secs(600))
         .max_capacity(10_000)
         .redis_url(redis_url.clone()) // none: L1 only
         .build()?;
-    match &redis_url {
-        Some(_) => println!("cache: L1 + Redis L2"),
-        None => println!("cache: L1 only (set REDIS_URL to add Redis)"),
-    }
 
     let svc = ServiceBuilder::new()
         .layer(CacheLayer::new(cache.clone(), |req: &Search| {
@@ -109,7 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.l2
     );
 
-    // 2. The queue: in-process store, four workers, dedup by file id.
+    // 3. The queue: in-process store, four workers, dedup by file id.
     let queue = Queue::builder("translate")
         .workers(4)
         .capacity(1_000)

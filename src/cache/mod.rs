@@ -1,16 +1,21 @@
-//! `CacheLayer`: a two-tier cache in front of any Tower service.
+//! [`Cache<V>`](Cache): a two-tier cache, used directly or as [`CacheLayer`] in front of
+//! any Tower service.
 //!
-//! A request goes through these steps:
+//! The direct API ([`Cache::get_with`], [`Cache::try_get_with`], [`Cache::get`],
+//! [`Cache::insert`], [`Cache::load`]) caches function calls; the layers run on it. A
+//! lookup goes through these steps:
 //!
-//! 1. The [`KeyExtractor`] gives its key, or `None` to bypass the cache.
-//! 2. **L1**, the in-process tier: a hit returns a clone of the stored response at once,
-//!    with no I/O and no allocation (the response future is not boxed).
+//! 1. For a layer, the [`KeyExtractor`] gives the request's key, or `None` to bypass.
+//! 2. **L1**, the in-process tier: a hit returns a clone of the stored value at once, with
+//!    no I/O (a layer's response future is not boxed).
 //! 3. On an L1 miss, **single flight**: concurrent misses on one key wait for one leader.
 //! 4. The leader tries **L2**, Redis, within a time budget; a hit is backfilled into L1 with
 //!    its remaining TTL.
-//! 5. On an L2 miss the leader calls the inner service. A response the [`StorePolicy`]
-//!    accepts goes into L1 at once and to Redis through a bounded background writer; the
-//!    waiters get a clone.
+//! 5. On an L2 miss the leader loads (calls the inner service, or awaits the `init`
+//!    future). A value to store (the layer's [`StorePolicy`] decides, and for how long)
+//!    goes into L1 at once and to Redis through a bounded background writer; the waiters
+//!    get a clone. A failed load hands its error to the waiters where it can be copied
+//!    ([`ShareError`]); otherwise they retry one at a time.
 //!
 //! # The non-blocking contract
 //! The service's error type is the inner service's: nothing the cache does can fail a
@@ -34,6 +39,7 @@ mod flight;
 mod future;
 pub(crate) mod handle;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod layer;
 mod read;
