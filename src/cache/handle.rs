@@ -417,6 +417,6 @@ impl<V: Clone> Cache<V> {
 }
 
 /// The `share_error` of loads whose errors cannot happen or cannot be copied.
-pub(crate) fn share_nothing<E>(_: &E) -> Option<E> {
+fn share_nothing<E>(_: &E) -> Option<E> {
     None
 }

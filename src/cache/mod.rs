@@ -37,7 +37,7 @@ mod builder;
 mod epoch;
 mod flight;
 mod future;
-pub(crate) mod handle;
+mod handle;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

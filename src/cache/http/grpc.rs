@@ -20,7 +20,6 @@ use super::key;
 use super::policy::{self, VaryList};
 use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::{NoUser, UserKey};
-use crate::cache::handle::share_nothing;
 use crate::cache::{Cache, Ttl};
 
 /// The settings of a [`GrpcCacheLayer`].
@@ -314,15 +313,19 @@ where
         let fresh = &mut fresh;
         let (cache_ref, config) = (&cache, &*config);
         cache
-            .load(key, share_nothing, move || {
-                let (mut svc, req) = call.take().expect("the loader runs at most once");
-                async move {
-                    let res = svc.call(req).await?;
-                    Ok(admit(res, config, now_ms(cache_ref))
-                        .await
-                        .into_loaded(fresh, |_| true))
-                }
-            })
+            .load(
+                key,
+                |_: &S::Error| None,
+                move || {
+                    let (mut svc, req) = call.take().expect("the loader runs at most once");
+                    async move {
+                        let res = svc.call(req).await?;
+                        Ok(admit(res, config, now_ms(cache_ref))
+                            .await
+                            .into_loaded(fresh, |_| true))
+                    }
+                },
+            )
             .await?
             .0
     };

@@ -18,7 +18,6 @@ use super::key::{self, HttpKey, Key};
 use super::policy::{self, CacheControl, RequestDirective, Vary, VaryList};
 use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::UserKey;
-use crate::cache::handle::share_nothing;
 use crate::cache::{Cache, Ttl};
 
 /// The service built by [`HttpCacheLayer`](super::HttpCacheLayer).
@@ -251,16 +250,20 @@ impl Miss {
                 let this = &self;
                 let expected = expected.as_ref();
                 cache
-                    .load(key, share_nothing, move || {
-                        let (mut svc, req) = call.take().expect("the loader runs at most once");
-                        async move {
-                            let res = svc.call(req).await?;
-                            // Stored under `key` only when it belongs there; others are
-                            // placed by `store_under` below.
-                            let here = |s: &Stored| same_vary(s.vary(), expected);
-                            Ok(this.admit(res).await.into_loaded(fresh, here))
-                        }
-                    })
+                    .load(
+                        key,
+                        |_: &S::Error| None,
+                        move || {
+                            let (mut svc, req) = call.take().expect("the loader runs at most once");
+                            async move {
+                                let res = svc.call(req).await?;
+                                // Stored under `key` only when it belongs there; others are
+                                // placed by `store_under` below.
+                                let here = |s: &Stored| same_vary(s.vary(), expected);
+                                Ok(this.admit(res).await.into_loaded(fresh, here))
+                            }
+                        },
+                    )
                     .await?
                     .0
             };
