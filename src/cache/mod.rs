@@ -40,7 +40,8 @@ mod service;
 pub(crate) mod stats;
 pub(crate) mod tier;
 
-pub use builder::{CacheBuilder, IntoRedisUrl};
+pub use crate::redis::IntoRedisUrl;
+pub use builder::CacheBuilder;
 pub use future::ResponseFuture;
 pub use handle::Cache;
 pub use layer::CacheLayer;
