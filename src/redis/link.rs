@@ -373,3 +373,94 @@ async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::redis::error::Fault;
+    use crate::redis::options::RedisOptions;
+
+    /// Records what the link tells its owner.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Events for Recorder {
+        fn connected(&self, url: &str, again: bool) {
+            self.push(format!("connected {url} again={again}"));
+        }
+        fn unreachable(&self, url: &str, detail: &str, _: u64, _: Duration) {
+            self.push(format!("unreachable {url}: {detail}"));
+        }
+        fn lost(&self, url: &str, reason: &str, _: Duration) {
+            self.push(format!("lost {url}: {reason}"));
+        }
+    }
+
+    impl Recorder {
+        fn push(&self, line: String) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+        fn lines(&self) -> Vec<String> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    /// A link to a port nothing listens on (port 1 on loopback refuses at once).
+    fn refused(events: Recorder) -> Arc<Link> {
+        let endpoint = RedisOptions::new("redis://:pw@127.0.0.1:1/")
+            .connect_timeout(Duration::from_millis(200))
+            .probe_interval(Duration::from_millis(20))
+            .endpoint()
+            .expect("valid options")
+            .expect("a URL");
+        Arc::new(Link::new(endpoint, events))
+    }
+
+    async fn ping(link: &Link, budget: Duration, wait: Wait) -> Result<(), Failure> {
+        link.run(budget, wait, |mut conn| async move {
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_command_that_waits_through_an_outage_fails_within_its_budget() {
+        let link = refused(Recorder::default());
+        link.start();
+        let budget = Duration::from_millis(100);
+        let started = tokio::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), ping(&link, budget, Wait::Always))
+            .await
+            .expect("bounded by its budget")
+            .unwrap_err();
+        assert_eq!(err.fault, Fault::Timeout, "{err:?}");
+        assert_eq!(err.gen, None, "no connection was ever used");
+        assert!(started.elapsed() < budget * 5, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_command_that_skips_an_outage_fails_at_once_once_the_link_is_down() {
+        let events = Recorder::default();
+        let link = refused(events.clone());
+        link.start();
+        let budget = Duration::from_secs(5);
+        // While connecting it waits for the first attempt, which is refused.
+        let err = ping(&link, budget, Wait::UnlessDown).await.unwrap_err();
+        assert_eq!(err.fault, Fault::NotConnected, "{err:?}");
+        assert_eq!(link.status(), Status::Down);
+        let started = tokio::time::Instant::now();
+        let err = ping(&link, budget, Wait::UnlessDown).await.unwrap_err();
+        assert_eq!(err.fault, Fault::NotConnected, "{err:?}");
+        assert!(started.elapsed() < Duration::from_millis(50));
+        let lines = events.lines();
+        assert!(
+            lines
+                .first()
+                .is_some_and(|l| l.starts_with("unreachable redis://:***@127.0.0.1:1/")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| !l.contains(":pw@")), "{lines:?}");
+    }
+}

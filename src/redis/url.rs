@@ -126,4 +126,14 @@ mod tests {
         assert!(parse("redis_url", "redis://127.0.0.1:6379/0").is_ok());
         assert!(is_tls("REDISS://host") && !is_tls("redis://host"));
     }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_urls_need_the_feature() {
+        let err = parse("redis_url", "rediss://u:s3cr3t@host/").unwrap_err();
+        assert!(
+            err.reason().contains("`tls`") && !err.reason().contains("s3cr3t"),
+            "{err}"
+        );
+    }
 }
