@@ -80,6 +80,20 @@ async fn an_entry_written_over_tls_is_an_l2_hit_for_another_cache() {
 }
 
 #[tokio::test]
+async fn a_server_that_offers_only_tls_1_2_is_used() {
+    let server = TlsRedisServer::start_with_protocols("TLSv1.2");
+    let cache = cache("tls12", tls_options(&server));
+    until_connected(&cache, "connected over TLS 1.2").await;
+    let svc = CacheLayer::new(cache.clone(), key).layer(counting(Arc::default()));
+    timed_get(&svc, "k").await;
+    let redis_key = cache.redis_key("k");
+    eventually(WAIT, "the entry written over TLS 1.2", || async {
+        server.query::<i64>(&["EXISTS", &redis_key]) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_plaintext_url_against_the_tls_port_is_a_miss_not_an_error_or_a_hang() {
     let server = TlsRedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));

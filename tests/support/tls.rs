@@ -65,6 +65,7 @@ impl TestCa {
 pub struct TlsRedisServer {
     port: u16,
     password: Option<String>,
+    protocols: Option<String>,
     ca: TestCa,
     dir: PathBuf,
     child: Option<Child>,
@@ -74,15 +75,21 @@ impl TlsRedisServer {
     /// Starts one without a password; blocks until it is ready (panics with its log after
     /// [`STARTUP_DEADLINE`]).
     pub fn start() -> TlsRedisServer {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
     }
 
     /// Like [`TlsRedisServer::start`], with `--requirepass password`.
     pub fn start_with_password(password: &str) -> TlsRedisServer {
-        Self::start_inner(Some(password.to_owned()))
+        Self::start_inner(Some(password.to_owned()), None)
     }
 
-    fn start_inner(password: Option<String>) -> TlsRedisServer {
+    /// Like [`TlsRedisServer::start`], offering only the TLS versions in `protocols`
+    /// (`--tls-protocols`, say `"TLSv1.2"`).
+    pub fn start_with_protocols(protocols: &str) -> TlsRedisServer {
+        Self::start_inner(None, Some(protocols.to_owned()))
+    }
+
+    fn start_inner(password: Option<String>, protocols: Option<String>) -> TlsRedisServer {
         let dir = std::env::temp_dir().join(format!(
             "layercake-test-tls-redis-{}-{}",
             std::process::id(),
@@ -98,6 +105,7 @@ impl TlsRedisServer {
         let mut server = TlsRedisServer {
             port: 0,
             password,
+            protocols,
             ca,
             dir,
             child: None,
@@ -139,6 +147,9 @@ impl TlsRedisServer {
             .arg(&self.dir);
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
+        }
+        if let Some(protocols) = &self.protocols {
+            cmd.args(["--tls-protocols", protocols]);
         }
         let child = cmd
             .stdin(Stdio::null())
