@@ -381,6 +381,7 @@ mod tests {
     use super::*;
     use crate::redis::error::Fault;
     use crate::redis::options::RedisOptions;
+    use crate::redis::test_server::TestServer;
 
     /// Records what the link tells its owner.
     #[derive(Clone, Default)]
@@ -462,5 +463,112 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines.iter().all(|l| !l.contains(":pw@")), "{lines:?}");
+    }
+
+    /// A link to `server`, checked and retried every 20 ms.
+    fn to(server: &TestServer, events: Recorder) -> Arc<Link> {
+        let endpoint = RedisOptions::new(server.url())
+            .connect_timeout(Duration::from_millis(300))
+            .command_timeout(Duration::from_millis(100))
+            .probe_interval(Duration::from_millis(20))
+            .endpoint()
+            .expect("valid options")
+            .expect("a URL");
+        let link = Arc::new(Link::new(endpoint, events));
+        link.start();
+        link
+    }
+
+    /// The generation of the first connection that answers a PING, within 10 s.
+    async fn connected_gen(link: &Link) -> u64 {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(Ok((mut conn, gen))) =
+                    tokio::time::timeout(Duration::from_millis(200), link.connection(Wait::Always))
+                        .await
+                {
+                    let pong = redis::cmd("PING").query_async::<()>(&mut conn).await;
+                    if pong.is_ok() {
+                        return gen;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("connected within 10 s")
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_commands_run_on_a_new_generation() {
+        let mut server = TestServer::start();
+        let events = Recorder::default();
+        let link = to(&server, events.clone());
+        let first = connected_gen(&link).await;
+        server.restart();
+        // The supervisor's PING notices the dead connection and connects again.
+        let later = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let gen = connected_gen(&link).await;
+                if gen > first {
+                    return gen;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a new connection after the restart");
+        assert!(later > first);
+        ping(&link, Duration::from_secs(1), Wait::Always)
+            .await
+            .expect("commands run again");
+        let lines = events.lines();
+        assert!(lines.iter().any(|l| l.starts_with("lost ")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.ends_with("again=true")), "{lines:?}");
+    }
+
+    #[tokio::test]
+    async fn only_a_report_about_the_current_connection_trips_it() {
+        let server = TestServer::start();
+        let link = to(&server, Recorder::default());
+        let gen = connected_gen(&link).await;
+        assert!(!link.trip(gen + 1, "a report about another connection"));
+        assert_eq!(link.status(), Status::Connected);
+        assert!(link.trip(gen, "the current one"));
+        assert!(!link.trip(gen, "already given up"));
+        assert!(connected_gen(&link).await > gen, "replaced by a newer one");
+    }
+
+    #[tokio::test]
+    async fn a_dedicated_connection_has_no_response_timeout_of_the_shared_one() {
+        let server = TestServer::start();
+        let link = to(&server, Recorder::default());
+        connected_gen(&link).await;
+        // The shared connection gives up on an answer after `shared_response_timeout`
+        // (300 ms here), whatever budget the caller gives: no place for a blocking command.
+        let shared = link
+            .run(
+                Duration::from_secs(5),
+                Wait::Always,
+                |mut conn| async move {
+                    redis::cmd("BLPOP")
+                        .arg("nothing")
+                        .arg(1)
+                        .query_async::<Option<(String, String)>>(&mut conn)
+                        .await
+                },
+            )
+            .await;
+        assert_eq!(shared.map_err(|f| f.fault).unwrap_err(), Fault::Timeout);
+        let mut own = link.endpoint().dedicated(None).await.expect("a connection");
+        let started = tokio::time::Instant::now();
+        let popped = redis::cmd("BLPOP")
+            .arg("nothing")
+            .arg(1)
+            .query_async::<Option<(String, String)>>(&mut own)
+            .await
+            .expect("BLPOP waits out its own timeout");
+        assert_eq!(popped, None);
+        assert!(started.elapsed() >= Duration::from_millis(900));
     }
 }

@@ -17,6 +17,8 @@ pub(crate) mod error;
 pub(crate) mod link;
 mod manager;
 pub(crate) mod options;
+#[cfg(test)]
+pub(crate) mod test_server;
 pub(crate) mod throttle;
 pub(crate) mod url;
 
