@@ -215,6 +215,30 @@ impl Link {
         }
     }
 
+    /// The server's `maxmemory-policy`, for an owner that must warn when Redis may evict its
+    /// keys (a job store needs `noeviction`). `Ok(None)` when the server will not say:
+    /// managed services often forbid or rename `CONFIG`.
+    #[allow(dead_code)] // for the Redis job store's check at connect (issue 12)
+    pub(crate) async fn eviction_policy(
+        &self,
+        budget: Duration,
+    ) -> Result<Option<String>, Failure> {
+        let reply = self
+            .run(budget, Wait::Always, |mut conn| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+                    .await
+            })
+            .await;
+        match reply {
+            Ok(mut config) => Ok(config.remove("maxmemory-policy")),
+            Err(f) if f.fault == super::error::Fault::Server => Ok(None),
+            Err(f) => Err(f),
+        }
+    }
+
     fn failure(&self, e: &RedisError, gen: Option<u64>) -> Failure {
         let mut failure = Failure::from_redis(e, gen);
         failure.detail = self.endpoint.scrub(failure.detail);
@@ -570,5 +594,26 @@ mod tests {
             .expect("BLPOP waits out its own timeout");
         assert_eq!(popped, None);
         assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+
+    #[tokio::test]
+    async fn tells_the_eviction_policy() {
+        let server = TestServer::start();
+        let link = to(&server, Recorder::default());
+        let budget = Duration::from_secs(2);
+        let policy = link.eviction_policy(budget).await.expect("an answer");
+        assert_eq!(policy.as_deref(), Some("noeviction"));
+        link.run(budget, Wait::Always, |mut conn| async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg("allkeys-lru")
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+        .expect("CONFIG SET");
+        let policy = link.eviction_policy(budget).await.expect("an answer");
+        assert_eq!(policy.as_deref(), Some("allkeys-lru"));
     }
 }
