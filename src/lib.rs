@@ -2,7 +2,7 @@
 //! job queue that tracks work detached from requests.
 //!
 //! - [`CacheLayer`] wraps any `tower::Service` with an in-process L1 and an optional Redis
-//!   L2 (through a `bb8-redis` pool). A Redis error, timeout or outage is a logged, counted
+//!   L2 (through a `bb8` pool, `rediss://` TLS included). A Redis error, timeout or outage is a logged, counted
 //!   miss; the service's error type is unchanged. See [`cache`] for the read path and the
 //!   non-blocking contract, and the README for the stable key and value formats.
 //! - [`QueueLayer`] turns a service into a job queue: calling it returns a [`JobId`] at
@@ -39,6 +39,8 @@
 //! # Features
 //! - `http` (default): the HTTP adapter for `http::Request` / `http::Response` services
 //!   (Axum, Tonic, hyper) in [`cache::http`].
+//! - `tls` (default): `rediss://` Redis URLs, through rustls (ring), with extra root
+//!   certificates from [`RedisOptions::tls_root_ca`].
 //! - `test-util`: [`MockClock`], a clock that tests move forward by hand, and the `clock`
 //!   setters of the builders that take it.
 #![forbid(unsafe_code)]
@@ -57,7 +59,11 @@ mod error;
 mod key;
 mod metrics;
 pub mod queue;
+// The Redis base shared by the cache and the queue. (Inside the crate, paths `redis::..`
+// outside this root module still name the `redis` crate.)
+mod redis;
 
+pub use crate::redis::RedisOptions;
 pub use cache::{
     Cache, CacheBuilder, CacheLayer, CacheService, CacheStats, L2Cause, L2Error, L2State,
 };

@@ -14,6 +14,7 @@ use super::tier::l2::{L2Config, L2};
 use super::value::CacheValue;
 use crate::clock::Clock;
 use crate::key::{validate_part, KeyScheme};
+use crate::redis::{IntoRedisUrl, RedisOptions};
 use crate::ConfigError;
 
 /// Builds a [`Cache`] of `V` values. Every setting has a default except the name;
@@ -32,49 +33,10 @@ pub struct CacheBuilder<V> {
     max_capacity: u64,
     l1_enabled: bool,
     max_entry_size: usize,
-    redis_url: Option<String>,
+    redis: RedisOptions,
     l2: L2Config,
     clock: Clock,
     value: PhantomData<fn() -> V>,
-}
-
-/// What [`CacheBuilder::redis_url`] accepts: a URL (`&str`, `String`) or an optional one
-/// (`Option<String>`, `Option<&str>`), so that `std::env::var("REDIS_URL").ok()` fits.
-pub trait IntoRedisUrl: sealed::Sealed {
-    /// The URL, if any.
-    fn into_redis_url(self) -> Option<String>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for &str {}
-    impl Sealed for String {}
-    impl Sealed for Option<String> {}
-    impl Sealed for Option<&str> {}
-}
-
-impl IntoRedisUrl for &str {
-    fn into_redis_url(self) -> Option<String> {
-        Some(self.to_owned())
-    }
-}
-
-impl IntoRedisUrl for String {
-    fn into_redis_url(self) -> Option<String> {
-        Some(self)
-    }
-}
-
-impl IntoRedisUrl for Option<String> {
-    fn into_redis_url(self) -> Option<String> {
-        self
-    }
-}
-
-impl IntoRedisUrl for Option<&str> {
-    fn into_redis_url(self) -> Option<String> {
-        self.map(str::to_owned)
-    }
 }
 
 impl<V> std::fmt::Debug for CacheBuilder<V> {
@@ -88,10 +50,8 @@ impl<V> std::fmt::Debug for CacheBuilder<V> {
             .field("max_capacity", &self.max_capacity)
             .field("l1_enabled", &self.l1_enabled)
             // Never the password.
-            .field(
-                "redis_url",
-                &self.redis_url.as_deref().map(super::tier::l2::redact_url),
-            )
+            .field("redis_url", &self.redis.redacted_url())
+            .field("redis", &self.redis)
             .field("l2", &self.l2)
             .finish_non_exhaustive()
     }
@@ -109,7 +69,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             max_capacity: 10_000,
             l1_enabled: true,
             max_entry_size: 1024 * 1024,
-            redis_url: None,
+            redis: RedisOptions::default(),
             l2: L2Config::default(),
             clock: Clock::system(),
             value: PhantomData,
@@ -173,13 +133,32 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// The Redis URL of the L2 tier (`redis://[user[:password]@]host[:port][/db]`), or
+    /// The Redis URL of the L2 tier (`redis[s]://[user[:password]@]host[:port][/db]`), or
     /// `None` for an L1-only cache. The cache never fails to build, nor a request to run,
-    /// because Redis is down: it runs on L1 and connects when Redis appears.
+    /// because Redis is down: it runs on L1 and connects when Redis appears. Shorthand for
+    /// the URL of [`redis`](Self::redis).
     ///
     /// The password is never logged, nor shown by `Debug`.
     pub fn redis_url(mut self, url: impl IntoRedisUrl) -> Self {
-        self.redis_url = url.into_redis_url();
+        self.redis.set_url(url.into_redis_url());
+        self
+    }
+
+    /// Every Redis connection setting at once (URL, timeouts, pool, TLS), replacing those
+    /// set before by `redis_url`, `l2_write_timeout`, `l2_connect_timeout`,
+    /// `probe_interval` and `l2_pool_size` (which, called after it, change it in turn).
+    ///
+    /// ```
+    /// use layercake::{Cache, RedisOptions};
+    ///
+    /// let cache = Cache::builder("users")
+    ///     .redis(RedisOptions::new(std::env::var("LAYERCAKE_DOC_REDIS_URL").ok()).pool_size(4))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn redis(mut self, options: RedisOptions) -> Self {
+        self.redis = options;
         self
     }
 
@@ -191,15 +170,16 @@ impl<V: CacheValue> CacheBuilder<V> {
     }
 
     /// The time budget of one batch of background writes and of `invalidate`/`clear` steps
-    /// (default 500 ms).
+    /// (default 500 ms). Shorthand for [`RedisOptions::command_timeout`].
     pub fn l2_write_timeout(mut self, budget: Duration) -> Self {
-        self.l2.write_timeout = budget;
+        self.redis.set_command_timeout(budget);
         self
     }
 
-    /// How long one connection attempt may take (default 1 s).
+    /// How long one connection attempt may take (default 1 s). Shorthand for
+    /// [`RedisOptions::connect_timeout`].
     pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.l2.connect_timeout = timeout;
+        self.redis.set_connect_timeout(timeout);
         self
     }
 
@@ -210,9 +190,11 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// How often a background probe tries Redis while the breaker is open (default 500 ms).
+    /// How often a background probe tries Redis while the breaker is open, and checks the
+    /// connection while it is closed (default 500 ms). Shorthand for
+    /// [`RedisOptions::probe_interval`].
     pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.l2.probe_interval = interval;
+        self.redis.set_probe_interval(interval);
         self
     }
 
@@ -229,10 +211,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Connections in the bb8 pool (default 2). Requests share one multiplexed connection;
-    /// the pool supplies and replaces it.
+    /// Connections in the pool (default 2). Requests share one multiplexed connection;
+    /// the pool supplies and replaces it. Shorthand for [`RedisOptions::pool_size`].
     pub fn l2_pool_size(mut self, connections: u32) -> Self {
-        self.l2.pool_size = connections;
+        self.redis.set_pool_size(connections);
         self
     }
 
@@ -303,15 +285,8 @@ impl<V: CacheValue> CacheBuilder<V> {
             ));
         }
         let l2 = &self.l2;
-        for (setting, value) in [
-            ("l2_timeout", l2.read_timeout),
-            ("l2_write_timeout", l2.write_timeout),
-            ("l2_connect_timeout", l2.connect_timeout),
-            ("probe_interval", l2.probe_interval),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(setting, "must be greater than zero"));
-            }
+        if l2.read_timeout.is_zero() {
+            return Err(ConfigError::new("l2_timeout", "must be greater than zero"));
         }
         if l2.breaker_threshold == 0 {
             return Err(ConfigError::new("breaker_threshold", "must be at least 1"));
@@ -322,10 +297,7 @@ impl<V: CacheValue> CacheBuilder<V> {
         if l2.write_queue == 0 {
             return Err(ConfigError::new("l2_write_queue", "must be at least 1"));
         }
-        if l2.pool_size == 0 {
-            return Err(ConfigError::new("l2_pool_size", "must be at least 1"));
-        }
-        if !self.l1_enabled && self.redis_url.is_none() {
+        if !self.l1_enabled && !self.redis.has_url() {
             return Err(ConfigError::new(
                 "l1_enabled",
                 "a cache needs at least one tier: with L1 off, set a redis_url",
@@ -336,16 +308,15 @@ impl<V: CacheValue> CacheBuilder<V> {
         let name: Arc<str> = Arc::from(self.name.as_str());
         let ins = Arc::new(Instruments::new(&name));
         let epochs = Arc::new(Epochs::default());
-        let l2 = match &self.redis_url {
-            Some(url) => Some(Arc::new(L2::new(
-                url,
+        let l2 = self.redis.endpoint()?.map(|endpoint| {
+            Arc::new(L2::new(
+                endpoint,
                 self.l2,
                 Arc::clone(&name),
                 Arc::clone(&ins),
                 Arc::clone(&epochs),
-            )?)),
-            None => None,
-        };
+            ))
+        });
         // Connect now rather than on the first request: an idle cache (a readiness probe
         // reading `stats().l2_connected()` before any traffic) would otherwise report
         // `Connecting` forever. A no-op outside a runtime.

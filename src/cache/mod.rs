@@ -48,7 +48,8 @@ pub(crate) mod stats;
 pub(crate) mod tier;
 mod value;
 
-pub use builder::{CacheBuilder, IntoRedisUrl};
+pub use crate::redis::IntoRedisUrl;
+pub use builder::CacheBuilder;
 pub use future::ResponseFuture;
 pub use handle::Cache;
 pub use layer::CacheLayer;

@@ -1,7 +1,7 @@
 //! Counters behind `Cache::stats()` and the `layercake_cache_*` metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use serde::Serialize;
@@ -59,12 +59,6 @@ impl L2Cause {
             L2Cause::Bulkhead => "bulkhead",
             L2Cause::Dropped => "dropped",
         }
-    }
-
-    /// Whether this cause says something about Redis' health (and so counts towards the
-    /// circuit breaker).
-    pub(crate) fn is_connection_failure(self) -> bool {
-        matches!(self, L2Cause::Timeout | L2Cause::Io)
     }
 }
 
@@ -366,62 +360,9 @@ impl CacheStats {
     }
 }
 
-/// Lets one warning through per interval and counts the ones it held back, so that a
-/// failing Redis produces a log line every few seconds, not one per request.
-#[derive(Debug)]
-pub(crate) struct Throttle {
-    epoch: Instant,
-    interval_ms: u64,
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl Throttle {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            epoch: Instant::now(),
-            interval_ms: interval.as_millis().max(1) as u64,
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)` when a line may be logged now, `n` being how many were held back since the
-    /// last one; `None` otherwise.
-    pub(crate) fn allow(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.interval_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttle_lets_one_through_per_interval() {
-        let t = Throttle::new(Duration::from_secs(3600));
-        assert_eq!(t.allow(), Some(0));
-        assert_eq!(t.allow(), None);
-        assert_eq!(t.allow(), None);
-        assert_eq!(t.suppressed.load(Ordering::Relaxed), 2);
-    }
 
     #[test]
     fn hit_rate_counts_all_hits() {

@@ -6,15 +6,22 @@
 //!   reset) a test switches at run time.
 //! * [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
 //! * [`LogCapture`]: capture formatted `tracing` output to assert on it.
+//! * `TlsRedisServer` / `TestCa` (feature `tls`): a TLS-only `redis-server` with a
+//!   certificate generated for it.
 //!
 //! Each test file uses only part of this module, hence the `allow` below.
 #![allow(dead_code)]
 
 mod proxy;
+#[cfg(feature = "tls")]
+mod tls;
 
 // Not every test file uses the proxy.
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy};
+#[cfg(feature = "tls")]
+#[allow(unused_imports)]
+pub use tls::{TestCa, TlsRedisServer};
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};

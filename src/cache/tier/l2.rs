@@ -1,80 +1,57 @@
-//! L2: Redis through a bb8-redis pool, under a time budget, a circuit breaker and a bulkhead.
+//! L2: the cache's rules for Redis — a time budget per read, a circuit breaker, a bulkhead
+//! and a background writer — on top of the crate's Redis base (`crate::redis`).
 //!
 //! How the pieces fit:
-//! - **Connection life cycle.** A background *supervisor* task owns the bb8 pool. It checks
-//!   out a validated (`PING`ed) `MultiplexedConnection`, publishes a clone of it, and returns
-//!   the pooled one at once. Requests share that clone: a multiplexed connection pipelines
-//!   every caller's commands, while holding a pooled connection per command would serialize
-//!   them (measured: a pool of 10 gave a quarter of one multiplexed connection's
-//!   throughput), and bb8's `test_on_check_out` would add a `PING` round trip to each read.
-//! - **Budget.** Each read runs under one deadline that covers waiting for a first
-//!   connection and the command itself. The caller's own deadline is what bounds a
-//!   blackholed connection: redis-rs' response timeout alone does not replace it.
+//! - **Connection.** A [`Link`] owns the connection: one validated multiplexed connection
+//!   shared by every request, replaced by its supervisor when it dies (see
+//!   `src/redis/link.rs`). This file decides what a failure means for a cache.
+//! - **Budget.** Each read runs under one deadline (`l2_timeout`) that covers waiting for a
+//!   first connection and the command itself ([`Link::run`]).
 //! - **Breaker.** A dropped connection trips it at once; `breaker_threshold` consecutive
-//!   timeouts or I/O errors trip it too. While it is open, L2 is skipped at the cost of one
-//!   state read, and the supervisor probes Redis every `probe_interval` by
-//!   checking out (and so `PING`ing) a connection; the first success closes it. No request
-//!   ever pays for a probe. While the breaker is closed, the supervisor `PING`s the shared
-//!   connection every `probe_interval` too, so a cache with no traffic still notices a dead
-//!   Redis.
+//!   timeouts or I/O errors trip it too ([`Link::trip`]). While it is open (the link is
+//!   down), L2 is skipped at the cost of one state read, and the supervisor tries Redis
+//!   every `probe_interval`; the first success closes it. No request ever pays for a probe.
 //! - **Bulkhead.** At most `max_in_flight` reads at once; above that, L2 is skipped.
 //! - **Writer.** Writes and deletes go through a bounded channel to a background task that
 //!   pipelines them in batches. A full channel drops the write and counts it.
+//! - **Read cleanup.** [`L2::read`] also removes what can never be read (another Redis type
+//!   under the key, a bad envelope header) and skips oversized entries; [`L2::discard`]
+//!   removes an entry whose payload does not decode.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bb8_redis::RedisConnectionManager;
-use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, RedisError};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::mpsc;
 
 use crate::cache::epoch::{Epochs, Ticket};
-use crate::cache::stats::{Instruments, L2Cause, L2Op, Throttle};
-use crate::ConfigError;
+use crate::cache::stats::{Instruments, L2Cause, L2Op, L2State};
+use crate::codec;
+use crate::redis::error::{Failure, Fault};
+use crate::redis::link::{Events, Link, Status, Wait};
+use crate::redis::options::Endpoint;
+use crate::redis::throttle::Throttle;
 
-/// Settings of the Redis tier (validated by the builder).
+/// The cache's own settings of its Redis tier (validated by the builder); the connection
+/// settings live in `RedisOptions`.
 #[derive(Debug, Clone)]
 pub(crate) struct L2Config {
     pub(crate) read_timeout: Duration,
-    pub(crate) write_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) probe_interval: Duration,
     pub(crate) breaker_threshold: u32,
     pub(crate) max_in_flight: usize,
     pub(crate) write_queue: usize,
-    pub(crate) pool_size: u32,
 }
 
 impl Default for L2Config {
     fn default() -> Self {
         Self {
             read_timeout: Duration::from_millis(50),
-            write_timeout: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(1),
-            probe_interval: Duration::from_millis(500),
             breaker_threshold: 5,
             max_in_flight: 512,
             write_queue: 1024,
-            pool_size: 2,
         }
     }
-}
-
-/// The connection as requests see it.
-enum Conn {
-    /// Never connected yet: reads wait for the first connection, within their budget.
-    Connecting,
-    /// In use. `gen` tells a stale failure report (about a connection already replaced)
-    /// from a current one.
-    Ready {
-        conn: MultiplexedConnection,
-        gen: u64,
-    },
-    /// Breaker open: L2 is skipped until the supervisor reconnects.
-    Down,
 }
 
 pub(crate) enum Write {
@@ -135,20 +112,64 @@ impl fmt::Display for L2Error {
 
 impl std::error::Error for L2Error {}
 
+/// The cause a cache counts for a failure of the base.
+fn cause_of(fault: Fault) -> L2Cause {
+    match fault {
+        Fault::Timeout => L2Cause::Timeout,
+        Fault::Io => L2Cause::Io,
+        Fault::Server => L2Cause::Server,
+        Fault::WrongType | Fault::Decode => L2Cause::Decode,
+        Fault::NotConnected => L2Cause::BreakerOpen,
+    }
+}
+
+/// What the cache logs and gauges when its connection comes and goes.
+struct CacheEvents {
+    cache: Arc<str>,
+    ins: Arc<Instruments>,
+}
+
+impl Events for CacheEvents {
+    fn connected(&self, url: &str, again: bool) {
+        self.ins.set_breaker_open(false);
+        if again {
+            tracing::warn!(cache = %self.cache, redis = %url, "redis cache tier reachable again: circuit breaker closed");
+        } else {
+            tracing::info!(cache = %self.cache, redis = %url, "redis cache tier connected");
+        }
+    }
+
+    fn unreachable(&self, url: &str, detail: &str, held_back: u64, retry_every: Duration) {
+        self.ins.set_breaker_open(true);
+        tracing::warn!(
+            cache = %self.cache,
+            redis = %url,
+            error = %detail,
+            held_back,
+            "cannot reach the redis cache tier; running on L1 and the inner service, retrying every {retry_every:?}"
+        );
+    }
+
+    fn lost(&self, url: &str, reason: &str, retry_every: Duration) {
+        self.ins.set_breaker_open(true);
+        tracing::warn!(
+            cache = %self.cache,
+            redis = %url,
+            cause = reason,
+            "redis cache tier unhealthy: circuit breaker open, serving from L1 and the inner service; probing every {retry_every:?}"
+        );
+    }
+}
+
 pub(crate) struct L2 {
     cfg: L2Config,
-    manager: RedisConnectionManager,
-    /// The URL with its password replaced, the only form that is ever logged.
-    url: String,
+    link: Arc<Link>,
     cache: Arc<str>,
-    state: watch::Sender<Conn>,
-    generation: AtomicU64,
     failures: AtomicU32,
     in_flight: AtomicUsize,
     started: AtomicBool,
     writes: mpsc::Sender<Write>,
     writes_rx: Mutex<Option<mpsc::Receiver<Write>>>,
-    wake: Arc<Notify>,
     ins: Arc<Instruments>,
     /// The cache's invalidation epochs: a queued `SET` whose key was invalidated after its
     /// value was read is dropped, not written over the invalidation.
@@ -159,74 +180,60 @@ pub(crate) struct L2 {
 impl fmt::Debug for L2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("L2")
-            .field("url", &self.url)
+            .field("url", &self.url())
             .field("state", &self.state())
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for L2 {
-    fn drop(&mut self) {
-        // Lets the supervisor notice that the cache is gone.
-        self.wake.notify_one();
-    }
-}
-
 impl L2 {
     pub(crate) fn new(
-        url: &str,
+        endpoint: Endpoint,
         cfg: L2Config,
         cache: Arc<str>,
         ins: Arc<Instruments>,
         epochs: Arc<Epochs>,
-    ) -> Result<Self, ConfigError> {
-        let manager = RedisConnectionManager::new(url).map_err(|e| {
-            ConfigError::new(
-                "redis_url",
-                format!(
-                    "`{}` is not a Redis URL ({}); expected redis://[user[:password]@]host[:port][/db]",
-                    redact_url(url),
-                    e.category()
-                ),
-            )
-        })?;
+    ) -> Self {
         let (writes, rx) = mpsc::channel(cfg.write_queue);
-        let (state, _) = watch::channel(Conn::Connecting);
-        Ok(Self {
+        let events = CacheEvents {
+            cache: Arc::clone(&cache),
+            ins: Arc::clone(&ins),
+        };
+        Self {
             cfg,
-            manager,
-            url: redact_url(url),
+            link: Arc::new(Link::new(endpoint, events)),
             cache,
-            state,
-            generation: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             writes,
             writes_rx: Mutex::new(Some(rx)),
-            wake: Arc::new(Notify::new()),
             ins,
             epochs,
             warn: Throttle::new(Duration::from_secs(10)),
-        })
-    }
-
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub(crate) fn state(&self) -> crate::cache::stats::L2State {
-        use crate::cache::stats::L2State;
-        match &*self.state.borrow() {
-            Conn::Connecting => L2State::Connecting,
-            Conn::Ready { .. } => L2State::Connected,
-            Conn::Down => L2State::BreakerOpen,
         }
     }
 
-    /// Starts the supervisor and the writer on the current Tokio runtime, once. Called from
-    /// `build()` and from every L2 entry point because a cache may be built outside any
-    /// runtime.
+    /// The Redis URL, redacted: the only form that is ever shown.
+    pub(crate) fn url(&self) -> &str {
+        self.link.url()
+    }
+
+    pub(crate) fn state(&self) -> L2State {
+        match self.link.status() {
+            Status::Connecting => L2State::Connecting,
+            Status::Connected => L2State::Connected,
+            Status::Down => L2State::BreakerOpen,
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.link.endpoint().command_timeout
+    }
+
+    /// Starts the connection supervisor and the writer on the current Tokio runtime, once.
+    /// Called from `build()` and from every L2 entry point because a cache may be built
+    /// outside any runtime.
     pub(crate) fn ensure_started(self: &Arc<Self>) {
         if self.started.load(Ordering::Acquire) {
             return;
@@ -237,85 +244,111 @@ impl L2 {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.link.start();
         let rx = self.writes_rx.lock().ok().and_then(|mut rx| rx.take());
-        rt.spawn(supervise(Arc::downgrade(self), Arc::clone(&self.wake)));
         if let Some(rx) = rx {
             rt.spawn(write_loop(Arc::downgrade(self), rx));
         }
     }
 
-    /// The current connection, waiting (within the caller's deadline) for the first one.
-    async fn connection(&self) -> Result<(MultiplexedConnection, u64), L2Cause> {
-        let mut rx = self.state.subscribe();
-        loop {
-            match &*rx.borrow_and_update() {
-                Conn::Ready { conn, gen } => return Ok((conn.clone(), *gen)),
-                Conn::Down => return Err(L2Cause::BreakerOpen),
-                Conn::Connecting => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(L2Cause::BreakerOpen);
-            }
-        }
-    }
-
-    /// Reads `key`. `Ok(None)` is a plain miss; `Err` says why L2 could not answer.
+    /// Reads `key`. `Ok(None)` is a plain miss; `Err` says why L2 could not answer (counted
+    /// and logged here).
     pub(crate) async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Vec<u8>>, L2Cause> {
         self.ensure_started();
-        // One read of the state serves the breaker check and, almost always, the connection.
-        let ready = match &*self.state.borrow() {
-            Conn::Ready { conn, gen } => Some((conn.clone(), *gen)),
-            Conn::Down => return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen)),
-            Conn::Connecting => None,
-        };
+        if self.link.is_down() {
+            return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen));
+        }
         let Some(_slot) = self.bulkhead() else {
             return Err(self.skipped(L2Op::Get, L2Cause::Bulkhead));
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.cfg.read_timeout, async {
-            let (mut conn, gen) = match ready {
-                Some(ready) => ready,
-                None => self.connection().await.map_err(|c| (c, None))?,
-            };
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-                .map_err(|e| (classify(&e), Some((gen, e))))
-        })
-        .await;
+        let result = self
+            .link
+            .run(
+                self.cfg.read_timeout,
+                Wait::UnlessDown,
+                |mut conn| async move {
+                    redis::cmd("GET")
+                        .arg(key)
+                        .query_async::<Option<Vec<u8>>>(&mut conn)
+                        .await
+                },
+            )
+            .await;
         self.ins.l2_lookup(started.elapsed());
         match result {
-            Ok(Ok(value)) => {
+            Ok(value) => {
                 self.succeeded();
                 Ok(value)
             }
             // The first connection attempt failed while we waited for it.
-            Ok(Err((cause, None))) => Err(self.skipped(L2Op::Get, cause)),
-            Ok(Err((cause, Some((gen, e))))) => {
-                Err(self.failed(L2Op::Get, cause, Some(gen), is_dead(&e), Some(describe(&e))))
+            Err(f) if f.fault == Fault::NotConnected => {
+                Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen))
             }
-            Err(_elapsed) => {
-                let gen = self.current_gen();
-                Err(self.failed(
-                    L2Op::Get,
-                    L2Cause::Timeout,
-                    gen,
-                    false,
-                    Some(format!("no answer within {:?}", self.cfg.read_timeout)),
-                ))
+            Err(f) => Err(self.failed(L2Op::Get, f)),
+        }
+    }
+
+    /// The Redis side of a cache read, with every failure handled here: `GET`s `redis_key`
+    /// and checks its envelope header. `Ok(Some((header, payload)))` is an entry to decode
+    /// (the payload without its header; expiry is the caller's to check by its clock);
+    /// `Ok(None)` a plain miss; `Err` a counted, logged miss. A key holding another Redis
+    /// type, or bytes that are not an envelope this build knows, is removed; an entry whose
+    /// payload exceeds `max_payload` bytes (written by a replica with a larger limit) is
+    /// skipped and left alone.
+    #[allow(dead_code)] // the typed cache's read path calls it (issue 11, part 1)
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        redis_key: &str,
+        max_payload: usize,
+    ) -> Result<Option<(codec::Header, Vec<u8>)>, L2Cause> {
+        let mut bytes = match self.get(redis_key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(L2Cause::Decode) => {
+                // Another Redis type under our key (counted by `get`): remove it.
+                self.write(Write::Del {
+                    key: redis_key.to_owned(),
+                });
+                return Err(L2Cause::Decode);
+            }
+            Err(cause) => return Err(cause),
+        };
+        if bytes.len() > max_payload.saturating_add(codec::HEADER_LEN) {
+            self.ins.l2_error(L2Op::Get, L2Cause::Oversized);
+            tracing::debug!(cache = %self.cache, key = %redis_key, size = bytes.len(), "cache entry over max_entry_size skipped");
+            return Err(L2Cause::Oversized);
+        }
+        match codec::decode_header(&bytes) {
+            Ok((header, _)) => {
+                bytes.drain(..codec::HEADER_LEN);
+                Ok(Some((header, bytes)))
+            }
+            Err(e) => {
+                self.discard_counted(redis_key.to_owned(), e);
+                Err(L2Cause::Decode)
             }
         }
+    }
+
+    /// Removes an entry [`read`](Self::read) returned whose payload does not decode into the
+    /// cache's value type; counted as a decode failure.
+    #[allow(dead_code)] // the typed cache's read path calls it (issue 11, part 1)
+    pub(crate) fn discard(self: &Arc<Self>, redis_key: String) {
+        self.discard_counted(redis_key, codec::DecodeError::Payload);
+    }
+
+    fn discard_counted(self: &Arc<Self>, redis_key: String, why: codec::DecodeError) {
+        self.ins.l2_error(L2Op::Get, L2Cause::Decode);
+        tracing::debug!(cache = %self.cache, key = %redis_key, error = ?why, "undecodable cache entry removed");
+        self.write(Write::Del { key: redis_key });
     }
 
     /// Queues a write for the background writer; never waits.
     pub(crate) fn write(self: &Arc<Self>, write: Write) {
         self.ensure_started();
-        let op = match write {
-            Write::Set { .. } => L2Op::Set,
-            Write::Del { .. } => L2Op::Del,
-        };
-        if matches!(&*self.state.borrow(), Conn::Down) {
+        let op = op_of(&write);
+        if self.link.is_down() {
             self.skipped(op, L2Cause::BreakerOpen);
             return;
         }
@@ -330,38 +363,28 @@ impl L2 {
         let (mut conn, gen) = self.admin_connection().await?;
         let mut cmd = redis::cmd("UNLINK");
         cmd.arg(keys);
-        let outcome =
-            tokio::time::timeout(self.cfg.write_timeout, cmd.query_async::<()>(&mut conn)).await;
-        self.admin_outcome(outcome, gen, "UNLINK")
+        let outcome = self
+            .link
+            .run_on(gen, self.write_timeout(), cmd.query_async::<()>(&mut conn))
+            .await;
+        self.admin_outcome(outcome, "UNLINK")
     }
 
     /// Counts and converts the outcome of one admin step (`invalidate`, `clear`).
-    fn admin_outcome<T>(
-        &self,
-        outcome: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
-        gen: u64,
-        what: &str,
-    ) -> Result<T, L2Error> {
+    fn admin_outcome<T>(&self, outcome: Result<T, Failure>, what: &str) -> Result<T, L2Error> {
         match outcome {
-            Ok(Ok(value)) => {
+            Ok(value) => {
                 self.succeeded();
                 Ok(value)
             }
-            Ok(Err(e)) => {
-                let cause = classify(&e);
-                let detail = describe(&e);
-                self.failed(
-                    L2Op::Del,
-                    cause,
-                    Some(gen),
-                    is_dead(&e),
-                    Some(detail.clone()),
-                );
+            Err(f) => {
+                let detail = if f.fault == Fault::Timeout {
+                    format!("{what} timed out")
+                } else {
+                    f.detail.clone()
+                };
+                let cause = self.failed(L2Op::Del, f);
                 Err(L2Error::new(cause, detail))
-            }
-            Err(_) => {
-                self.failed(L2Op::Del, L2Cause::Timeout, Some(gen), false, None);
-                Err(L2Error::new(L2Cause::Timeout, format!("{what} timed out")))
             }
         }
     }
@@ -391,13 +414,10 @@ impl L2 {
                         .query_async::<u64>(&mut conn)
                         .await?
                 };
-                Ok::<_, RedisError>((next, n))
+                Ok((next, n))
             };
-            let (next, n) = self.admin_outcome(
-                tokio::time::timeout(self.cfg.write_timeout, step).await,
-                gen,
-                "SCAN/UNLINK",
-            )?;
+            let outcome = self.link.run_on(gen, self.write_timeout(), step).await;
+            let (next, n) = self.admin_outcome(outcome, "SCAN/UNLINK")?;
             removed += n;
             cursor = next;
             if cursor == 0 {
@@ -406,18 +426,14 @@ impl L2 {
         }
     }
 
-    async fn admin_connection(&self) -> Result<(MultiplexedConnection, u64), L2Error> {
-        match tokio::time::timeout(self.cfg.connect_timeout, self.connection()).await {
+    /// The connection for an admin operation, waiting up to the connect timeout for a first
+    /// one.
+    async fn admin_connection(&self) -> Result<(redis::aio::MultiplexedConnection, u64), L2Error> {
+        let wait = self.link.endpoint().connect_timeout;
+        match tokio::time::timeout(wait, self.link.connection(Wait::UnlessDown)).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(cause)) => Err(L2Error::new(cause, "Redis is not connected")),
+            Ok(Err(_)) => Err(L2Error::new(L2Cause::BreakerOpen, "Redis is not connected")),
             Err(_) => Err(L2Error::new(L2Cause::Timeout, "still connecting to Redis")),
-        }
-    }
-
-    fn current_gen(&self) -> Option<u64> {
-        match &*self.state.borrow() {
-            Conn::Ready { gen, .. } => Some(*gen),
-            _ => None,
         }
     }
 
@@ -443,114 +459,42 @@ impl L2 {
 
     /// Counts a failed operation, logs it (rate-limited), and trips the breaker when the
     /// connection is dead or has failed `breaker_threshold` times in a row.
-    fn failed(
-        &self,
-        op: L2Op,
-        cause: L2Cause,
-        gen: Option<u64>,
-        dead: bool,
-        detail: Option<String>,
-    ) -> L2Cause {
+    fn failed(&self, op: L2Op, failure: Failure) -> L2Cause {
+        let cause = cause_of(failure.fault);
         self.ins.l2_error(op, cause);
-        let detail = detail.unwrap_or_default();
+        let detail = &failure.detail;
         tracing::debug!(cache = %self.cache, op = ?op, cause = cause.as_str(), %detail, "redis cache tier failed");
         if let Some(held_back) = self.warn.allow() {
             tracing::warn!(
                 cache = %self.cache,
-                redis = %self.url,
+                redis = %self.url(),
                 cause = cause.as_str(),
                 %detail,
                 held_back,
                 "redis cache tier failed; treating it as a miss (further failures are logged at most every 10 s)"
             );
         }
-        if cause.is_connection_failure() {
+        if failure.is_connection_failure() {
             let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if dead || n >= self.cfg.breaker_threshold {
-                if let Some(gen) = gen {
-                    self.trip(gen, cause);
+            if failure.dead || n >= self.cfg.breaker_threshold {
+                if let Some(gen) = failure.gen {
+                    self.link.trip(gen, cause.as_str());
                 }
             }
         }
         cause
     }
 
-    fn trip(&self, gen: u64, cause: L2Cause) {
-        let tripped = self.state.send_if_modified(|c| match c {
-            Conn::Ready { gen: current, .. } if *current == gen => {
-                *c = Conn::Down;
-                true
-            }
-            _ => false,
-        });
-        if tripped {
-            self.ins.set_breaker_open(true);
-            tracing::warn!(
-                cache = %self.cache,
-                redis = %self.url,
-                cause = cause.as_str(),
-                "redis cache tier unhealthy: circuit breaker open, serving from L1 and the inner service; probing every {:?}",
-                self.cfg.probe_interval
-            );
-            self.wake.notify_one();
-        }
-    }
-
-    /// PINGs the published connection; trips the breaker and returns `false` if it is dead
-    /// or does not answer within the connect timeout. Only the supervisor calls it, and
-    /// only while no request has reported a failure.
-    async fn health_check(&self) -> bool {
-        let Some((mut conn, gen)) = (match &*self.state.borrow() {
-            Conn::Ready { conn, gen } => Some((conn.clone(), *gen)),
-            _ => None,
-        }) else {
-            return false;
-        };
-        let cmd = redis::cmd("PING");
-        match tokio::time::timeout(self.cfg.connect_timeout, cmd.query_async::<()>(&mut conn)).await
-        {
-            Ok(Ok(())) => true,
-            // A server error (say, LOADING) says the connection is alive.
-            Ok(Err(e)) if !is_dead(&e) && !e.is_timeout() && !e.is_io_error() => true,
-            Ok(Err(_)) => {
-                self.trip(gen, L2Cause::Io);
-                false
-            }
-            Err(_) => {
-                self.trip(gen, L2Cause::Timeout);
-                false
-            }
-        }
-    }
-
-    fn build_pool(&self, errors: mpsc::Sender<RedisError>) -> bb8::Pool<RedisConnectionManager> {
-        bb8::Pool::builder()
-            .max_size(self.cfg.pool_size)
-            .min_idle(None)
-            // Checkouts happen only when (re)connecting, so a PING there is cheap, and it is
-            // what tells a live connection from one to a dead or restarted server.
-            .test_on_check_out(true)
-            .connection_timeout(self.cfg.connect_timeout)
-            // Fail fast on a refused connection: the supervisor has its own retry loop.
-            .retry_connection(false)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            // bb8 connects in a task of its own and hands connect errors only to its error
-            // sink, while `get()` waits out `connection_timeout`. Forwarding them lets the
-            // supervisor fail fast (a refused connection, a wrong password) and log why.
-            .error_sink(Box::new(ForwardErrors(errors)))
-            .build_unchecked(self.manager.clone())
-    }
-
     async fn flush(&self, batch: &[Write]) {
         // Writes queued while the first connection is being made wait for it (within the
         // write budget) rather than being dropped; with the breaker open they are skipped.
-        let connected = tokio::time::timeout(self.cfg.write_timeout, self.connection()).await;
+        let budget = self.write_timeout();
+        let connected = tokio::time::timeout(budget, self.link.connection(Wait::UnlessDown)).await;
         let (mut conn, gen) = match connected {
             Ok(Ok(ready)) => ready,
-            Ok(Err(cause)) => {
+            Ok(Err(_)) => {
                 for w in batch.iter() {
-                    self.skipped(op_of(w), cause);
+                    self.skipped(op_of(w), L2Cause::BreakerOpen);
                 }
                 return;
             }
@@ -591,21 +535,15 @@ impl L2 {
         if sent == 0 {
             return;
         }
-        let outcome =
-            tokio::time::timeout(self.cfg.write_timeout, pipe.query_async::<()>(&mut conn)).await;
+        let outcome = self
+            .link
+            .run_on(gen, budget, pipe.query_async::<()>(&mut conn))
+            .await;
         match outcome {
-            Ok(Ok(())) => self.succeeded(),
-            Ok(Err(e)) => {
-                let cause = classify(&e);
-                let dead = is_dead(&e);
-                let detail = describe(&e);
+            Ok(()) => self.succeeded(),
+            Err(f) => {
                 for w in batch.iter() {
-                    self.failed(op_of(w), cause, Some(gen), dead, Some(detail.clone()));
-                }
-            }
-            Err(_) => {
-                for w in batch.iter() {
-                    self.failed(op_of(w), L2Cause::Timeout, Some(gen), false, None);
+                    self.failed(op_of(w), f.clone());
                 }
             }
         }
@@ -619,21 +557,6 @@ fn op_of(w: &Write) -> L2Op {
     }
 }
 
-/// bb8's error sink, forwarding connect errors to the supervisor.
-#[derive(Debug, Clone)]
-struct ForwardErrors(mpsc::Sender<RedisError>);
-
-impl bb8::ErrorSink<RedisError> for ForwardErrors {
-    fn sink(&self, error: RedisError) {
-        // Full means the supervisor already has errors to read: this one adds nothing.
-        let _ = self.0.try_send(error);
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
-        Box::new(self.clone())
-    }
-}
-
 /// A bulkhead slot, released on drop.
 struct Slot<'a>(&'a AtomicUsize);
 
@@ -643,202 +566,11 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Keeps one connection published while Redis is healthy, and probes it back when not.
-async fn supervise(l2: Weak<L2>, wake: Arc<Notify>) {
-    let (errors_tx, mut errors) = mpsc::channel::<RedisError>(8);
-    let mut pool = None;
-    let mut was_down = false;
-    loop {
-        let Some(this) = l2.upgrade() else { return };
-        let interval = this.cfg.probe_interval;
-        let pool = pool
-            .get_or_insert_with(|| this.build_pool(errors_tx.clone()))
-            .clone();
-        // Errors left over from an earlier attempt say nothing about this one.
-        while errors.try_recv().is_ok() {}
-        let attempt = tokio::time::timeout(this.cfg.connect_timeout, async {
-            tokio::select! {
-                got = pool.get() => got.map_err(|e| match e {
-                    bb8::RunError::User(e) => describe(&e),
-                    bb8::RunError::TimedOut => "timed out".to_owned(),
-                }),
-                Some(e) = errors.recv() => Err(describe(&e)),
-            }
-        })
-        .await;
-        match attempt {
-            Ok(Ok(pooled)) => {
-                let conn = (*pooled).clone();
-                drop(pooled);
-                let gen = this.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                this.failures.store(0, Ordering::Relaxed);
-                this.state.send_replace(Conn::Ready { conn, gen });
-                this.ins.set_breaker_open(false);
-                if was_down {
-                    tracing::warn!(cache = %this.cache, redis = %this.url, "redis cache tier reachable again: circuit breaker closed");
-                } else {
-                    tracing::info!(cache = %this.cache, redis = %this.url, "redis cache tier connected");
-                }
-                was_down = false;
-                drop(this);
-                // Until a request trips the breaker or the cache is dropped, check the
-                // connection every probe interval, so that a cache with no traffic does not
-                // report a dead connection as connected.
-                loop {
-                    match tokio::time::timeout(interval, wake.notified()).await {
-                        // Tripped by a request, or the cache is gone (checked above).
-                        Ok(()) => break,
-                        Err(_elapsed) => match l2.upgrade() {
-                            Some(this) if this.health_check().await => {}
-                            Some(_) => break,
-                            None => return,
-                        },
-                    }
-                }
-            }
-            failure => {
-                let detail = match failure {
-                    Ok(Err(detail)) => detail,
-                    _ => format!("no connection within {:?}", this.cfg.connect_timeout),
-                };
-                this.state.send_if_modified(|c| {
-                    if matches!(c, Conn::Connecting) {
-                        *c = Conn::Down;
-                        true
-                    } else {
-                        false
-                    }
-                });
-                this.ins.set_breaker_open(true);
-                if !was_down || this.warn.allow().is_some() {
-                    tracing::warn!(
-                        cache = %this.cache,
-                        redis = %this.url,
-                        error = %detail,
-                        "cannot reach the redis cache tier; running on L1 and the inner service, retrying every {:?}",
-                        this.cfg.probe_interval
-                    );
-                }
-                was_down = true;
-                let interval = this.cfg.probe_interval;
-                drop(this);
-                tokio::time::sleep(interval).await;
-            }
-        }
-    }
-}
-
 async fn write_loop(l2: Weak<L2>, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
         let Some(this) = l2.upgrade() else { return };
         this.flush(&batch).await;
         batch.clear();
-    }
-}
-
-fn classify(e: &RedisError) -> L2Cause {
-    if e.is_timeout() {
-        return L2Cause::Timeout;
-    }
-    if e.code() == Some("WRONGTYPE") {
-        return L2Cause::Decode;
-    }
-    match e.kind() {
-        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => L2Cause::Decode,
-        ErrorKind::Server(_) | ErrorKind::AuthenticationFailed | ErrorKind::Extension => {
-            L2Cause::Server
-        }
-        _ => L2Cause::Io,
-    }
-}
-
-fn is_dead(e: &RedisError) -> bool {
-    e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_connection_refusal()
-}
-
-/// A one-line description of a Redis error. redis-rs does not put URLs in its errors, but
-/// this is the one place to mend should that change.
-fn describe(e: &RedisError) -> String {
-    e.to_string()
-}
-
-/// `redis://user:secret@host:6379/0` → `redis://user:***@host:6379/0`.
-///
-/// Deliberately conservative, because its input may be malformed (it also builds the
-/// `ConfigError` for a URL that does not parse): the user-info ends at the LAST `@` (an
-/// unencoded password may hold `/`, `?`, `#` or `@`), a URL without `://` is redacted after
-/// its first `:` (`redis:/:pw@host`, `redis//user:pw@host`), and `pass`/`password` query
-/// parameters (how `unix://` and `redis+unix://` URLs carry credentials) are redacted too.
-/// Redacting too much beats leaking.
-pub(crate) fn redact_url(url: &str) -> String {
-    let start = match url.find("://") {
-        Some(i) => i + 3,
-        None => url.find(':').map_or(0, |i| i + 1),
-    };
-    let (head, rest) = url.split_at(start);
-    let (userinfo, tail) = match rest.rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let redacted = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***@"),
-                None if userinfo.is_empty() => "@".to_owned(),
-                // A lone userinfo part is the password for redis:// URLs without a user name.
-                None => "***@".to_owned(),
-            };
-            (redacted, &rest[at + 1..])
-        }
-        None => (String::new(), rest),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((k, _))
-                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
-                    {
-                        format!("{k}=***")
-                    }
-                    _ => param.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{head}{userinfo}{tail}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("redis://user:s3cr3t@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact_url("redis://:s3cr3t@host/"), "redis://:***@host/");
-        assert_eq!(redact_url("rediss://s3cr3t@host"), "rediss://***@host");
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-        assert_eq!(redact_url("not a url"), "not a url");
-        assert!(!redact_url("redis://u:p@ss@host/").contains("p@ss"));
-        // Malformed URLs and query-string credentials (found by tests/cache_l1.rs).
-        assert_eq!(
-            redact_url("redis:/:s3cr3t@host:6379/"),
-            "redis:/:***@host:6379/"
-        );
-        assert_eq!(
-            redact_url("redis//user:s3cr3t@host"),
-            "redis//user:***@host"
-        );
-        assert_eq!(redact_url("redis://:pa/ss@host/0"), "redis://:***@host/0");
-        assert_eq!(
-            redact_url("unix:///tmp/r.sock?db=1&pass=s3cr3t&user=me"),
-            "unix:///tmp/r.sock?db=1&pass=***&user=me"
-        );
-        assert_eq!(redact_url("redis://@host/"), "redis://@host/");
     }
 }
