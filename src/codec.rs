@@ -151,3 +151,7 @@ mod tests {
         assert_eq!(decode::<Hit>(&other).unwrap_err(), DecodeError::Payload);
     }
 }
+
+#[cfg(test)]
+#[path = "codec_props.rs"]
+mod props;
