@@ -124,7 +124,10 @@ impl Stored {
         *res.status_mut() = s.status;
         *res.headers_mut() = s.headers.clone();
         if how.age && source == Source::Hit {
-            let age = s.age + now_ms.saturating_sub(s.stored_at_ms) / 1000;
+            // Saturating: `age` and `stored_at_ms` are read back from Redis.
+            let age = s
+                .age
+                .saturating_add(now_ms.saturating_sub(s.stored_at_ms) / 1000);
             res.headers_mut().insert(AGE, HeaderValue::from(age));
         }
         if how.x_cache {
@@ -300,6 +303,33 @@ mod tests {
         assert!(
             matches!(rmp_serde::from_slice::<Entry>(&bytes).unwrap(), Entry::Vary(v) if v.len() == 1)
         );
+    }
+
+    #[test]
+    fn age_from_storage_saturates() {
+        // `age` and `stored_at_ms` come from Redis: a forged or corrupt entry must not make
+        // rendering overflow (a panic in debug builds, a wrong `Age` in release builds).
+        let forged = Stored::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::new(),
+            None,
+            0,
+            u64::MAX,
+            VaryList::from([]),
+            Duration::ZERO,
+        );
+        let bytes = rmp_serde::to_vec_named(&Entry::Response(forged)).unwrap();
+        let Entry::Response(read) = rmp_serde::from_slice::<Entry>(&bytes).unwrap() else {
+            panic!("a response expected")
+        };
+        let how = Render {
+            head: false,
+            age: true,
+            x_cache: false,
+        };
+        let res = read.render::<http_body_util::Empty<Bytes>>(how, Source::Hit, 5_000);
+        assert_eq!(res.headers()[AGE], u64::MAX.to_string().as_str());
     }
 
     #[test]
