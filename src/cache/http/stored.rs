@@ -372,3 +372,7 @@ mod tests {
         assert!(rmp_serde::from_slice::<Entry>(&forge(200, "content-length", b"4")).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "stored_props.rs"]
+mod props;
