@@ -88,8 +88,24 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError
 /// Decodes an envelope into its header and value.
 pub(crate) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<(Header, V), DecodeError> {
     let (header, payload) = decode_header(bytes)?;
-    let value = rmp_serde::from_slice(payload).map_err(|_| DecodeError::Payload)?;
+    let value = decode_payload(payload).map_err(|_| DecodeError::Payload)?;
     Ok((header, value))
+}
+
+/// How deeply the arrays and maps of a payload may nest (fewer than this many levels).
+/// rmp-serde allows 1,024, and a dynamically typed value (`serde_json::Value`) 1,000 levels
+/// deep overflows a 2 MiB stack (a tokio worker's) in a debug build: a kilobyte from Redis
+/// would abort the process. 128 is serde_json's own limit. A deeper value still encodes,
+/// but reads back as a payload error (a miss).
+const MAX_DEPTH: usize = 128;
+
+/// Decodes a MessagePack payload, nested at most [`MAX_DEPTH`] levels deep.
+pub(crate) fn decode_payload<V: DeserializeOwned>(
+    payload: &[u8],
+) -> Result<V, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+    de.set_max_depth(MAX_DEPTH);
+    serde::Deserialize::deserialize(&mut de)
 }
 
 #[cfg(test)]
@@ -149,6 +165,36 @@ mod tests {
         // A valid payload of another type is a payload error, not a panic.
         let other = encode(&42u32, 1, Duration::from_secs(1)).unwrap();
         assert_eq!(decode::<Hit>(&other).unwrap_err(), DecodeError::Payload);
+    }
+
+    /// `depth` nested one-element arrays around a nil, in an envelope.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut bytes = encode(&(), 1, Duration::from_secs(1)).unwrap();
+        bytes.truncate(HEADER_LEN);
+        bytes.extend(std::iter::repeat_n(0x91, depth));
+        bytes.push(0xc0);
+        bytes
+    }
+
+    #[test]
+    fn deep_nesting_is_a_payload_error_not_a_stack_overflow() {
+        // On a 2 MiB stack, a tokio worker's: 1,000 levels used to overflow it (an abort,
+        // which no `catch_unwind` stops) in a debug build.
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let deep = decode::<serde_json::Value>(&nested(1_000)).map(|_| ());
+                let at_limit = decode::<serde_json::Value>(&nested(MAX_DEPTH - 1)).map(|_| ());
+                let past_limit = decode::<serde_json::Value>(&nested(MAX_DEPTH)).map(|_| ());
+                (deep, at_limit, past_limit)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            decoded,
+            (Err(DecodeError::Payload), Ok(()), Err(DecodeError::Payload))
+        );
     }
 }
 
