@@ -193,3 +193,6 @@ impl UserKey for NoUser {
         None
     }
 }
+
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing;
