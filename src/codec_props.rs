@@ -96,6 +96,59 @@ fn ttl() -> impl Strategy<Value = Duration> {
     ]
 }
 
+/// One level of nesting: how a container is written, and an optional sibling written before
+/// it inside a two-element array (which then counts as a level of its own).
+fn level() -> impl Strategy<Value = (Vec<u8>, Option<Vec<u8>>)> {
+    let open = proptest::sample::select(vec![
+        b"\x91".to_vec(),
+        b"\x81\xc0".to_vec(),
+        b"\x81\xa4Node".to_vec(),
+        b"\xdc\x00\x01".to_vec(),
+        b"\xdd\x00\x00\x00\x01".to_vec(),
+        b"\xde\x00\x01\x01".to_vec(),
+        b"\xdf\x00\x00\x00\x01\xc3".to_vec(),
+    ]);
+    let sibling = proptest::sample::select(vec![
+        b"\x05".to_vec(),
+        b"\xa2ab".to_vec(),
+        b"\xd9\x01a".to_vec(),
+        b"\xc4\x01\xff".to_vec(),
+        b"\xc7\x01\x07a".to_vec(),
+        b"\xd6\x01abcd".to_vec(),
+        b"\xcf\x00\x00\x00\x00\x00\x00\x00\x01".to_vec(),
+        b"\x90".to_vec(),
+        b"\x80".to_vec(),
+    ]);
+    (open, proptest::option::weighted(0.3, sibling))
+}
+
+/// A value nested through `levels`, and how many containers deep it goes.
+fn nested(levels: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Vec<u8>, usize) {
+    let mut bytes = Vec::new();
+    let mut containers = 0;
+    for (open, sibling) in levels {
+        if let Some(sibling) = sibling {
+            bytes.push(0x92);
+            bytes.extend_from_slice(sibling);
+            containers += 1;
+        }
+        bytes.extend_from_slice(open);
+        containers += 1;
+    }
+    bytes.push(0xc0);
+    (bytes, containers)
+}
+
+/// rmp-serde alone, with the same limit.
+fn rmp_depth_error(bytes: &[u8]) -> bool {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    matches!(
+        serde::de::IgnoredAny::deserialize(&mut de),
+        Err(rmp_serde::decode::Error::DepthLimitExceeded)
+    )
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: 256,
@@ -196,6 +249,38 @@ proptest! {
         bytes[at] ^= flip;
         if let Err(e) = decode::<Value>(&bytes) {
             prop_assert_eq!(e, DecodeError::Payload);
+        }
+    }
+
+    #[test]
+    fn nesting_is_measured_as_the_decoder_counts_it(
+        levels in proptest::collection::vec(level(), 100..140),
+    ) {
+        let (bytes, containers) = nested(&levels);
+        prop_assert_eq!(nests_too_deep(&bytes), containers >= MAX_DEPTH);
+        prop_assert_eq!(decode_payload::<serde::de::IgnoredAny>(&bytes).is_ok(), containers < MAX_DEPTH);
+    }
+
+    #[test]
+    fn the_nesting_scan_agrees_with_rmp_serde(
+        bytes in proptest::collection::vec(
+            prop_oneof![
+                6 => proptest::sample::select(vec![0x91u8, 0x92, 0x81, 0xdc, 0x00, 0x01, 0xc0]),
+                1 => any::<u8>(),
+            ],
+            0..400,
+        ),
+    ) {
+        // Where the scan finds too deep a value, rmp-serde (which reads the bytes in the same
+        // order) finds it too; the other way round, unless an extension (which rmp-serde
+        // counts as a level, and the scan as a leaf) sits at the limit.
+        let scan = nests_too_deep(&bytes);
+        if scan {
+            prop_assert!(rmp_depth_error(&bytes));
+        }
+        let has_ext = bytes.iter().any(|b| matches!(b, 0xc7..=0xc9 | 0xd4..=0xd8));
+        if !has_ext {
+            prop_assert_eq!(scan, rmp_depth_error(&bytes));
         }
     }
 }
