@@ -85,11 +85,119 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError
     Ok((header, &bytes[HEADER_LEN..]))
 }
 
-/// Decodes an envelope into its header and value.
+/// Decodes an envelope into its header and value (the cache reads the header and the
+/// payload apart: the header in the L2 tier, the payload as the cache's value type).
+#[cfg(any(test, fuzzing))]
 pub(crate) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<(Header, V), DecodeError> {
     let (header, payload) = decode_header(bytes)?;
-    let value = rmp_serde::from_slice(payload).map_err(|_| DecodeError::Payload)?;
+    let value = decode_payload(payload).map_err(|_| DecodeError::Payload)?;
     Ok((header, value))
+}
+
+/// How deeply the arrays and maps of a payload may nest (fewer than this many levels).
+/// rmp-serde allows 1,024, and a dynamically typed value (`serde_json::Value`) 1,000 levels
+/// deep overflows a 2 MiB stack (a tokio worker's) in a debug build: a kilobyte from Redis
+/// would abort the process. 128 is serde_json's own limit. A deeper value still encodes,
+/// but reads back as a payload error (a miss).
+const MAX_DEPTH: usize = 128;
+
+/// Decodes a MessagePack payload, nested fewer than [`MAX_DEPTH`] levels deep.
+pub(crate) fn decode_payload<V: DeserializeOwned>(
+    payload: &[u8],
+) -> Result<V, rmp_serde::decode::Error> {
+    // rmp-serde counts the depth of arrays and maps, but not of enum variants (a recursive
+    // enum, 10,000 variants deep, still overflowed the stack): so the bytes are checked first.
+    if nests_too_deep(payload) {
+        return Err(rmp_serde::decode::Error::DepthLimitExceeded);
+    }
+    let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+    de.set_max_depth(MAX_DEPTH);
+    serde::Deserialize::deserialize(&mut de)
+}
+
+/// Whether the first MessagePack value in `bytes` has arrays or maps [`MAX_DEPTH`] levels
+/// deep. A loop over the bytes, without recursion or allocation; it stops (`false`) at
+/// anything malformed, which the decoder then reports.
+fn nests_too_deep(mut bytes: &[u8]) -> bool {
+    #[derive(Clone, Copy)]
+    enum Kind {
+        /// A scalar, string, binary or extension: `n` bytes of data follow.
+        Data,
+        /// `n` values follow.
+        Array,
+        /// `n` key-value pairs follow.
+        Map,
+    }
+    use Kind::{Array, Data, Map};
+    // The values still to read in each open array or map.
+    let mut left = [0u64; MAX_DEPTH];
+    let mut depth = 0;
+    loop {
+        let Some((&marker, rest)) = bytes.split_first() else {
+            return false;
+        };
+        bytes = rest;
+        // The size of the length field that follows, what `n` is without it, and the kind.
+        let (len_bytes, base, kind) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0, Data),
+            0x80..=0x8f => (0, marker & 0x0f, Map),
+            0x90..=0x9f => (0, marker & 0x0f, Array),
+            0xa0..=0xbf => (0, marker & 0x1f, Data),
+            0xc4 | 0xd9 => (1, 0, Data), // bin 8, str 8
+            0xc5 | 0xda => (2, 0, Data),
+            0xc6 | 0xdb => (4, 0, Data),
+            0xc7 => (1, 1, Data), // ext 8: the type byte, then the data
+            0xc8 => (2, 1, Data),
+            0xc9 => (4, 1, Data),
+            0xcc | 0xd0 => (0, 1, Data),
+            0xcd | 0xd1 => (0, 2, Data),
+            0xca | 0xce | 0xd2 => (0, 4, Data),
+            0xcb | 0xcf | 0xd3 => (0, 8, Data),
+            0xd4 => (0, 2, Data), // fixext 1
+            0xd5 => (0, 3, Data),
+            0xd6 => (0, 5, Data),
+            0xd7 => (0, 9, Data),
+            0xd8 => (0, 17, Data),
+            0xdc => (2, 0, Array),
+            0xdd => (4, 0, Array),
+            0xde => (2, 0, Map),
+            0xdf => (4, 0, Map),
+            0xc1 => return false, // never used
+        };
+        let Some((len, rest)) = bytes.split_at_checked(len_bytes) else {
+            return false;
+        };
+        bytes = rest;
+        let n = len.iter().fold(0, |n, b| n << 8 | u64::from(*b)) + u64::from(base);
+        let items = match kind {
+            Data => {
+                let Some(rest) = usize::try_from(n).ok().and_then(|n| bytes.get(n..)) else {
+                    return false;
+                };
+                bytes = rest;
+                0
+            }
+            Array | Map if depth + 1 >= MAX_DEPTH => return true,
+            Array => n,
+            Map => 2 * n,
+        };
+        if items > 0 {
+            left[depth] = items;
+            depth += 1;
+            continue;
+        }
+        // A value is complete: count it off its container, and each container it completes.
+        loop {
+            if depth == 0 {
+                return false;
+            }
+            left[depth - 1] -= 1;
+            if left[depth - 1] > 0 {
+                break;
+            }
+            depth -= 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -150,4 +258,121 @@ mod tests {
         let other = encode(&42u32, 1, Duration::from_secs(1)).unwrap();
         assert_eq!(decode::<Hit>(&other).unwrap_err(), DecodeError::Payload);
     }
+
+    /// `depth` nested one-element arrays around a nil, in an envelope.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut bytes = encode(&(), 1, Duration::from_secs(1)).unwrap();
+        bytes.truncate(HEADER_LEN);
+        bytes.extend(std::iter::repeat_n(0x91, depth));
+        bytes.push(0xc0);
+        bytes
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)] // only ever decoded
+    enum Tree {
+        Leaf,
+        Node(Box<Tree>),
+    }
+
+    #[test]
+    fn deep_enums_are_a_payload_error_not_a_stack_overflow() {
+        // rmp-serde does not count enum variants against its depth limit.
+        let tree = |depth: usize| {
+            let mut bytes = encode(&(), 1, Duration::from_secs(1)).unwrap();
+            bytes.truncate(HEADER_LEN);
+            for _ in 0..depth {
+                bytes.extend_from_slice(b"\x81\xa4Node");
+            }
+            bytes.extend_from_slice(b"\xa4Leaf");
+            bytes
+        };
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                (
+                    decode::<Tree>(&tree(10_000)).map(|_| ()),
+                    decode::<Tree>(&tree(MAX_DEPTH - 1)).map(|_| ()),
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(decoded, (Err(DecodeError::Payload), Ok(())));
+    }
+
+    #[test]
+    fn nesting_is_measured_on_every_marker() {
+        // Each container kind, with a sibling of each length-prefixed kind before it.
+        let open: [&[u8]; 6] = [
+            b"\x91",
+            b"\xdc\x00\x01",
+            b"\xdd\x00\x00\x00\x01",
+            b"\x81\xc0",
+            b"\xde\x00\x01\xa1k",
+            b"\xdf\x00\x00\x00\x01\xd9\x01k",
+        ];
+        let siblings: [&[u8]; 6] = [
+            b"\xc4\x02ab",
+            b"\xc5\x00\x01a",
+            b"\xc6\x00\x00\x00\x01a",
+            b"\xc7\x01\x05a",
+            b"\xd8\x05aaaaaaaaaaaaaaaa",
+            b"\xcb\x00\x00\x00\x00\x00\x00\x00\x00",
+        ];
+        // Two containers per level (an array holding a sibling and the container), and one
+        // more array inside when `extra`.
+        for (levels, extra) in [(63, false), (63, true), (64, false)] {
+            let mut bytes = Vec::new();
+            for level in 0..levels {
+                bytes.push(0x92);
+                bytes.extend_from_slice(siblings[level % siblings.len()]);
+                bytes.extend_from_slice(open[level % open.len()]);
+            }
+            if extra {
+                bytes.push(0x91);
+            }
+            bytes.push(0xc0);
+            let containers = 2 * levels + usize::from(extra);
+            assert_eq!(
+                nests_too_deep(&bytes),
+                containers >= MAX_DEPTH,
+                "{containers}"
+            );
+            // And the decoder agrees.
+            let decoded = decode_payload::<serde::de::IgnoredAny>(&bytes);
+            assert_eq!(decoded.is_ok(), containers < MAX_DEPTH, "{containers}");
+        }
+        let mut flat = vec![0xdc, 0xff, 0xff];
+        flat.extend(std::iter::repeat_n(0x90, 0xffff));
+        assert!(!nests_too_deep(&flat));
+        assert!(!nests_too_deep(b""));
+        assert!(!nests_too_deep(b"\xc1"));
+        assert!(!nests_too_deep(b"\xdb\xff\xff\xff\xff"));
+    }
+
+    #[test]
+    fn deep_nesting_is_a_payload_error_not_a_stack_overflow() {
+        // On a 2 MiB stack, a tokio worker's: 1,000 levels used to overflow it (an abort,
+        // which no `catch_unwind` stops) in a debug build.
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let deep = decode::<serde_json::Value>(&nested(1_000)).map(|_| ());
+                let at_limit = decode::<serde_json::Value>(&nested(MAX_DEPTH - 1)).map(|_| ());
+                let past_limit = decode::<serde_json::Value>(&nested(MAX_DEPTH)).map(|_| ());
+                (deep, at_limit, past_limit)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            decoded,
+            (Err(DecodeError::Payload), Ok(()), Err(DecodeError::Payload))
+        );
+    }
 }
+
+#[cfg(test)]
+#[path = "codec_props.rs"]
+mod props;

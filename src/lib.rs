@@ -56,6 +56,9 @@ pub mod cache;
 mod clock;
 mod codec;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod metrics;
 pub mod queue;

@@ -163,7 +163,9 @@ async fn the_password_of_a_rediss_url_is_never_shown() {
 
     // Connected over TLS with the password: Debug output of every value that holds it.
     let good = tls_options(&server);
-    let builder = Cache::<String>::builder("pw").namespace("tls").redis(good.clone());
+    let builder = Cache::<String>::builder("pw")
+        .namespace("tls")
+        .redis(good.clone());
     for shown in [format!("{good:?}"), format!("{builder:?}")] {
         assert!(!shown.contains(PW), "{shown}");
         assert!(shown.contains("rediss://default:***@127.0.0.1"), "{shown}");

@@ -151,7 +151,7 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// ```
     /// use layercake::{Cache, RedisOptions};
     ///
-    /// let cache = Cache::builder("users")
+    /// let cache = Cache::<Vec<u8>>::builder("users")
     ///     .redis(RedisOptions::new(std::env::var("LAYERCAKE_DOC_REDIS_URL").ok()).pool_size(4))
     ///     .build()
     ///     .unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::epoch::Ticket;
 use super::flight::{self, End, Role, SharedError, State};
 use super::handle::Cache;
-use super::stats::{L2Cause, L2Op, Outcome};
+use super::stats::Outcome;
 use super::tier::l2::Write;
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::codec;
@@ -127,43 +127,25 @@ impl<V: CacheValue> Cache<V> {
         let inner = &*self.inner;
         let l2 = inner.l2.as_ref()?;
         let redis_key = inner.scheme.redis_key(key);
-        let bytes = match l2.get(&redis_key).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return None,
-            Err(L2Cause::Decode) => {
-                // Another Redis type under our key: remove it.
-                l2.write(Write::Del { key: redis_key });
-                return None;
-            }
-            Err(_) => return None,
-        };
-        if bytes.len() > inner.max_entry_size + codec::HEADER_LEN {
-            // Written by a replica with a larger limit: skip it, leave it alone.
-            inner.ins.l2_error(L2Op::Get, L2Cause::Oversized);
+        // Wrong Redis types, bad envelopes and oversized entries are the tier's to count
+        // and clean up; a payload that is not a `V` is this cache's.
+        let (header, payload) = l2.read(&redis_key, inner.max_entry_size).await.ok()??;
+        let Ok(value) = codec::decode_payload::<V>(&payload) else {
+            l2.discard(redis_key);
             return None;
+        };
+        let remaining = header.remaining(inner.clock.unix_ms())?;
+        // Read before an invalidation that has since happened: serve it to this caller,
+        // but do not put it back into L1.
+        if let Some(l1) = inner
+            .l1
+            .as_ref()
+            .filter(|_| inner.epochs.is_current(ticket))
+        {
+            l1.insert(key.into(), value.clone(), self.l1_ttl(remaining));
+            inner.ins.set_l1_entries(l1.len());
         }
-        match codec::decode::<V>(&bytes) {
-            Ok((header, value)) => {
-                let remaining = header.remaining(inner.clock.unix_ms())?;
-                // Read before an invalidation that has since happened: serve it to this
-                // caller, but do not put it back into L1.
-                if let Some(l1) = inner
-                    .l1
-                    .as_ref()
-                    .filter(|_| inner.epochs.is_current(ticket))
-                {
-                    l1.insert(key.into(), value.clone(), self.l1_ttl(remaining));
-                    inner.ins.set_l1_entries(l1.len());
-                }
-                Some(value)
-            }
-            Err(e) => {
-                inner.ins.l2_error(L2Op::Get, L2Cause::Decode);
-                tracing::debug!(cache = %inner.name, key = %redis_key, error = ?e, "undecodable cache entry removed");
-                l2.write(Write::Del { key: redis_key });
-                None
-            }
-        }
+        Some(value)
     }
 
     /// Stores `value` in L1 now and in Redis through the background writer; `false` when

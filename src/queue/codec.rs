@@ -43,5 +43,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
+    // With the envelope's nesting limit: a payload can be as deep as the store lets anyone write.
+    crate::codec::decode_payload(bytes)
 }
+
+#[cfg(test)]
+#[path = "codec_props.rs"]
+mod props;

@@ -128,3 +128,7 @@ pub use job::{
 };
 pub use layer::QueueLayer;
 pub use service::QueueService;
+
+/// The payload codec, for the `cargo fuzz` targets (`crate::fuzzing`).
+#[cfg(fuzzing)]
+pub(crate) use codec::{decode as decode_payload, encode as encode_payload};

@@ -37,15 +37,15 @@ use crate::ConfigError;
 ///
 /// // No Redis is running at that address: the cache still builds, and runs on L1 until
 /// // Redis answers.
-/// let cache = Cache::builder("profiles").redis(redis).build()?;
+/// let cache: Cache<String> = Cache::builder("profiles").redis(redis).build()?;
 /// # drop(cache);
 ///
 /// // `None` (say, `std::env::var("REDIS_URL").ok()` with the variable unset): no Redis.
-/// let l1_only = Cache::builder("profiles").redis(RedisOptions::new(None::<String>)).build()?;
+/// let l1_only = Cache::<String>::builder("profiles").redis(RedisOptions::new(None::<String>)).build()?;
 /// # drop(l1_only);
 ///
 /// // Bad settings are build errors that name the setting.
-/// let err = Cache::builder("profiles")
+/// let err = Cache::<String>::builder("profiles")
 ///     .redis(RedisOptions::new("redis://localhost").pool_size(0))
 ///     .build()
 ///     .unwrap_err();

@@ -196,3 +196,6 @@ impl UserKey for NoUser {
         None
     }
 }
+
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing;

@@ -396,3 +396,7 @@ mod tests {
         assert!(h.contains_key("content-type"));
     }
 }
+
+#[cfg(test)]
+#[path = "policy_props.rs"]
+mod props;

@@ -162,7 +162,10 @@ impl Stored {
         *res.status_mut() = s.status;
         *res.headers_mut() = s.headers.clone();
         if how.age && source == Source::Hit {
-            let age = s.age + now_ms.saturating_sub(s.stored_at_ms) / 1000;
+            // Saturating: `age` and `stored_at_ms` are read back from Redis.
+            let age = s
+                .age
+                .saturating_add(now_ms.saturating_sub(s.stored_at_ms) / 1000);
             res.headers_mut().insert(AGE, HeaderValue::from(age));
         }
         if how.x_cache {
@@ -341,6 +344,33 @@ mod tests {
     }
 
     #[test]
+    fn age_from_storage_saturates() {
+        // `age` and `stored_at_ms` come from Redis: a forged or corrupt entry must not make
+        // rendering overflow (a panic in debug builds, a wrong `Age` in release builds).
+        let forged = Stored::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::new(),
+            None,
+            0,
+            u64::MAX,
+            VaryList::from([]),
+            Ttl::Default,
+        );
+        let bytes = rmp_serde::to_vec_named(&Entry::Response(forged)).unwrap();
+        let Entry::Response(read) = rmp_serde::from_slice::<Entry>(&bytes).unwrap() else {
+            panic!("a response expected")
+        };
+        let how = Render {
+            head: false,
+            age: true,
+            x_cache: false,
+        };
+        let res = read.render::<http_body_util::Empty<Bytes>>(how, Source::Hit, 5_000);
+        assert_eq!(res.headers()[AGE], u64::MAX.to_string().as_str());
+    }
+
+    #[test]
     fn uncacheable_never_serializes() {
         assert!(rmp_serde::to_vec_named(&Entry::Uncacheable).is_err());
     }
@@ -380,3 +410,7 @@ mod tests {
         assert!(rmp_serde::from_slice::<Entry>(&forge(200, "content-length", b"4")).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "stored_props.rs"]
+mod props;
