@@ -8,15 +8,17 @@
 //! # measured loop, and divide by the operations it printed.
 //! valgrind --tool=callgrind --toggle-collect='*cache_counts::measured*' \
 //!     target/release/deps/cache_counts-<hash> --exact l1_hit/cache_layer
+//! # Median times of the in-memory pairs, chunk by chunk (counting off; see `paired`).
+//! cargo bench --bench cache_counts -- --paired
 //! ```
 //!
 //! The counting allocator lives in this binary only, so it never touches the criterion
 //! timings of `benches/cache.rs`, which run the same fixtures (`benches/common`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
@@ -35,22 +37,30 @@ mod support;
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Off for `--paired` timings.
+static COUNTING: AtomicBool = AtomicBool::new(true);
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: every call is passed unchanged to `System`, which upholds `GlobalAlloc`'s contract.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -391,7 +401,88 @@ fn l2_64_mt_layer(n: u64) -> u64 {
     l2_64(&rt, &env, n, Caller::Layer)
 }
 
+/// `--paired`: chunks of 64 calls of the baseline and of the layer in turn (alternating
+/// which goes first), 4,000 rounds; prints each side's median time per call and the median
+/// of the rounds' ratios. A chunk the scheduler preempted is an outlier that the median
+/// ignores and criterion's estimate does not: on a machine shared with other builds, this
+/// is the steadier ratio. As in `iter_batched`, inputs are made and outputs dropped
+/// outside the timing.
+fn paired<I, A, B>(
+    name: &str,
+    mut input: impl FnMut() -> I,
+    mut baseline: impl FnMut(I) -> A,
+    mut layer: impl FnMut(I) -> B,
+) {
+    const CHUNK: usize = 64;
+    const ROUNDS: usize = 4_000;
+    fn chunk<I, O>(input: &mut impl FnMut() -> I, call: &mut impl FnMut(I) -> O) -> f64 {
+        let inputs: Vec<I> = (0..CHUNK).map(|_| input()).collect();
+        let mut outputs = Vec::with_capacity(CHUNK);
+        let t = Instant::now();
+        for i in inputs {
+            outputs.push(call(i));
+        }
+        let ns = t.elapsed().as_nanos() as f64 / CHUNK as f64;
+        drop(outputs);
+        ns
+    }
+    fn median(v: &mut [f64]) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (x, y) = if round % 2 == 0 {
+            let x = chunk(&mut input, &mut baseline);
+            (x, chunk(&mut input, &mut layer))
+        } else {
+            let y = chunk(&mut input, &mut layer);
+            (chunk(&mut input, &mut baseline), y)
+        };
+        a.push(x);
+        b.push(y);
+        ratios.push(y / x);
+    }
+    println!(
+        "{name:<20} baseline {:>7.1} ns   layer {:>7.1} ns   ratio {:.2}x (median of rounds)",
+        median(&mut a),
+        median(&mut b),
+        median(&mut ratios)
+    );
+}
+
+fn paired_timings() {
+    COUNTING.store(false, Ordering::Relaxed);
+    let l1 = || {
+        let (_cache, mut layered) = l1_setup();
+        let mut svc = bare(hits("rust"));
+        (
+            move |r| call_now(&mut svc, r),
+            move |r| call_now(&mut layered, r),
+        )
+    };
+    let (b, l) = l1();
+    paired("l1_hit", search, b, l);
+    let cache: Cache<CachedResponse> = Cache::builder("paired-http").build().expect("valid config");
+    let mut layered = CacheLayer::http(cache.clone()).layer(http_bare());
+    let _ = tokio_block_on(layered.clone().oneshot(http_request()));
+    let mut svc = http_bare();
+    paired(
+        "http_l1_hit",
+        http_request,
+        |r| call_now(&mut svc, r),
+        |r| call_now(&mut layered, r),
+    );
+    assert_eq!(cache.stats().misses, 1);
+    install_prometheus();
+    let (b, l) = l1();
+    paired("l1_hit_prometheus", search, b, l);
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--paired") {
+        return paired_timings();
+    }
     let scenarios = [
         Scenario {
             name: "l1_hit/bare_service",
