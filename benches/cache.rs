@@ -1,6 +1,9 @@
 //! Cache benchmarks, each measured side by side with its baseline in one run.
 //!
 //! - `l1_hit`: a request answered by L1 through `CacheService`, against the bare service.
+//! - `l1_hit_prometheus`: the same with a Prometheus recorder installed (both sides).
+//! - `http_l1_hit`: an HTTP request answered by L1 through `CacheLayer::http`, against the
+//!   bare service building the same response.
 //! - `l2_hit`: a request answered by Redis through `CacheService` (L1 off), against a raw
 //!   `GET` of the same bytes on one shared `MultiplexedConnection`.
 //! - `l2_hit_64`: the same with 64 concurrent callers (distinct keys, so single flight
@@ -14,15 +17,13 @@
 
 use std::convert::Infallible;
 use std::future::{ready, Future};
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use serde::{Deserialize, Serialize};
-use tower::{service_fn, Service, ServiceExt};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tower::{service_fn, ServiceExt};
 
+use layercake::cache::http::CachedResponse;
 use layercake::{Cache, CacheLayer};
 use tower_layer::Layer;
 
@@ -30,85 +31,83 @@ use tower_layer::Layer;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[derive(Debug, Clone)]
-struct Search {
-    query: String,
-}
-
-/// A small, typical response: a query echo and a few titles.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Hits {
-    query: String,
-    titles: Vec<String>,
-}
-
-fn hits(query: &str) -> Hits {
-    Hits {
-        query: query.to_owned(),
-        titles: vec![
-            format!("{query} in action"),
-            format!("The {query} book"),
-            format!("Programming {query}"),
-        ],
-    }
-}
-
-fn key(req: &Search) -> Option<String> {
-    Some(req.query.clone())
-}
-
-/// Polls a service and its future once, as a ready service answering from memory does:
-/// no runtime, so the figure is the call path alone.
-fn call_now<S, R>(svc: &mut S, req: R) -> S::Response
-where
-    S: Service<R>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        other => panic!("service not ready: {:?}", other.map(|r| r.err())),
-    }
-    let fut = pin!(svc.call(req));
-    match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
-        Poll::Ready(Err(e)) => panic!("service failed: {e:?}"),
-        Poll::Pending => panic!("not an in-memory answer"),
-    }
-}
+mod common;
+use common::*;
 
 fn l1_hit(c: &mut Criterion) {
-    let response = hits("rust");
-    let bare = {
-        let response = response.clone();
-        service_fn(move |_: Search| ready(Ok::<_, Infallible>(response.clone())))
-    };
+    l1_hit_group(c, "l1_hit");
+}
+
+/// With a Prometheus recorder installed for the whole process: run last, since every
+/// cache built after it reports to it (the bare side is measured with it installed too).
+fn l1_hit_prometheus(c: &mut Criterion) {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no other recorder");
+    l1_hit_group(c, "l1_hit_prometheus");
+}
+
+fn l1_hit_group(c: &mut Criterion, name: &str) {
+    let bare = bare(hits("rust"));
     let cache = Cache::builder("bench-l1").build().expect("valid config");
     let mut layered = CacheLayer::new(cache.clone(), key).layer(bare.clone());
     // Warm L1 with one miss (the service answers synchronously, so the miss path, boxed
     // future and all, also completes in one poll).
-    let req = Search {
-        query: "rust".into(),
-    };
+    let req = search();
     let _ = call_now(&mut layered, req.clone());
     assert_eq!(cache.stats().misses, 1);
 
-    let mut group = c.benchmark_group("l1_hit");
-    group.bench_function("bare_service", |b| {
+    let mut group = c.benchmark_group(name);
+    for side in [Side::Baseline, Side::Layer] {
         let mut svc = bare.clone();
-        b.iter_batched(
-            || req.clone(),
-            |r| call_now(&mut svc, r),
-            BatchSize::SmallInput,
-        )
-    });
-    group.bench_function("cache_layer", |b| {
-        b.iter_batched(
-            || req.clone(),
-            |r| call_now(&mut layered, r),
-            BatchSize::SmallInput,
-        )
-    });
+        let layered = &mut layered;
+        group.bench_function(side.name("bare_service"), |b| {
+            b.iter_custom(|iters| {
+                interleaved(
+                    side,
+                    iters,
+                    || req.clone(),
+                    |r| call_now(&mut svc, r),
+                    |r| call_now(layered, r),
+                )
+            })
+        });
+    }
+    group.finish();
+    assert_eq!(cache.stats().misses, 1, "every layered run was an L1 hit");
+}
+
+/// An HTTP request answered by L1 through `CacheLayer::http` (defaults: key over host,
+/// path and query; `Age` and `x-cache` set), against the bare service building the same
+/// response (`benches/common`).
+fn http_l1_hit(c: &mut Criterion) {
+    let bare = http_bare();
+    let cache: Cache<CachedResponse> = Cache::builder("bench-http").build().expect("valid config");
+    let mut layered = CacheLayer::http(cache.clone()).layer(bare.clone());
+    // Warm L1 with one miss (it reads the body, so it needs a runtime).
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(layered.clone().oneshot(http_request()))
+        .expect("infallible");
+    assert_eq!(cache.stats().misses, 1);
+
+    let mut group = c.benchmark_group("http_l1_hit");
+    for side in [Side::Baseline, Side::Layer] {
+        let mut svc = bare.clone();
+        let layered = &mut layered;
+        group.bench_function(side.name("bare_service"), |b| {
+            b.iter_custom(|iters| {
+                interleaved(
+                    side,
+                    iters,
+                    http_request,
+                    |r| call_now(&mut svc, r),
+                    |r| call_now(layered, r),
+                )
+            })
+        });
+    }
     group.finish();
     assert_eq!(cache.stats().misses, 1, "every layered run was an L1 hit");
 }
@@ -136,6 +135,50 @@ where
     }
 }
 
+/// Times `iters` in-memory calls of one side of a pair. Calls run in chunks of 64, a
+/// baseline chunk and a layered chunk in turn (alternating which goes first), and only
+/// `side`'s chunks are timed: a load spike on this shared machine then lands on both sides
+/// alike. As in `iter_batched`, inputs are made and outputs dropped outside the timing.
+fn interleaved<I, A, B>(
+    side: Side,
+    iters: u64,
+    mut input: impl FnMut() -> I,
+    mut baseline: impl FnMut(I) -> A,
+    mut layer: impl FnMut(I) -> B,
+) -> Duration {
+    const CHUNK: u64 = 64;
+    fn chunk<I, O>(
+        n: u64,
+        input: &mut impl FnMut() -> I,
+        call: &mut impl FnMut(I) -> O,
+    ) -> Duration {
+        let inputs: Vec<I> = (0..n).map(|_| input()).collect();
+        let mut outputs = Vec::with_capacity(inputs.len());
+        let t = Instant::now();
+        for i in inputs {
+            outputs.push(call(i));
+        }
+        let took = t.elapsed();
+        drop(outputs);
+        took
+    }
+    let mut timed = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let n = CHUNK.min(iters - done);
+        let (a, b) = if (done / CHUNK).is_multiple_of(2) {
+            let a = chunk(n, &mut input, &mut baseline);
+            (a, chunk(n, &mut input, &mut layer))
+        } else {
+            let b = chunk(n, &mut input, &mut layer);
+            (chunk(n, &mut input, &mut baseline), b)
+        };
+        timed += side.pick(a, b);
+        done += n;
+    }
+    timed
+}
+
 /// Which half of an interleaved pair a benchmark times.
 #[derive(Clone, Copy)]
 enum Side {
@@ -144,6 +187,14 @@ enum Side {
 }
 
 impl Side {
+    /// The benchmark's name: the baseline's, or `cache_layer`.
+    fn name(self, baseline: &'static str) -> &'static str {
+        match self {
+            Side::Baseline => baseline,
+            Side::Layer => "cache_layer",
+        }
+    }
+
     fn pick(self, baseline: Duration, layer: Duration) -> Duration {
         match self {
             Side::Baseline => baseline,
@@ -406,6 +457,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = l1_hit, l2_hit
+    // `l1_hit_prometheus` last: it installs a global recorder.
+    targets = l1_hit, http_l1_hit, l2_hit, l1_hit_prometheus
 }
 criterion_main!(benches);

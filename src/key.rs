@@ -41,12 +41,19 @@ impl KeyScheme {
     pub(crate) fn redis_key(&self, key: &[u8]) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let hash = blake3::hash(key);
-        let mut out = String::with_capacity(self.prefix.len() + DIGEST_BYTES * 2);
-        out.push_str(&self.prefix);
-        for b in &hash.as_bytes()[..DIGEST_BYTES] {
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0x0f) as usize] as char);
+        // Digits into a buffer, then one copy: `String::push` per digit cost more than the
+        // hash on the L2 read path.
+        let mut digits = [0u8; DIGEST_BYTES * 2];
+        for (pair, b) in digits
+            .chunks_exact_mut(2)
+            .zip(&hash.as_bytes()[..DIGEST_BYTES])
+        {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0x0f)];
         }
+        let mut out = String::with_capacity(self.prefix.len() + digits.len());
+        out.push_str(&self.prefix);
+        out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
         out
     }
 

@@ -17,7 +17,7 @@ use super::QueryKey;
 
 pub(crate) type Key = [u8; 32];
 
-/// Where key bytes go: a buffer hashed at the end (HTTP keys: small, and one
+/// Where key bytes go: a buffer on the stack hashed at the end (HTTP keys: small, and one
 /// `blake3::hash` of a short buffer costs half of what feeding a `Hasher` does), or a
 /// `Hasher` (gRPC keys, which include a message of up to `max_request_size` bytes). Both
 /// hash the same byte sequence, so they give the same key.
@@ -25,15 +25,63 @@ trait Sink {
     fn put(&mut self, bytes: &[u8]);
 }
 
-impl Sink for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
-
 impl Sink for Hasher {
     fn put(&mut self, bytes: &[u8]) {
         self.update(bytes);
+    }
+}
+
+/// The bytes of an HTTP key, gathered on the stack (a heap buffer was one allocation per
+/// request); a key that outgrows it moves on into a `Hasher`, which gives the same hash.
+struct KeyBuf {
+    bytes: [u8; KeyBuf::CAPACITY],
+    len: usize,
+    spilled: Option<Box<Hasher>>,
+}
+
+impl KeyBuf {
+    /// Room for a host, a path and a query of usual lengths.
+    const CAPACITY: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            bytes: [0; Self::CAPACITY],
+            len: 0,
+            spilled: None,
+        }
+    }
+
+    fn finish(&self) -> Key {
+        match &self.spilled {
+            None => *blake3::hash(&self.bytes[..self.len]).as_bytes(),
+            Some(hasher) => *hasher.finalize().as_bytes(),
+        }
+    }
+}
+
+impl Sink for KeyBuf {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.bytes.get_mut(self.len..end) {
+            Some(room) if self.spilled.is_none() => {
+                room.copy_from_slice(bytes);
+                self.len = end;
+            }
+            _ => self.spill(bytes),
+        }
+    }
+}
+
+impl KeyBuf {
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        let hasher = self.spilled.get_or_insert_with(|| {
+            let mut hasher = Box::new(Hasher::new());
+            hasher.update(&self.bytes[..self.len]);
+            hasher
+        });
+        hasher.update(bytes);
     }
 }
 
@@ -62,10 +110,6 @@ fn optional(h: &mut impl Sink, bytes: Option<&[u8]>) {
     }
 }
 
-fn finish(buf: &[u8]) -> Key {
-    *blake3::hash(buf).as_bytes()
-}
-
 /// What the key of an HTTP request is made of (see [`super`] for the documented list).
 pub(crate) struct HttpKey<'a> {
     pub(crate) query: &'a QueryKey,
@@ -77,7 +121,7 @@ impl HttpKey<'_> {
     /// The base key: host, path, query, configured headers and the per-user part. `GET`
     /// and `HEAD` share it (a `HEAD` is answered from the stored `GET` response).
     pub(crate) fn base(&self, req: &Parts, user: Option<&[u8]>) -> Key {
-        let mut h: Vec<u8> = Vec::with_capacity(256);
+        let mut h = KeyBuf::new();
         h.put(b"layercake/http/1\0");
         let host = self.host.then(|| {
             req.uri
@@ -94,10 +138,10 @@ impl HttpKey<'_> {
             header_values(&mut h, &req.headers, name);
         }
         optional(&mut h, user);
-        finish(&h)
+        h.finish()
     }
 
-    fn hash_query(&self, h: &mut Vec<u8>, query: Option<&str>) {
+    fn hash_query(&self, h: &mut KeyBuf, query: Option<&str>) {
         match self.query {
             QueryKey::Full => optional(h, query.map(str::as_bytes)),
             QueryKey::Ignore => h.put(&[2]),
@@ -131,7 +175,7 @@ fn param_name(pair: &str) -> &str {
 /// The key of one variant of a response that has `Vary`: the base key and, for each
 /// varied header name, all of the request's values for it.
 pub(crate) fn variant(base: &Key, vary: &VaryList, headers: &HeaderMap) -> Key {
-    let mut h: Vec<u8> = Vec::with_capacity(128);
+    let mut h = KeyBuf::new();
     h.put(b"layercake/vary/1\0");
     h.put(base);
     h.put(&(vary.len() as u64).to_le_bytes());
@@ -139,7 +183,7 @@ pub(crate) fn variant(base: &Key, vary: &VaryList, headers: &HeaderMap) -> Key {
         part(&mut h, name.as_str().as_bytes());
         header_values(&mut h, headers, name);
     }
-    finish(&h)
+    h.finish()
 }
 
 /// The key of a unary gRPC call: method path, the headers that change the encoding of the
@@ -229,6 +273,33 @@ mod tests {
         assert_eq!(
             k.base(&parts("http://a/", &[]), None),
             k.base(&parts("http://b/", &[]), None)
+        );
+    }
+
+    #[test]
+    fn long_keys_hash_the_same_bytes() {
+        // Past the stack buffer, the bytes go on into a `Hasher`: same bytes, same hash.
+        for len in [
+            0,
+            1,
+            KeyBuf::CAPACITY - 1,
+            KeyBuf::CAPACITY,
+            KeyBuf::CAPACITY + 1,
+            5000,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut buf = KeyBuf::new();
+            let mut all = Vec::new();
+            for piece in bytes.chunks(7) {
+                buf.put(piece);
+                all.extend_from_slice(piece);
+            }
+            assert_eq!(buf.finish(), *blake3::hash(&all).as_bytes(), "{len} bytes");
+        }
+        let path = format!("/{}", "a".repeat(1000));
+        assert_ne!(
+            key(QueryKey::Full, &path),
+            key(QueryKey::Full, &format!("{path}b"))
         );
     }
 

@@ -160,7 +160,13 @@ impl Stored {
         };
         let mut res = Response::new(body);
         *res.status_mut() = s.status;
-        *res.headers_mut() = s.headers.clone();
+        // Sized for the two headers added below: a clone of the stored map has no room
+        // left, and growing it was a reallocation per response.
+        let headers = res.headers_mut();
+        headers.reserve(s.headers.len() + 2);
+        for (name, value) in &s.headers {
+            headers.append(name.clone(), value.clone());
+        }
         if how.age && source == Source::Hit {
             // Saturating: `age` and `stored_at_ms` are read back from Redis.
             let age = s
