@@ -94,6 +94,28 @@ pub(crate) fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<(Header, V), D
     Ok((header, value))
 }
 
+/// Expires-at of an envelope whose life the envelope does not bound (a job's request or
+/// result: its record's result TTL governs it).
+pub(crate) const NO_EXPIRY: u64 = u64::MAX;
+
+/// Writes an envelope of `value` into `out` (after what it holds), stamped with written-at
+/// and expires-at (Unix milliseconds): the format above, for any payload this crate keeps,
+/// such as the queue's job requests and results. Fails only if the value's `Serialize` does.
+pub(crate) fn encode_into<V: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &V,
+    written_at_ms: u64,
+    expires_at_ms: u64,
+) -> Result<(), rmp_serde::encode::Error> {
+    out.reserve(HEADER_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(CODEC_MSGPACK);
+    out.extend_from_slice(&written_at_ms.to_be_bytes());
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    rmp_serde::encode::write_named(out, value)
+}
+
 /// How deeply the arrays and maps of a payload may nest (fewer than this many levels).
 /// rmp-serde allows 1,024, and a dynamically typed value (`serde_json::Value`) 1,000 levels
 /// deep overflows a 2 MiB stack (a tokio worker's) in a debug build: a kilobyte from Redis
@@ -273,6 +295,25 @@ mod tests {
     enum Tree {
         Leaf,
         Node(Box<Tree>),
+    }
+
+    #[test]
+    fn encode_into_writes_the_same_envelope() {
+        let mut out = vec![7];
+        encode_into(&mut out, &hit(), 1_000, NO_EXPIRY).unwrap();
+        assert_eq!(out[0], 7, "appended after what the buffer held");
+        let (header, back): (Header, Hit) = decode(&out[1..]).unwrap();
+        assert_eq!(back, hit());
+        assert_eq!(
+            (header.written_at_ms, header.expires_at_ms),
+            (1_000, NO_EXPIRY)
+        );
+        let bare = rmp_serde::to_vec_named(&hit()).unwrap();
+        assert_eq!(
+            &out[1 + HEADER_LEN..],
+            &bare[..],
+            "the payload follows the header"
+        );
     }
 
     #[test]

@@ -52,7 +52,11 @@ fn job() -> impl Strategy<Value = Job> {
 
 /// `depth` nested one-element arrays around a nil.
 fn nested(depth: usize) -> Vec<u8> {
-    let mut bytes = vec![0x91; depth];
+    // In the envelope, as the queue stores payloads.
+    let mut bytes = Vec::new();
+    crate::codec::encode_into(&mut bytes, &(), 0, crate::codec::NO_EXPIRY).expect("encodes");
+    bytes.truncate(crate::codec::HEADER_LEN);
+    bytes.extend(std::iter::repeat_n(0x91, depth));
     bytes.push(0xc0);
     bytes
 }

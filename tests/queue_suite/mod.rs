@@ -102,6 +102,10 @@ macro_rules! queue_conformance {
             queue_suite::undecodable_payload_is_quarantined($store).await
         }
         #[tokio::test]
+        async fn payloads_and_results_are_stored_in_the_envelope() {
+            queue_suite::payloads_and_results_are_stored_in_the_envelope($store).await
+        }
+        #[tokio::test]
         async fn store_rejects_stale_leases() {
             queue_suite::store_rejects_stale_leases($store).await
         }
@@ -700,6 +704,31 @@ pub async fn undecodable_payload_is_quarantined<St: Store>(store: St) {
     assert_eq!(record.payload.as_deref(), Some(garbage), "bytes kept");
     let info = queue.info();
     assert_eq!((info.quarantined, info.failed, info.retried), (1, 0, 0));
+}
+
+pub async fn payloads_and_results_are_stored_in_the_envelope<St: Store>(store: St) {
+    let (queue, mut svc, harness) = build(store, |b| b.max_attempts(3));
+    let id = enqueue(&mut svc, Job::with_id("enveloped", Task::Echo("hi".into()))).await;
+    let job = finished(&queue, &id).await;
+    assert_eq!(job.status, JobStatus::Completed);
+    let record = queue.store().get(&id).await.unwrap().unwrap();
+    let result = record.result.expect("the result is kept");
+    // Magic `lc`, envelope version 1, codec 1 (MessagePack): the README's format.
+    assert_eq!(&result[..4], b"lc\x01\x01");
+
+    // A request stored as bare MessagePack (no header: another format, or an old build)
+    // is quarantined, not guessed at.
+    let bare = rmp_serde::to_vec_named(&Job::with_id("bare", Task::Echo("x".into()))).unwrap();
+    let old = JobId::from("bare");
+    let enqueued = queue
+        .store()
+        .enqueue(NewJob::new(old.clone(), bare))
+        .await
+        .unwrap();
+    assert_eq!(enqueued, Enqueued::New);
+    let job = finished(&queue, &old).await;
+    assert!(job.quarantined, "{job:?}");
+    assert_eq!(harness.calls(), 1, "only the enveloped job ran");
 }
 
 // ---------------------------------------------------------------------------------------
