@@ -82,7 +82,8 @@
 //!
 //! # Stores
 //! Jobs live in a [`Store`](store::Store): the in-process [`MemoryStore`](store::MemoryStore)
-//! by default. Stores deal in encoded bytes (MessagePack), so `Req` and the wrapped
+//! by default. Stores deal in encoded bytes (MessagePack in the versioned envelope of the
+//! README), so `Req` and the wrapped
 //! service's response must be `Serialize + DeserializeOwned`. See the [`store`] module for
 //! the contract a store keeps.
 //!
