@@ -11,6 +11,7 @@
 //! | `layercake_cache_lookup_seconds` | histogram | `cache`, `tier` = `l2` |
 //! | `layercake_cache_l1_entries` | gauge | `cache` |
 //! | `layercake_cache_breaker_open` | gauge (0/1) | `cache` |
+//! | `layercake_cache_breaker_transitions_total` | counter | `cache`, `to` = `open` \| `closed` |
 //! | `layercake_cache_not_stored_total` | counter | `cache`, `reason` = `oversized` \| `encode` |
 //!
 //! `coalesced` counts requests that waited for another request's miss on the same key
@@ -28,6 +29,7 @@ pub(crate) const CACHE_L2_ERRORS: &str = "layercake_cache_l2_errors_total";
 pub(crate) const CACHE_LOOKUP_SECONDS: &str = "layercake_cache_lookup_seconds";
 pub(crate) const CACHE_L1_ENTRIES: &str = "layercake_cache_l1_entries";
 pub(crate) const CACHE_BREAKER_OPEN: &str = "layercake_cache_breaker_open";
+pub(crate) const CACHE_BREAKER_TRANSITIONS: &str = "layercake_cache_breaker_transitions_total";
 pub(crate) const CACHE_NOT_STORED: &str = "layercake_cache_not_stored_total";
 
 /// Describes every layercake metric (name, unit, help text) to the installed recorder.
@@ -73,6 +75,11 @@ fn describe_cache() {
         CACHE_BREAKER_OPEN,
         Unit::Count,
         "1 while the L2 circuit breaker is open (Redis skipped), 0 while Redis is in use."
+    );
+    describe_counter!(
+        CACHE_BREAKER_TRANSITIONS,
+        Unit::Count,
+        "Changes of the L2 circuit breaker's state, by the state entered (open, closed): flapping shows here."
     );
     describe_counter!(
         CACHE_NOT_STORED,

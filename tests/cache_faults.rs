@@ -258,6 +258,51 @@ async fn blackholed_redis_costs_the_budget_until_the_breaker_opens_then_recovers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_slower_than_the_read_budget_stays_out_until_it_is_fast_again() {
+    // 200 ms per answer against a 50 ms read budget: the probe's PING answers well within
+    // the connect timeout, and a probe judged by that would close the breaker every probe
+    // interval, costing the next reads their whole budget again (a flapping breaker).
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let reader = builder("slow", proxy.url())
+        .l2_timeout(Duration::from_millis(50))
+        .probe_interval(Duration::from_millis(50))
+        .breaker_threshold(5)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = CacheLayer::new(reader.clone(), key)
+        .store_when(|_: &String| false)
+        .layer(counting(calls.clone()));
+    until_connected(&reader, "connected through the proxy").await;
+
+    proxy.set(Fault::Delay(Duration::from_millis(200)));
+    for i in 0..5 {
+        timed_get(&svc, &format!("t{i}")).await;
+    }
+    let s = reader.stats();
+    assert!(s.breaker_open(), "{s:?}");
+    assert_eq!(s.l2_errors.timeout, 5, "{s:?}");
+    // Twenty probe intervals of steady traffic: no read waits on the slow Redis again.
+    for i in 0..40 {
+        timed_get(&svc, &format!("s{i}")).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let s = reader.stats();
+    assert_eq!(
+        s.l2_errors.timeout, 5,
+        "the breaker did not let reads back in: {s:?}"
+    );
+    assert!(s.breaker_open(), "{s:?}");
+
+    proxy.set(Fault::Pass);
+    until_connected(&reader, "the breaker closed once Redis was fast again").await;
+    write_from_another_replica("slow", &server, "after").await;
+    assert_eq!(timed_get(&svc, "after").await, "v:after");
+    assert_eq!(reader.stats().hits_l2, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_redis_costs_the_budget_until_the_breaker_opens_then_recovers() {
     let server = RedisServer::start();
     let reader = builder("frozen", server.url()).build().unwrap();

@@ -228,6 +228,17 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
     check(&m, MetricKind::Gauge, Unit::Count, "breaker_open");
     assert_eq!(m.value, DebugValue::Gauge(1.0.into()));
 
+    // Connected (no transition from the initial closed state), then opened once.
+    for (to, n) in [("open", 1), ("closed", 0)] {
+        let m = take(
+            &mut metrics,
+            "layercake_cache_breaker_transitions_total",
+            &[("cache", CACHE), ("to", to)],
+        );
+        check(&m, MetricKind::Counter, Unit::Count, "breaker");
+        assert_eq!(m.value, DebugValue::Counter(n), "to={to}");
+    }
+
     for (reason, n) in [("oversized", 1), ("encode", 0)] {
         let m = take(
             &mut metrics,

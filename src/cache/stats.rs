@@ -7,8 +7,8 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use serde::Serialize;
 
 use crate::metrics::{
-    CACHE_BREAKER_OPEN, CACHE_L1_ENTRIES, CACHE_L2_ERRORS, CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED,
-    CACHE_REQUESTS,
+    CACHE_BREAKER_OPEN, CACHE_BREAKER_TRANSITIONS, CACHE_L1_ENTRIES, CACHE_L2_ERRORS,
+    CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED, CACHE_REQUESTS,
 };
 
 /// Why an L2 (Redis) operation failed or was skipped. Each one is a miss (reads) or a
@@ -122,6 +122,10 @@ pub(crate) struct Instruments {
     lookup_l2: Histogram,
     l1_entries: Gauge,
     breaker_open: Gauge,
+    /// The breaker's last state, so that only changes are counted.
+    breaker_was_open: std::sync::atomic::AtomicBool,
+    to_open: Counter,
+    to_closed: Counter,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -177,7 +181,10 @@ impl Instruments {
             not_stored_encode: not_stored("encode"),
             lookup_l2: histogram!(CACHE_LOOKUP_SECONDS, "cache" => name.clone(), "tier" => "l2"),
             l1_entries: gauge!(CACHE_L1_ENTRIES, "cache" => name.clone()),
-            breaker_open: gauge!(CACHE_BREAKER_OPEN, "cache" => name),
+            breaker_open: gauge!(CACHE_BREAKER_OPEN, "cache" => name.clone()),
+            breaker_was_open: std::sync::atomic::AtomicBool::new(false),
+            to_open: counter!(CACHE_BREAKER_TRANSITIONS, "cache" => name.clone(), "to" => "open"),
+            to_closed: counter!(CACHE_BREAKER_TRANSITIONS, "cache" => name, "to" => "closed"),
         }
     }
 
@@ -217,8 +224,17 @@ impl Instruments {
         self.l1_entries.set(n as f64);
     }
 
+    /// Sets the breaker gauge, and counts a transition when the state changed (so that
+    /// flapping shows, which a 0/1 gauge sampled by a scrape hides).
     pub(crate) fn set_breaker_open(&self, open: bool) {
         self.breaker_open.set(if open { 1.0 } else { 0.0 });
+        if self.breaker_was_open.swap(open, Ordering::AcqRel) != open {
+            if open {
+                self.to_open.increment(1);
+            } else {
+                self.to_closed.increment(1);
+            }
+        }
     }
 
     pub(crate) fn snapshot(&self, l1_entries: u64, l2: L2State) -> CacheStats {

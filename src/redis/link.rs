@@ -82,6 +82,9 @@ pub(crate) struct Link {
     wake: Arc<Notify>,
     events: Box<dyn Events>,
     warn: Throttle,
+    /// How fast a new connection must answer a `PING` to be published (`None`: within the
+    /// connect timeout, as the checkout's own `PING` does).
+    admit_within: Option<Duration>,
 }
 
 impl std::fmt::Debug for Link {
@@ -111,6 +114,34 @@ impl Link {
             wake: Arc::new(Notify::new()),
             events: Box::new(events),
             warn: Throttle::new(Duration::from_secs(10)),
+            admit_within: None,
+        }
+    }
+
+    /// Publishes a (re)connection only once it answers a `PING` within `budget`: an owner
+    /// whose commands get `budget` each (the cache's read budget) would otherwise take back
+    /// a Redis that answers, but too slowly for them, and lose every command's budget again
+    /// until it gives the connection up once more (a flapping breaker).
+    pub(crate) fn admit_within(mut self, budget: Duration) -> Self {
+        self.admit_within = Some(budget);
+        self
+    }
+
+    /// Whether `conn` answers a `PING` within the admission budget; `Err` says how not.
+    async fn admit(&self, conn: &MultiplexedConnection) -> Result<(), String> {
+        let Some(budget) = self.admit_within else {
+            return Ok(());
+        };
+        let mut conn = conn.clone();
+        let started = std::time::Instant::now();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(budget, ping.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.endpoint.scrub(describe(&e))),
+            Err(_) => Err(format!(
+                "answers, but slower than the budget: no PONG within {budget:?} (waited {:?})",
+                started.elapsed()
+            )),
         }
     }
 
@@ -345,13 +376,15 @@ async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
         // Errors left over from an earlier attempt say nothing about this one.
         while errors.try_recv().is_ok() {}
         let attempt = tokio::time::timeout(ep.connect_timeout, async {
-            tokio::select! {
+            let pooled = tokio::select! {
                 got = pool.get() => got.map_err(|e| match e {
                     bb8::RunError::User(e) => describe(&e),
                     bb8::RunError::TimedOut => "timed out".to_owned(),
                 }),
                 Some(e) = errors.recv() => Err(describe(&e)),
-            }
+            }?;
+            this.admit(&pooled).await?;
+            Ok(pooled)
         })
         .await;
         match attempt {

@@ -195,13 +195,16 @@ impl L2 {
         epochs: Arc<Epochs>,
     ) -> Self {
         let (writes, rx) = mpsc::channel(cfg.write_queue);
+        let read_budget = cfg.read_timeout;
         let events = CacheEvents {
             cache: Arc::clone(&cache),
             ins: Arc::clone(&ins),
         };
         Self {
             cfg,
-            link: Arc::new(Link::new(endpoint, events)),
+            // The half-open probe is judged by the read budget: a Redis that answers, but
+            // slower than reads may wait, stays out until it is fast again.
+            link: Arc::new(Link::new(endpoint, events).admit_within(read_budget)),
             cache,
             failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
