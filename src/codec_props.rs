@@ -149,15 +149,8 @@ fn rmp_depth_error(bytes: &[u8]) -> bool {
     )
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn round_trips_any_value_and_header(v in value(), now in millis(), ttl in ttl()) {

@@ -79,15 +79,8 @@ fn deeply_nested_payloads_fail_to_decode_without_overflowing_the_stack() {
     assert_eq!(decoded, (true, true));
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn payloads_round_trip(j in job()) {

@@ -259,15 +259,8 @@ fn vary_names() -> impl Strategy<Value = (Vec<String>, Layout)> {
     })
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn arbitrary_values_never_panic(

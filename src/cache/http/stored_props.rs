@@ -222,15 +222,8 @@ fn forged() -> impl Strategy<Value = Forged> {
     ]
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn responses_round_trip_through_the_envelope(p in parts(), now in any::<u64>()) {
