@@ -2,7 +2,7 @@
 //!
 //! The first request to miss a key becomes the *leader* and registers a flight; the others
 //! subscribe to it and sleep (no spinning) until the leader publishes. The leader ends its
-//! flight in one of four ways:
+//! flight in one of five ways:
 //! - it publishes a value: waiters return a clone of it;
 //! - it publishes its error (where the caller can copy errors): waiters return a copy, so a
 //!   failing backend gets one call per flight, not one per waiter;

@@ -210,9 +210,11 @@ impl<V: CacheValue> Cache<V> {
     /// ```
     pub async fn get_with(&self, key: impl AsRef<[u8]>, init: impl Future<Output = V>) -> V {
         let loaded = self
-            .load(key, share_nothing, || async {
-                Ok::<_, Infallible>(Loaded::Store(init.await, Ttl::Default))
-            })
+            .load(
+                key,
+                |never: &Infallible| match *never {},
+                || async { Ok::<_, Infallible>(Loaded::Store(init.await, Ttl::Default)) },
+            )
             .await;
         match loaded {
             Ok(v) => v,
@@ -414,9 +416,4 @@ impl<V: Clone> Cache<V> {
         self.inner.ins.outcome(outcome);
         tracing::debug!(cache = %self.inner.name, result = outcome.as_str(), "cache lookup");
     }
-}
-
-/// The `share_error` of loads whose errors cannot happen or cannot be copied.
-fn share_nothing<E>(_: &E) -> Option<E> {
-    None
 }

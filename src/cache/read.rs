@@ -51,8 +51,11 @@ impl<V: CacheValue> Cache<V> {
                     self.count(Outcome::Miss);
                     return match init().await {
                         Ok(loaded) => {
-                            let (v, end) = self.settle(key, loaded, ticket);
-                            leader.finish(|| end(&v));
+                            let (v, shared) = self.settle(key, loaded, ticket);
+                            leader.finish(|| match shared {
+                                true => State::Value(v.clone()),
+                                false => State::Private,
+                            });
                             Ok(v)
                         }
                         Err(e) => {
@@ -107,17 +110,17 @@ impl<V: CacheValue> Cache<V> {
         Ok(self.settle(key, loaded, ticket).0)
     }
 
-    /// Stores what a load produced, as it allows, and says what the flight's waiters get.
-    #[allow(clippy::type_complexity)]
-    fn settle(&self, key: &[u8], loaded: Loaded<V>, ticket: Ticket) -> (V, fn(&V) -> State<V>) {
+    /// Stores what a load produced, as it allows; returns the value and whether the
+    /// flight's waiters may have it.
+    fn settle(&self, key: &[u8], loaded: Loaded<V>, ticket: Ticket) -> (V, bool) {
         match loaded {
             Loaded::Store(v, ttl) => {
                 self.store(key, &v, ttl, ticket);
                 // Shared even when it was too large to store: it was meant for everybody.
-                (v, |v| State::Value(v.clone()))
+                (v, true)
             }
-            Loaded::Share(v) => (v, |v| State::Value(v.clone())),
-            Loaded::Private(v) => (v, |_| State::Private),
+            Loaded::Share(v) => (v, true),
+            Loaded::Private(v) => (v, false),
         }
     }
 

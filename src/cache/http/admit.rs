@@ -34,21 +34,7 @@ pub(crate) enum Fresh<B: Body> {
 }
 
 impl<B: Body> Admitted<B> {
-    /// The cache entry for `Cache::load`, noting in `fresh` what happened.
-    pub(crate) fn into_entry(self, fresh: &mut Option<Fresh<B>>) -> Entry {
-        match self {
-            Admitted::Store(stored) => {
-                *fresh = Some(Fresh::Loaded);
-                Entry::Response(stored)
-            }
-            Admitted::Pass(res) => {
-                *fresh = Some(Fresh::Pass(res));
-                Entry::Uncacheable
-            }
-        }
-    }
-
-    /// As [`into_entry`](Self::into_entry), with what `Cache::load` may do with it: a
+    /// What `Cache::load` may do with this response, noting in `fresh` what happened: a
     /// storable response is stored for its TTL when `here` says it belongs under the key
     /// being loaded; anything else is for this request alone.
     pub(crate) fn into_loaded(
@@ -56,12 +42,20 @@ impl<B: Body> Admitted<B> {
         fresh: &mut Option<Fresh<B>>,
         here: impl FnOnce(&Stored) -> bool,
     ) -> Loaded<CachedResponse> {
-        match self.into_entry(fresh) {
-            Entry::Response(stored) if here(&stored) => {
-                let ttl = stored.ttl();
-                Loaded::Store(CachedResponse(Entry::Response(stored)), ttl)
+        match self {
+            Admitted::Store(stored) => {
+                *fresh = Some(Fresh::Loaded);
+                if here(&stored) {
+                    let ttl = stored.ttl();
+                    Loaded::Store(CachedResponse(Entry::Response(stored)), ttl)
+                } else {
+                    Loaded::Private(CachedResponse(Entry::Response(stored)))
+                }
             }
-            entry => Loaded::Private(CachedResponse(entry)),
+            Admitted::Pass(res) => {
+                *fresh = Some(Fresh::Pass(res));
+                Loaded::Private(CachedResponse(Entry::Uncacheable))
+            }
         }
     }
 }
