@@ -57,23 +57,7 @@ fn l1_hit_group(c: &mut Criterion, name: &str) {
     let _ = call_now(&mut layered, req.clone());
     assert_eq!(cache.stats().misses, 1);
 
-    let mut group = c.benchmark_group(name);
-    for side in [Side::Baseline, Side::Layer] {
-        let mut svc = bare.clone();
-        let layered = &mut layered;
-        group.bench_function(side.name("bare_service"), |b| {
-            b.iter_custom(|iters| {
-                interleaved(
-                    side,
-                    iters,
-                    || req.clone(),
-                    |r| call_now(&mut svc, r),
-                    |r| call_now(layered, r),
-                )
-            })
-        });
-    }
-    group.finish();
+    paired_in_memory(c, name, bare, &mut layered, || req.clone());
     assert_eq!(cache.stats().misses, 1, "every layered run was an L1 hit");
 }
 
@@ -92,23 +76,7 @@ fn http_l1_hit(c: &mut Criterion) {
         .expect("infallible");
     assert_eq!(cache.stats().misses, 1);
 
-    let mut group = c.benchmark_group("http_l1_hit");
-    for side in [Side::Baseline, Side::Layer] {
-        let mut svc = bare.clone();
-        let layered = &mut layered;
-        group.bench_function(side.name("bare_service"), |b| {
-            b.iter_custom(|iters| {
-                interleaved(
-                    side,
-                    iters,
-                    http_request,
-                    |r| call_now(&mut svc, r),
-                    |r| call_now(layered, r),
-                )
-            })
-        });
-    }
-    group.finish();
+    paired_in_memory(c, "http_l1_hit", bare, &mut layered, http_request);
     assert_eq!(cache.stats().misses, 1, "every layered run was an L1 hit");
 }
 
@@ -133,6 +101,39 @@ where
         let b = timed(layer()).await;
         (timed(baseline()).await, b)
     }
+}
+
+/// One group of an in-memory pair: the bare service against the layered one, each call
+/// answered in its first poll, measured interleaved (see [`interleaved`]).
+fn paired_in_memory<R, S, L>(
+    c: &mut Criterion,
+    name: &str,
+    bare: S,
+    layered: &mut L,
+    mut request: impl FnMut() -> R,
+) where
+    S: tower::Service<R> + Clone,
+    S::Error: std::fmt::Debug,
+    L: tower::Service<R>,
+    L::Error: std::fmt::Debug,
+{
+    let mut group = c.benchmark_group(name);
+    for side in [Side::Baseline, Side::Layer] {
+        let mut svc = bare.clone();
+        let layered = &mut *layered;
+        group.bench_function(side.name("bare_service"), |b| {
+            b.iter_custom(|iters| {
+                interleaved(
+                    side,
+                    iters,
+                    &mut request,
+                    |r| call_now(&mut svc, r),
+                    |r| call_now(layered, r),
+                )
+            })
+        });
+    }
+    group.finish();
 }
 
 /// Times `iters` in-memory calls of one side of a pair. Calls run in chunks of 64, a
@@ -204,17 +205,6 @@ impl Side {
 }
 
 /// A multiplexed connection checked out of a bb8-redis pool, as the cache gets its own.
-async fn pooled_connection(url: &str) -> redis::aio::MultiplexedConnection {
-    let manager = bb8_redis::RedisConnectionManager::new(url).expect("redis url");
-    let pool = bb8::Pool::builder()
-        .max_size(1)
-        .build(manager)
-        .await
-        .expect("pool");
-    let conn = pool.get().await.expect("connection").clone();
-    conn
-}
-
 struct L2Bench {
     /// Two workers, for the 64-caller runs.
     rt: tokio::runtime::Runtime,
@@ -258,17 +248,7 @@ fn l2_setup() -> L2Bench {
                 .await
                 .expect("infallible");
         }
-        support::eventually(Duration::from_secs(10), "64 entries in Redis", || {
-            let mut conn = conn.clone();
-            async move {
-                let n: usize = redis::cmd("DBSIZE")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or(0);
-                n >= 64
-            }
-        })
-        .await;
+        server.until_keys(64).await;
     });
     let single = tokio::runtime::Builder::new_current_thread()
         .enable_all()

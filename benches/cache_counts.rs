@@ -227,27 +227,11 @@ fn l2_setup(rt: &tokio::runtime::Runtime) -> L2 {
             .l2_timeout(Duration::from_millis(500))
             .build()
             .expect("valid config");
-        let manager = bb8_redis::RedisConnectionManager::new(server.url()).expect("redis url");
-        let pool = bb8::Pool::builder()
-            .max_size(1)
-            .build(manager)
-            .await
-            .expect("pool");
-        let conn = pool.get().await.expect("connection").clone();
+        let conn = pooled_connection(&server.url()).await;
         for i in 0..64 {
             cache.insert(format!("q{i}"), hits(&format!("q{i}"))).await;
         }
-        support::eventually(Duration::from_secs(10), "64 entries in Redis", || {
-            let mut conn = conn.clone();
-            async move {
-                let n: usize = redis::cmd("DBSIZE")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or(0);
-                n >= 64
-            }
-        })
-        .await;
+        server.until_keys(64).await;
         let redis_keys = Arc::new((0..64).map(|i| cache.redis_key(format!("q{i}"))).collect());
         L2 {
             _server: server,

@@ -127,3 +127,16 @@ where
         Poll::Pending => panic!("not an in-memory answer"),
     }
 }
+
+/// The baseline's Redis connection, made the way the cache makes its own (a pool's
+/// multiplexed connection), so each L2 pair differs only by the layer.
+pub async fn pooled_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let manager = bb8_redis::RedisConnectionManager::new(url).expect("redis url");
+    let pool = bb8::Pool::builder()
+        .max_size(1)
+        .build(manager)
+        .await
+        .expect("pool");
+    let conn = pool.get().await.expect("connection").clone();
+    conn
+}

@@ -406,6 +406,19 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Waits (at most 10 s) until the server holds at least `n` keys, for example the
+    /// entries a cache's background writer is still sending.
+    pub async fn until_keys(&self, n: usize) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} keys in Redis"),
+            || async { self.query::<usize>(&["DBSIZE"]) >= n },
+        )
+        .await;
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
