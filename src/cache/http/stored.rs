@@ -383,25 +383,12 @@ mod tests {
 
     #[test]
     fn invalid_entries_do_not_decode() {
-        #[derive(Serialize)]
-        enum Forged {
-            Response(Wire),
-        }
-        #[derive(Serialize)]
-        struct Wire {
-            status: u16,
-            headers: Vec<(String, Raw<'static>)>,
-            body: Bytes,
-            trailers: Option<Vec<(String, Raw<'static>)>>,
-            stored_at_ms: u64,
-            age: u64,
-            vary: Vec<String>,
-        }
+        use super::props::{Forged, ForgedBytes, ForgedWire};
         let forge = |status: u16, name: &str, value: &'static [u8]| {
-            rmp_serde::to_vec_named(&Forged::Response(Wire {
+            rmp_serde::to_vec_named(&Forged::Response(ForgedWire {
                 status,
-                headers: vec![(name.to_owned(), Raw(value))],
-                body: Bytes::from_static(b"abc"),
+                headers: vec![(name.to_owned(), ForgedBytes(value.to_vec()))],
+                body: ForgedBytes(b"abc".to_vec()),
                 trailers: None,
                 stored_at_ms: 0,
                 age: 0,

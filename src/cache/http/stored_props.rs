@@ -142,25 +142,27 @@ fn render_checks(s: &Stored, now_ms: u64) -> Result<(), TestCaseError> {
 
 /// What anyone who can write to Redis could put there: the wire form, with any name, value,
 /// status and `content-length`.
+/// (Also used by `stored.rs`' own tests.)
 #[derive(Debug, Serialize)]
-enum Forged {
+pub(super) enum Forged {
     Response(ForgedWire),
     Vary(Vec<String>),
 }
 
 #[derive(Debug, Serialize)]
-struct ForgedWire {
-    status: u16,
-    headers: Vec<(String, ForgedBytes)>,
-    body: ForgedBytes,
-    trailers: Option<Vec<(String, ForgedBytes)>>,
-    stored_at_ms: u64,
-    age: u64,
-    vary: Vec<String>,
+pub(super) struct ForgedWire {
+    pub(super) status: u16,
+    pub(super) headers: Vec<(String, ForgedBytes)>,
+    pub(super) body: ForgedBytes,
+    pub(super) trailers: Option<Vec<(String, ForgedBytes)>>,
+    pub(super) stored_at_ms: u64,
+    pub(super) age: u64,
+    pub(super) vary: Vec<String>,
 }
 
+/// Bytes that serialize as a MessagePack `bin`, as stored bodies and header values do.
 #[derive(Debug, Clone)]
-struct ForgedBytes(Vec<u8>);
+pub(super) struct ForgedBytes(pub(super) Vec<u8>);
 
 impl Serialize for ForgedBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
