@@ -132,12 +132,12 @@ impl<V: CacheValue> Cache<V> {
         let redis_key = inner.scheme.redis_key(key);
         // Wrong Redis types, bad envelopes and oversized entries are the tier's to count
         // and clean up; a payload that is not a `V` is this cache's.
-        let (header, payload) = l2.read(&redis_key, inner.max_entry_size).await.ok()??;
-        let Ok(value) = codec::decode_payload::<V>(&payload) else {
+        let stored = l2.read(&redis_key, inner.max_entry_size).await.ok()??;
+        let Ok(value) = codec::decode_payload::<V>(stored.payload()) else {
             l2.discard(redis_key);
             return None;
         };
-        let remaining = header.remaining(inner.clock.unix_ms())?;
+        let remaining = stored.header.remaining(inner.clock.unix_ms())?;
         // Read before an invalidation that has since happened: serve it to this caller,
         // but do not put it back into L1.
         if let Some(l1) = inner

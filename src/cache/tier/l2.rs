@@ -186,6 +186,19 @@ impl fmt::Debug for L2 {
     }
 }
 
+/// An entry [`L2::read`] found: its checked envelope header, and the bytes read.
+pub(crate) struct Stored {
+    pub(crate) header: codec::Header,
+    bytes: Vec<u8>,
+}
+
+impl Stored {
+    /// The payload, after the header.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.bytes[codec::HEADER_LEN..]
+    }
+}
+
 impl L2 {
     pub(crate) fn new(
         endpoint: Endpoint,
@@ -293,19 +306,18 @@ impl L2 {
     }
 
     /// The Redis side of a cache read, with every failure handled here: `GET`s `redis_key`
-    /// and checks its envelope header. `Ok(Some((header, payload)))` is an entry to decode
-    /// (the payload without its header; expiry is the caller's to check by its clock);
+    /// and checks its envelope header. `Ok(Some(stored))` is an entry to decode (expiry is
+    /// the caller's to check by its clock);
     /// `Ok(None)` a plain miss; `Err` a counted, logged miss. A key holding another Redis
     /// type, or bytes that are not an envelope this build knows, is removed; an entry whose
     /// payload exceeds `max_payload` bytes (written by a replica with a larger limit) is
     /// skipped and left alone.
-    #[allow(dead_code)] // the typed cache's read path calls it (issue 11, part 1)
     pub(crate) async fn read(
         self: &Arc<Self>,
         redis_key: &str,
         max_payload: usize,
-    ) -> Result<Option<(codec::Header, Vec<u8>)>, L2Cause> {
-        let mut bytes = match self.get(redis_key).await {
+    ) -> Result<Option<Stored>, L2Cause> {
+        let bytes = match self.get(redis_key).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(None),
             Err(L2Cause::Decode) => {
@@ -323,10 +335,8 @@ impl L2 {
             return Err(L2Cause::Oversized);
         }
         match codec::decode_header(&bytes) {
-            Ok((header, _)) => {
-                bytes.drain(..codec::HEADER_LEN);
-                Ok(Some((header, bytes)))
-            }
+            // The payload stays where it is: no copy on the hit path.
+            Ok((header, _)) => Ok(Some(Stored { header, bytes })),
             Err(e) => {
                 self.discard_counted(redis_key.to_owned(), e);
                 Err(L2Cause::Decode)
@@ -336,7 +346,6 @@ impl L2 {
 
     /// Removes an entry [`read`](Self::read) returned whose payload does not decode into the
     /// cache's value type; counted as a decode failure.
-    #[allow(dead_code)] // the typed cache's read path calls it (issue 11, part 1)
     pub(crate) fn discard(self: &Arc<Self>, redis_key: String) {
         self.discard_counted(redis_key, codec::DecodeError::Payload);
     }
