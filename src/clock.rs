@@ -41,12 +41,20 @@ impl Clock {
 
     /// Wall-clock now, in Unix milliseconds.
     pub(crate) fn unix_ms(&self) -> u64 {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            + self.offset();
-        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        to_unix_ms(SystemTime::now() + self.offset())
     }
+}
+
+/// `time` in Unix milliseconds (0 before the epoch, saturating far after it): the unit of
+/// every timestamp this crate stores.
+pub(crate) fn to_unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `SystemTime` of Unix milliseconds `ms`.
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 impl fmt::Debug for Clock {

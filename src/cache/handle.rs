@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::builder::CacheBuilder;
 use super::epoch::Epochs;
@@ -406,7 +406,7 @@ impl<V: Clone> Cache<V> {
     /// Now, by the cache's clock: the system clock, or a `MockClock` in tests (feature
     /// `test-util`). For ages of stored values (the HTTP layer's `Age` header).
     pub fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.inner.clock.unix_ms())
+        crate::clock::from_unix_ms(self.inner.clock.unix_ms())
     }
 
     /// Counts a lookup's outcome and logs it at `debug` (with `debug` off, the log costs

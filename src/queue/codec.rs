@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::codec as envelope;
 
@@ -33,9 +33,7 @@ const SCRATCH_KEEP: usize = 64 * 1024;
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<Arc<[u8]>, rmp_serde::encode::Error> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = crate::clock::to_unix_ms(SystemTime::now());
     SCRATCH.with(|scratch| {
         // Encoding runs the value's `Serialize`, which could encode another value (and
         // find the buffer taken): that one gets a buffer of its own.

@@ -557,18 +557,11 @@ impl fmt::Debug for Signal {
 
 /// `SystemTime` as Unix milliseconds: compact, and what JavaScript clients expect.
 pub(crate) mod unix_ms {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn to_ms(time: SystemTime) -> u64 {
-        time.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(crate) fn from_ms(ms: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(ms)
-    }
+    pub(crate) use crate::clock::{from_unix_ms as from_ms, to_unix_ms as to_ms};
 
     pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(to_ms(*time))

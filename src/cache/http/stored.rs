@@ -2,7 +2,7 @@
 //! or the `Vary` marker of a resource whose responses vary.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH};
@@ -47,8 +47,7 @@ impl std::fmt::Debug for CachedResponse {
 
 /// Now by the cache's clock, in Unix milliseconds (for `Age`).
 pub(crate) fn now_ms(cache: &Cache<CachedResponse>) -> u64 {
-    let since = cache.now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    crate::clock::to_unix_ms(cache.now())
 }
 
 /// One cache entry.
