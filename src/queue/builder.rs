@@ -245,7 +245,8 @@ impl<Req, Res, St> QueueBuilder<Req, Res, St> {
             cancel_grace: self.cancel_grace,
             load_shed: self.load_shed,
         };
-        let tracker = Tracker::new(Arc::from(self.name), config, self.on_change, runtime);
+        let shared = self.store.lease_duration().is_some();
+        let tracker = Tracker::new(Arc::from(self.name), config, self.on_change, runtime, shared);
         Ok(Queue::from_core(Core {
             tracker: Arc::new(tracker),
             store: self.store,

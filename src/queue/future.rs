@@ -81,8 +81,13 @@ fn finish(
     match out {
         Ok(Enqueued::New) => {
             // The slot now belongs to the queued job; it comes back when the job leaves
-            // the queue.
-            permit.forget();
+            // the queue. A shared store's jobs may leave it in another process: there the
+            // slot bounds only the enqueues in flight.
+            if tracker.shared {
+                drop(permit);
+            } else {
+                permit.forget();
+            }
             tracker.enqueued(&id);
             Ok(id)
         }

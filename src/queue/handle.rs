@@ -95,6 +95,12 @@ pub(crate) struct Tracker {
     hook: Option<Hook>,
     pub(crate) runtime: Handle,
     pub(crate) dispatchers: Mutex<Vec<JoinHandle<()>>>,
+    /// The store is shared with other processes (its leases expire): jobs this process
+    /// enqueues may start elsewhere, so a queue slot is held only while the enqueue is in
+    /// flight, and `capacity` bounds this process's enqueues in flight.
+    pub(crate) shared: bool,
+    /// Whether the lease-recovery task was started (once per queue).
+    pub(crate) recovering: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -125,7 +131,13 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Tracker {
-    pub(crate) fn new(name: Arc<str>, config: Config, hook: Option<Hook>, runtime: Handle) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        config: Config,
+        hook: Option<Hook>,
+        runtime: Handle,
+        shared: bool,
+    ) -> Self {
         Self {
             metrics: QueueMetrics::new(&name),
             slots: Arc::new(Semaphore::new(config.capacity)),
@@ -145,6 +157,8 @@ impl Tracker {
             hook,
             runtime,
             dispatchers: Mutex::default(),
+            shared,
+            recovering: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -170,6 +184,9 @@ impl Tracker {
     /// Jobs left the queue (started or were cancelled): their slots are free again, once
     /// the slots owed by retries are paid.
     pub(crate) fn release_slots(&self, jobs: usize) {
+        if self.shared {
+            return;
+        }
         let mut debt = self.slot_debt.load(Ordering::Relaxed);
         let paid = loop {
             let paid = debt.min(jobs);
@@ -194,6 +211,9 @@ impl Tracker {
     /// A retry re-entered the queue: it takes a slot, or owes one if the queue is full (a
     /// finishing attempt must never wait for room).
     fn take_slot_for_retry(&self) {
+        if self.shared {
+            return;
+        }
         match self.slots.try_acquire() {
             Ok(permit) => permit.forget(),
             Err(_) => {

@@ -370,6 +370,7 @@ pub struct JobContext {
 struct ContextInner {
     id: JobId,
     attempt: u32,
+    generation: u64,
     /// Cooperative: the job is asked to stop.
     cancel: Signal,
     /// Forced: the worker drops the job's future at its next poll.
@@ -379,10 +380,11 @@ struct ContextInner {
 }
 
 impl ContextInner {
-    fn new(id: JobId, attempt: u32) -> Self {
+    fn new(id: JobId, attempt: u32, generation: u64) -> Self {
         Self {
             id,
             attempt,
+            generation,
             cancel: Signal::new(),
             abort: Signal::new(),
             progress: Mutex::new(None),
@@ -393,20 +395,24 @@ impl ContextInner {
 
 impl JobContext {
     pub(crate) fn new(id: JobId, attempt: u32) -> Self {
+        Self::with_generation(id, attempt, u64::from(attempt))
+    }
+
+    pub(crate) fn with_generation(id: JobId, attempt: u32, generation: u64) -> Self {
         Self {
-            inner: Arc::new(ContextInner::new(id, attempt)),
+            inner: Arc::new(ContextInner::new(id, attempt, generation)),
         }
     }
 
     /// A context for another attempt, in this one's memory when nothing else holds it (the
     /// dispatcher reuses the contexts of attempts that ended in their first poll).
-    pub(crate) fn reuse(mut self, id: JobId, attempt: u32) -> Self {
+    pub(crate) fn reuse(mut self, id: JobId, attempt: u32, generation: u64) -> Self {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => {
-                *inner = ContextInner::new(id, attempt);
+                *inner = ContextInner::new(id, attempt, generation);
                 self
             }
-            None => Self::new(id, attempt),
+            None => Self::with_generation(id, attempt, generation),
         }
     }
 
@@ -423,6 +429,15 @@ impl JobContext {
     /// Which attempt this is, from 1.
     pub fn attempt(&self) -> u32 {
         self.inner.attempt
+    }
+
+    /// The job's generation: it goes up with every take of the job by a worker and, in a
+    /// store whose leases expire ([`RedisStore`](super::store::RedisStore)), with every
+    /// recovery of a job whose worker died. A job that writes to another system can
+    /// pass it along as a fencing token, so that the system rejects a write from an
+    /// attempt that a newer one replaced (a worker paused past its lease).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
     }
 
     /// Reports progress. The worker writes the latest value to the store at the job's next

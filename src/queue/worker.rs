@@ -63,17 +63,54 @@ where
     St: Store,
 {
     let tracker = core.tracker.clone();
+    let recovery = match core.store.lease_duration() {
+        Some(lease) if !tracker.recovering.swap(true, Ordering::AcqRel) => Some(
+            tracker
+                .runtime
+                .spawn(recover_expired(Arc::downgrade(&core), lease)),
+        ),
+        _ => None,
+    };
     let dispatcher = tracker.runtime.spawn(dispatch(core, service));
     let mut dispatchers = tracker
         .dispatchers
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // `shutdown` sets `closed` before it takes the list: either it takes this dispatcher
-    // and aborts it, or this sees `closed`.
-    if tracker.closed.is_set() {
-        dispatcher.abort();
-    } else {
-        dispatchers.push(dispatcher);
+    // `shutdown` sets `closed` before it takes the list: either it takes these tasks and
+    // aborts them, or this sees `closed`.
+    for task in std::iter::once(dispatcher).chain(recovery) {
+        if tracker.closed.is_set() {
+            task.abort();
+        } else {
+            dispatchers.push(task);
+        }
+    }
+}
+
+/// For stores whose leases expire: requeues, every quarter lease (at most every second),
+/// the jobs of workers that died, in this process or another. Runs while the queue does;
+/// it holds no job and is safe to abort at any `.await`.
+async fn recover_expired<Req, St: Store>(core: std::sync::Weak<Core<Req, St>>, lease: Duration) {
+    let every = (lease / 4).min(Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        let tracker = &core.tracker;
+        if tracker.closed.is_set() {
+            return;
+        }
+        match core.store.recover().await {
+            Ok(0) => {}
+            Ok(jobs) => {
+                tracing::info!(queue = %tracker.name, jobs, "requeued jobs whose worker stopped renewing their lease");
+                tracker.recovered(jobs);
+            }
+            Err(err) => {
+                tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "lease recovery failed");
+            }
+        }
     }
 }
 
@@ -349,8 +386,12 @@ where
         held.started += 1;
         let attempt = Attempt {
             ctx: match spare_ctx.take() {
-                Some(ctx) => ctx.reuse(lease.id().clone(), lease.attempt()),
-                None => JobContext::new(lease.id().clone(), lease.attempt()),
+                Some(ctx) => ctx.reuse(lease.id().clone(), lease.attempt(), lease.generation()),
+                None => JobContext::with_generation(
+                    lease.id().clone(),
+                    lease.attempt(),
+                    lease.generation(),
+                ),
             },
             lease,
             started: last_end.take().unwrap_or_else(Instant::now),
@@ -509,22 +550,12 @@ fn finish<Req, St>(
     spawn_registered(&core.tracker, ctx, settling);
 }
 
-/// Waits for a job when none was ready, recovering expired leases meanwhile (for stores
-/// whose leases expire). `None` when every handle is gone and the queue is empty.
+/// Waits for a job when none was ready. `None` when every handle is gone and the queue is
+/// empty.
 async fn next_job<Req, St: Store>(core: &Core<Req, St>) -> Option<Lease> {
     let tracker = &core.tracker;
-    let lease_duration = core.store.lease_duration();
-    let wait = lease_duration.map_or(DEQUEUE_WAIT, |lease| (lease / 2).min(DEQUEUE_WAIT));
     loop {
-        if lease_duration.is_some() {
-            match core.store.recover().await {
-                Ok(0) => {}
-                Ok(jobs) => tracker.recovered(jobs),
-                Err(err) => {
-                    tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "lease recovery failed");
-                }
-            }
-        }
+        let wait = DEQUEUE_WAIT;
         let orphaned = tracker.orphaned.is_set();
         let dequeued = tokio::select! {
             biased;

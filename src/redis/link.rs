@@ -50,7 +50,6 @@ pub(crate) enum Wait {
     UnlessDown,
     /// Wait through an outage, for the supervisor's next connection (a job store, whose
     /// commands must succeed or fail within their budget, not be skipped).
-    #[allow(dead_code)] // for the Redis job store (issue 12)
     Always,
 }
 
@@ -249,7 +248,6 @@ impl Link {
     /// The server's `maxmemory-policy`, for an owner that must warn when Redis may evict its
     /// keys (a job store needs `noeviction`). `Ok(None)` when the server will not say:
     /// managed services often forbid or rename `CONFIG`.
-    #[allow(dead_code)] // for the Redis job store's check at connect (issue 12)
     pub(crate) async fn eviction_policy(
         &self,
         budget: Duration,

@@ -353,7 +353,6 @@ impl Endpoint {
     }
 
     /// A connection of its own, outside the pool (for blocking commands).
-    #[allow(dead_code)] // for the Redis job store's blocking take (issue 12)
     pub(crate) async fn dedicated(
         &self,
         response_timeout: Option<Duration>,

@@ -33,97 +33,101 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 /// Generates one `#[tokio::test]` per suite test for a store.
 macro_rules! queue_conformance {
     (store: $store:expr, paused_time: $paused:literal) => {
+        queue_conformance!(fixture: (), |_fixture| $store, paused_time: $paused);
+    };
+    // `fixture` lives as long as the test (a Redis server, say); the store is made from it.
+    (fixture: $fixture:expr, |$f:ident| $store:expr, paused_time: $paused:literal) => {
         #[tokio::test]
         async fn enqueue_then_complete_with_result() {
-            queue_suite::enqueue_then_complete_with_result($store).await
+            { let $f = $fixture; queue_suite::enqueue_then_complete_with_result($store).await }
         }
         #[tokio::test]
         async fn failure_retries_then_fails_with_error_and_attempts() {
-            queue_suite::failure_retries_then_fails_with_error_and_attempts($store).await
+            { let $f = $fixture; queue_suite::failure_retries_then_fails_with_error_and_attempts($store).await }
         }
         #[tokio::test]
         async fn retry_then_success_clears_the_error() {
-            queue_suite::retry_then_success_clears_the_error($store).await
+            { let $f = $fixture; queue_suite::retry_then_success_clears_the_error($store).await }
         }
         #[tokio::test]
         async fn permanent_error_is_not_retried() {
-            queue_suite::permanent_error_is_not_retried($store).await
+            { let $f = $fixture; queue_suite::permanent_error_is_not_retried($store).await }
         }
         #[tokio::test]
         async fn panic_fails_the_attempt_and_the_worker_carries_on() {
-            queue_suite::panic_fails_the_attempt_and_the_worker_carries_on($store).await
+            { let $f = $fixture; queue_suite::panic_fails_the_attempt_and_the_worker_carries_on($store).await }
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn dedup_under_100_concurrent_enqueues() {
-            queue_suite::dedup_under_100_concurrent_enqueues($store).await
+            { let $f = $fixture; queue_suite::dedup_under_100_concurrent_enqueues($store).await }
         }
         #[tokio::test]
         async fn finished_id_can_run_again() {
-            queue_suite::finished_id_can_run_again($store).await
+            { let $f = $fixture; queue_suite::finished_id_can_run_again($store).await }
         }
         #[tokio::test]
         async fn cancel_queued_job_never_runs() {
-            queue_suite::cancel_queued_job_never_runs($store).await
+            { let $f = $fixture; queue_suite::cancel_queued_job_never_runs($store).await }
         }
         #[tokio::test]
         async fn cancel_running_job_stops_it_cooperatively() {
-            queue_suite::cancel_running_job_stops_it_cooperatively($store).await
+            { let $f = $fixture; queue_suite::cancel_running_job_stops_it_cooperatively($store).await }
         }
         #[tokio::test(start_paused = $paused)]
         async fn cancel_running_job_aborts_it_after_the_grace_period() {
-            queue_suite::cancel_running_job_aborts_it_after_the_grace_period($store, $paused).await
+            { let $f = $fixture; queue_suite::cancel_running_job_aborts_it_after_the_grace_period($store, $paused).await }
         }
         #[tokio::test]
         async fn cancel_finished_or_unknown_job_reports_it() {
-            queue_suite::cancel_finished_or_unknown_job_reports_it($store).await
+            { let $f = $fixture; queue_suite::cancel_finished_or_unknown_job_reports_it($store).await }
         }
         #[tokio::test(start_paused = $paused)]
         async fn result_ttl_expiry() {
-            queue_suite::result_ttl_expiry($store, $paused).await
+            { let $f = $fixture; queue_suite::result_ttl_expiry($store, $paused).await }
         }
         #[tokio::test]
         async fn list_len_and_clear_failed() {
-            queue_suite::list_len_and_clear_failed($store).await
+            { let $f = $fixture; queue_suite::list_len_and_clear_failed($store).await }
         }
         #[tokio::test]
         async fn progress_visible_while_running() {
-            queue_suite::progress_visible_while_running($store).await
+            { let $f = $fixture; queue_suite::progress_visible_while_running($store).await }
         }
         #[tokio::test(start_paused = $paused)]
         async fn shutdown_with_jobs_in_flight() {
-            queue_suite::shutdown_with_jobs_in_flight($store, $paused).await
+            { let $f = $fixture; queue_suite::shutdown_with_jobs_in_flight($store, $paused).await }
         }
         #[tokio::test]
         async fn shutdown_lets_running_jobs_finish() {
-            queue_suite::shutdown_lets_running_jobs_finish($store).await
+            { let $f = $fixture; queue_suite::shutdown_lets_running_jobs_finish($store).await }
         }
         #[tokio::test]
         async fn undecodable_payload_is_quarantined() {
-            queue_suite::undecodable_payload_is_quarantined($store).await
+            { let $f = $fixture; queue_suite::undecodable_payload_is_quarantined($store).await }
         }
         #[tokio::test]
         async fn payloads_and_results_are_stored_in_the_envelope() {
-            queue_suite::payloads_and_results_are_stored_in_the_envelope($store).await
+            { let $f = $fixture; queue_suite::payloads_and_results_are_stored_in_the_envelope($store).await }
         }
         #[tokio::test]
         async fn store_rejects_stale_leases() {
-            queue_suite::store_rejects_stale_leases($store).await
+            { let $f = $fixture; queue_suite::store_rejects_stale_leases($store).await }
         }
         #[tokio::test]
         async fn store_settles_a_cancel_requested_job_as_cancelled() {
-            queue_suite::store_settles_a_cancel_requested_job_as_cancelled($store).await
+            { let $f = $fixture; queue_suite::store_settles_a_cancel_requested_job_as_cancelled($store).await }
         }
         #[tokio::test]
         async fn store_dedups_live_ids_only() {
-            queue_suite::store_dedups_live_ids_only($store).await
+            { let $f = $fixture; queue_suite::store_dedups_live_ids_only($store).await }
         }
         #[tokio::test]
         async fn store_settles_then_dequeues_in_one_step() {
-            queue_suite::store_settles_then_dequeues_in_one_step($store).await
+            { let $f = $fixture; queue_suite::store_settles_then_dequeues_in_one_step($store).await }
         }
         #[tokio::test]
         async fn store_takes_back_released_jobs_in_order() {
-            queue_suite::store_takes_back_released_jobs_in_order($store).await
+            { let $f = $fixture; queue_suite::store_takes_back_released_jobs_in_order($store).await }
         }
     };
 }

@@ -570,8 +570,14 @@ impl State {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         entry.sequence = sequence;
+        let due = entry.due;
         let slot = self.insert(entry);
-        self.ready.push_back((slot, sequence));
+        match due {
+            Some(due) => {
+                self.delayed.insert((due, sequence), slot);
+            }
+            None => self.ready.push_back((slot, sequence)),
+        }
         self.queued += 1;
     }
 
@@ -605,7 +611,8 @@ impl State {
                 payload,
                 entry.record.enqueued_at,
             )
-            .with_started_at(started_at);
+            .with_started_at(started_at)
+            .with_generation(u64::from(counter));
             self.next_token = counter.wrapping_add(1);
             self.queued -= 1;
             return Ok(lease);
@@ -811,12 +818,18 @@ impl Store for MemoryStore {
         // Built before any lock is taken.
         let hash = self.hash(&job.id);
         let generated_id = job.generated_id;
+        // A delayed job waits with the retries, on the store's (Tokio) clock.
+        let due = job
+            .not_before
+            .and_then(|time| time.duration_since(SystemTime::now()).ok())
+            .filter(|delay| !delay.is_zero())
+            .map(|delay| Instant::now() + delay);
         let entry = Entry {
             record: JobRecord::new(job),
             hash,
             sequence: 0,
             token: None,
-            due: None,
+            due,
             previous_start: None,
         };
         let purge = if generated_id {

@@ -1,0 +1,29 @@
+-- KEYS: active, wait, signal, expiry, done:cancelled
+-- ARGV: job key prefix
+-- Requeues (at the front) running jobs whose lease expired: their worker died or was cut
+-- off. Each gets a new generation, so the old worker's token no longer settles it. A job
+-- whose cancellation was requested ends cancelled instead. Returns how many were requeued.
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
+local requeued = 0
+for _, id in ipairs(expired) do
+  local key = ARGV[1] .. id
+  redis.call('ZREM', KEYS[1], id)
+  local job = redis.call('HMGET', key, 'st', 'lu', 'cx', 'cttl')
+  if job[1] == 'r' and tonumber(job[2]) <= now then
+    redis.call('HINCRBY', key, 'gen', 1)
+    redis.call('HDEL', key, 'tok', 'lu')
+    if job[3] == '1' then
+      redis.call('HDEL', key, 'pl')
+      finish(key, id, 'x', now, tonumber(job[4]), KEYS[5], KEYS[4])
+    else
+      redis.call('HSET', key, 'st', 'q')
+      redis.call('LPUSH', KEYS[2], id)
+      requeued = requeued + 1
+    end
+  end
+end
+if requeued > 0 then
+  signal(KEYS[3])
+end
+return requeued
