@@ -11,7 +11,8 @@ use tokio::sync::Semaphore;
 use super::backoff::Backoff;
 use super::handle::{Config, Core, Hook, JobIdFn, Queue, Tracker};
 use super::job::{JobId, JobStatus};
-use super::store::{MemoryStore, Store};
+use super::store::{AnyStore, MemoryStore, RedisStore, RedisStoreBuilder, Store};
+use crate::redis::{IntoRedisUrl, RedisOptions};
 use crate::ConfigError;
 
 /// Builds a [`Queue`]; from [`Queue::builder`].
@@ -55,7 +56,27 @@ pub struct QueueBuilder<Req, Res, St = MemoryStore> {
     on_change: Option<Hook>,
     runtime: Option<Handle>,
     store: St,
+    /// The Redis store to build, for a queue given a URL ([`redis_url`](Self::redis_url)).
+    redis: Option<RedisStoreBuilder>,
+    /// Makes the final store at `build`: `store` as it is, or the Redis store from `redis`.
+    finish: Finish<St>,
     _res: PhantomData<fn() -> Res>,
+}
+
+type Finish<St> = fn(St, Option<RedisStoreBuilder>) -> Result<St, ConfigError>;
+
+fn as_given<St>(store: St, _: Option<RedisStoreBuilder>) -> Result<St, ConfigError> {
+    Ok(store)
+}
+
+fn redis_if_configured(
+    store: AnyStore,
+    redis: Option<RedisStoreBuilder>,
+) -> Result<AnyStore, ConfigError> {
+    match redis {
+        Some(redis) => Ok(AnyStore::redis(redis.build()?)),
+        None => Ok(store),
+    }
 }
 
 impl<Req, Res> QueueBuilder<Req, Res, MemoryStore> {
@@ -73,8 +94,62 @@ impl<Req, Res> QueueBuilder<Req, Res, MemoryStore> {
             on_change: None,
             runtime: None,
             store: MemoryStore::new(),
+            redis: None,
+            finish: as_given,
             _res: PhantomData,
         }
+    }
+
+    /// Keeps jobs in Redis at `url` (a [`RedisStore`] named after the queue), or in
+    /// process when `url` is `None`: `redis_url(std::env::var("REDIS_URL").ok())` runs on
+    /// Redis where it is configured and in process elsewhere, with one queue type
+    /// ([`AnyStore`]).
+    ///
+    /// With Redis, jobs survive restarts, and any process with the same queue name and
+    /// Redis enqueues, runs, reads and cancels them. `build` connects to nothing and
+    /// never fails because Redis is down; each store operation then fails within
+    /// [`RedisOptions::command_timeout`] (enqueue included: a [`QueueError`] that
+    /// [`is_store`](super::QueueError::is_store)), and workers wait and resume by
+    /// themselves when Redis is back.
+    ///
+    /// [`QueueError`]: super::QueueError
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Translate;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), layercake::ConfigError> {
+    /// use layercake::queue::Queue;
+    ///
+    /// let queue = Queue::<Translate, String>::builder("translate")
+    ///     .redis_url(std::env::var("LAYERCAKE_EXAMPLE_REDIS").ok())
+    ///     .build()?;
+    /// assert_eq!(queue.store().as_redis().is_some(), std::env::var("LAYERCAKE_EXAMPLE_REDIS").is_ok());
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_url(self, url: impl IntoRedisUrl) -> QueueBuilder<Req, Res, AnyStore> {
+        self.redis(RedisOptions::new(url))
+    }
+
+    /// As [`redis_url`](Self::redis_url), with the connection settings as a group (the
+    /// ones the cache takes).
+    pub fn redis(self, options: RedisOptions) -> QueueBuilder<Req, Res, AnyStore> {
+        let redis = options
+            .has_url()
+            .then(|| RedisStore::builder(self.name.clone()).redis(options));
+        let mut builder = self.store(AnyStore::memory(MemoryStore::new()));
+        builder.redis = redis;
+        builder.finish = redis_if_configured;
+        builder
+    }
+}
+
+impl<Req, Res> QueueBuilder<Req, Res, AnyStore> {
+    /// The Redis store's lease (see [`RedisStoreBuilder::lease`]; default 10 s, at least
+    /// 2 s): a job whose worker died runs again within about this long. No effect on the
+    /// in-process store.
+    pub fn lease(mut self, lease: std::time::Duration) -> Self {
+        self.redis = self.redis.map(|redis| redis.lease(lease));
+        self
     }
 }
 
@@ -182,6 +257,8 @@ impl<Req, Res, St> QueueBuilder<Req, Res, St> {
             on_change: self.on_change,
             runtime: self.runtime,
             store,
+            redis: None,
+            finish: as_given,
             _res: PhantomData,
         }
     }
@@ -245,11 +322,12 @@ impl<Req, Res, St> QueueBuilder<Req, Res, St> {
             cancel_grace: self.cancel_grace,
             load_shed: self.load_shed,
         };
-        let shared = self.store.lease_duration().is_some();
+        let store = (self.finish)(self.store, self.redis)?;
+        let shared = store.lease_duration().is_some();
         let tracker = Tracker::new(Arc::from(self.name), config, self.on_change, runtime, shared);
         Ok(Queue::from_core(Core {
             tracker: Arc::new(tracker),
-            store: self.store,
+            store,
             job_id: self.job_id,
         }))
     }
@@ -269,6 +347,7 @@ impl<Req, Res, St> fmt::Debug for QueueBuilder<Req, Res, St> {
             .field("job_id", &self.job_id.as_ref().map(|_| "Fn"))
             .field("on_change", &self.on_change.as_ref().map(|_| "Fn"))
             .field("runtime", &self.runtime)
+            .field("redis", &self.redis)
             .finish()
     }
 }

@@ -19,7 +19,8 @@ use super::codec;
 use super::error::QueueError;
 use super::job::{CancelOutcome, JobContext, JobId, JobInfo, JobStatus, Signal};
 use super::metrics::QueueMetrics;
-use super::store::{JobRecord, MemoryStore, Store};
+use super::future::ResponseFuture;
+use super::store::{JobRecord, MemoryStore, NewJob, Store};
 
 /// A queue of jobs: the handle to read, wait for, list and cancel them, and to shut the
 /// queue down.
@@ -439,6 +440,94 @@ impl<Req, Res, St> Queue<Req, Res, St> {
             retried: load(&counts.retried),
             cancelled: load(&counts.cancelled),
         }
+    }
+}
+
+impl<Req: serde::Serialize, Res, St: Store> Queue<Req, Res, St> {
+    /// Enqueues `req` as a job and returns its id once the store has it, as the
+    /// [`QueueLayer`](super::QueueLayer)'s service does (a producer needs no layer): it
+    /// waits for a queue slot ([`capacity`](super::QueueBuilder::capacity)), or with
+    /// [`load_shed`](super::QueueBuilder::load_shed) fails at once when none is free.
+    ///
+    /// # Errors
+    /// A [`QueueError`]: shut down, overloaded, the request could not be encoded, or the
+    /// store failed (Redis unreachable: within its command budget).
+    pub async fn enqueue(&self, req: Req) -> Result<JobId, QueueError> {
+        self.enqueue_not_before(req, None).await
+    }
+
+    /// Enqueues `req` to start once `delay` has passed (in the store: with Redis the
+    /// delay survives restarts and any worker may run it).
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    pub async fn enqueue_in(&self, req: Req, delay: Duration) -> Result<JobId, QueueError> {
+        let at = std::time::SystemTime::now() + delay;
+        self.enqueue_not_before(req, Some(at)).await
+    }
+
+    /// Enqueues `req` to start at `time` (at once if it has passed).
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    pub async fn enqueue_at(
+        &self,
+        req: Req,
+        time: std::time::SystemTime,
+    ) -> Result<JobId, QueueError> {
+        self.enqueue_not_before(req, Some(time)).await
+    }
+
+    async fn enqueue_not_before(
+        &self,
+        req: Req,
+        not_before: Option<std::time::SystemTime>,
+    ) -> Result<JobId, QueueError> {
+        let slots = self.tracker().slots.clone();
+        let permit = if self.tracker().config.load_shed {
+            match slots.try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    return Err(QueueError::overloaded())
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::closed()),
+            }
+        } else {
+            slots
+                .acquire_owned()
+                .await
+                .map_err(|_| QueueError::closed())?
+        };
+        self.submit(req, permit, not_before).await
+    }
+
+    /// Encodes `req` and hands it to the store, holding `permit` (its queue slot).
+    pub(crate) fn submit(
+        &self,
+        req: Req,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        not_before: Option<std::time::SystemTime>,
+    ) -> ResponseFuture<St::EnqueueFuture> {
+        let tracker = self.tracker();
+        if tracker.closed.is_set() {
+            return ResponseFuture::done(Err(QueueError::closed()));
+        }
+        let core = self.core();
+        let chosen = core.job_id.as_ref().and_then(|job_id| job_id(&req));
+        let payload = match codec::encode(&req) {
+            Ok(payload) => payload,
+            Err(err) => return ResponseFuture::done(Err(QueueError::encode(err))),
+        };
+        let mut job = match chosen {
+            Some(id) => NewJob::new(id, payload),
+            None => NewJob::new(JobId::random(), payload).with_generated_id(),
+        };
+        if let Some(time) = not_before {
+            job = job.not_before(time);
+        }
+        let id = job.id.clone();
+        let fut = core.store.enqueue(job);
+        ResponseFuture::enqueue(fut, id, tracker.clone(), permit)
     }
 }
 

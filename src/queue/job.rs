@@ -490,6 +490,11 @@ impl JobContext {
         self.inner.abort.set();
     }
 
+    /// Whether the queue's shutdown stopped the attempt.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.inner.abort.is_set()
+    }
+
     pub(crate) async fn aborted(&self) {
         self.inner.abort.wait().await;
     }

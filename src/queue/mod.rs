@@ -116,6 +116,7 @@ mod handle;
 mod job;
 mod layer;
 pub(crate) mod metrics;
+mod serve;
 mod service;
 pub mod store;
 mod worker;
@@ -128,6 +129,7 @@ pub use job::{
     CancelOutcome, JobContext, JobId, JobInfo, JobStatus, ParseJobStatusError, Progress,
 };
 pub use layer::QueueLayer;
+pub use serve::Serve;
 pub use service::QueueService;
 
 /// The payload codec, for the `cargo fuzz` targets (`crate::fuzzing`).

@@ -10,12 +10,11 @@ use serde::Serialize;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tower_service::Service;
 
-use super::codec;
 use super::error::QueueError;
 use super::future::ResponseFuture;
 use super::handle::Queue;
 use super::job::JobId;
-use super::store::{MemoryStore, NewJob, Store};
+use super::store::{MemoryStore, Store};
 
 type Acquire =
     Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
@@ -131,23 +130,7 @@ where
                 panic!("QueueService::call was called before poll_ready returned Ready(Ok(()))")
             }
         };
-        let tracker = self.queue.tracker();
-        if tracker.closed.is_set() {
-            return ResponseFuture::done(Err(QueueError::closed()));
-        }
-        let core = self.queue.core();
-        let chosen = core.job_id.as_ref().and_then(|job_id| job_id(&req));
-        let payload = match codec::encode(&req) {
-            Ok(payload) => payload,
-            Err(err) => return ResponseFuture::done(Err(QueueError::encode(err))),
-        };
-        let job = match chosen {
-            Some(id) => NewJob::new(id, payload),
-            None => NewJob::new(JobId::random(), payload).with_generated_id(),
-        };
-        let id = job.id.clone();
-        let fut = core.store.enqueue(job);
-        ResponseFuture::enqueue(fut, id, tracker.clone(), permit)
+        self.queue.submit(req, permit, None)
     }
 }
 

@@ -584,7 +584,10 @@ enum Outcome<T, E> {
     Done(T),
     Failed(E),
     Panicked(String),
+    /// Cancelled, and not stopped within the grace period.
     Stopped,
+    /// Dropped by the queue's shutdown.
+    ShutDown,
     LeaseLost,
 }
 
@@ -614,6 +617,7 @@ where
     let config = &tracker.config;
     let lease = &attempt.lease;
     tracker.metrics.run.record(ran.as_secs_f64());
+    let shutting_down = tracker.shared && attempt.ctx.is_aborted();
     let retry = |error: String| {
         if lease.attempt() < config.max_attempts {
             Settlement::Retry {
@@ -629,9 +633,15 @@ where
             tracing::debug!(queue = %tracker.name, job = %lease.id(), "lease lost; the attempt stopped without settling");
             return None;
         }
+        // Stopped by this process's shutdown, with a store shared by other workers: unless
+        // it completed, the job goes back to the front of the queue (as if not started)
+        // for one of them. (A cancellation requested meanwhile still wins in the store.)
+        Outcome::ShutDown | Outcome::Failed(_) | Outcome::Panicked(_) if shutting_down => {
+            Settlement::Release
+        }
         // Asked to stop (cancelled, or shut down): whatever the job returned, it is cancelled.
-        _ if attempt.ctx.is_cancelled() => Settlement::Cancel,
-        Outcome::Stopped => Settlement::Cancel,
+        _ if attempt.ctx.is_cancelled() && !shutting_down => Settlement::Cancel,
+        Outcome::Stopped | Outcome::ShutDown => Settlement::Cancel,
         // The response's `Serialize` is the application's code, and may run on the
         // dispatcher: a panic in it fails the job, not the dispatcher.
         Outcome::Done(response) => {
@@ -731,7 +741,7 @@ where
         tokio::select! {
             biased;
             out = &mut fut => return Outcome::from_output(out),
-            () = ctx.aborted() => return Outcome::Stopped,
+            () = ctx.aborted() => return Outcome::ShutDown,
             () = &mut stop => return Outcome::Stopped,
             () = ctx.progress_changed() => {
                 let Some(progress) = ctx.take_progress() else { continue };

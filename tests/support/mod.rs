@@ -120,6 +120,8 @@ fn redis_server_binary() -> PathBuf {
 pub struct RedisServer {
     port: u16,
     password: Option<String>,
+    /// Persistence: append-only file, fsync every second (kept across restarts).
+    aof: bool,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
 }
@@ -137,16 +139,23 @@ impl RedisServer {
     /// Starts a server without a password on a free port; blocks until it answers PING
     /// (panics with the server's log after [`STARTUP_DEADLINE`]).
     pub fn start() -> RedisServer {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
+    }
+
+    /// Like [`RedisServer::start`], with an append-only file fsynced every second
+    /// (`appendfsync everysec`, as a job store is run): [`RedisServer::restart`] after
+    /// [`RedisServer::kill`] (SIGKILL) reloads it.
+    pub fn start_with_aof() -> RedisServer {
+        Self::start_inner(None, true)
     }
 
     /// Like [`RedisServer::start`], with `--requirepass password`; [`RedisServer::url`] and
     /// [`RedisServer::client`] carry the password.
     pub fn start_with_password(password: &str) -> RedisServer {
-        Self::start_inner(Some(password.to_owned()))
+        Self::start_inner(Some(password.to_owned()), false)
     }
 
-    fn start_inner(password: Option<String>) -> RedisServer {
+    fn start_inner(password: Option<String>, aof: bool) -> RedisServer {
         let seq = SERVER_SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
             "layercake-test-redis-{}-{}",
@@ -159,6 +168,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: 0,
             password,
+            aof,
             dir,
             child: Mutex::new(None),
         };
@@ -194,7 +204,12 @@ impl RedisServer {
         let port = self.port.to_string();
         let mut cmd = Command::new(redis_server_binary());
         cmd.args(["--port", &port, "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(if self.aof {
+                ["--appendonly", "yes", "--appendfsync", "everysec"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .args(["--daemonize", "no", "--enable-debug-command", "local"]);
@@ -305,7 +320,8 @@ impl RedisServer {
     }
 
     /// Starts the server again on the SAME port (killing it first if it is still running)
-    /// and blocks until it answers PING. It comes back empty.
+    /// and blocks until it answers PING. It comes back empty, or, started with
+    /// [`RedisServer::start_with_aof`], with what its append-only file kept.
     pub fn restart(&mut self) {
         self.kill();
         if let Err(StartError::Exited { status, .. }) = self.spawn_and_wait(false) {

@@ -31,6 +31,7 @@
 //!
 //! The conformance suite in the crate's `tests/queue_suite/` runs against every store.
 
+mod any;
 mod memory;
 mod redis;
 
@@ -39,6 +40,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use any::{AnyEnqueue, AnyStore};
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisStoreBuilder, DEFAULT_LEASE, MIN_LEASE};
 
