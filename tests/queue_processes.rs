@@ -37,6 +37,10 @@ enum Task {
     /// Records `{worker}:{generation}` in `started:{id}`, waits for the key `go`, counts
     /// itself in `done:{id}` and completes with the worker's name.
     Hold,
+    /// Records `{worker}:{generation}` in `started:{id}`, sleeps this many ms, and
+    /// completes with the worker's name, touching nothing after the sleep: a worker
+    /// resumed after the sleep has its result ready at once, before any renewal.
+    Sleep(u64),
     /// Waits to be cancelled, then fails.
     Cooperative,
 }
@@ -110,6 +114,12 @@ async fn run_worker(url: &str) {
                     }
                     let _: () = redis.incr(format!("done:{}", work.id), 1).await?;
                     Ok::<_, BoxError>(name)
+                }
+                Task::Sleep(ms) => {
+                    let started = format!("{name}:{}", ctx.generation());
+                    let _: () = redis.rpush(format!("started:{}", work.id), started).await?;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(name)
                 }
                 Task::Cooperative => {
                     ctx.cancelled().await;
@@ -301,31 +311,44 @@ async fn a_worker_paused_past_its_lease_cannot_overwrite_the_newer_attempt() {
     let producer = queue(&server.url(), 1);
     let mut redis = server.async_conn().await;
     let a = Helper::worker(&server, "a", 1);
-    hold(&producer, "p").await;
-    running(&producer, 1).await;
+    // Long enough for the test to stop a in the middle of it.
+    let work = Work {
+        id: "p".into(),
+        task: Task::Sleep(1_500),
+    };
+    producer.enqueue(work).await.unwrap();
+    eventually(DEADLINE, "a to start the job", || {
+        let mut redis = redis.clone();
+        async move { redis.llen::<_, usize>("started:p").await.unwrap() == 1 }
+    })
+    .await;
 
     a.signal("STOP");
-    let _: () = redis.set("go", 1).await.unwrap();
     let b = Helper::worker(&server, "b", 1);
+    eventually(DEADLINE, "b to take the job over", || {
+        let mut redis = redis.clone();
+        async move { redis.llen::<_, usize>("started:p").await.unwrap() == 2 }
+    })
+    .await;
+
+    // While b runs it, a wakes with its job's result ready and settles first thing:
+    // refused, since b holds the current lease.
+    a.signal("CONT");
+    a.until_logged(
+        "a's settlement to be refused",
+        &["a newer attempt owns the job; settlement ignored"],
+    )
+    .await;
     eventually(DEADLINE, "b to complete the job", || async {
         status(&producer, "p").await == Some(JobStatus::Completed)
     })
     .await;
-
-    a.signal("CONT");
-    // a wakes with a lost lease: its renewal or its settlement is refused.
-    a.until_logged(
-        "a to find its attempt fenced off",
-        &[
-            "lease lost; the attempt stopped without settling",
-            "a newer attempt owns the job; settlement ignored",
-        ],
-    )
-    .await;
     let job = producer.job(&JobId::from("p")).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Completed);
     assert_eq!(job.result.as_deref(), Some("b"), "the newer result stands");
+    assert_eq!(job.attempts, 2);
     let started: Vec<String> = redis.lrange("started:p", 0, -1).await.unwrap();
+    // The generation went up with the recovery and with b's take.
     assert_eq!(started, ["a:1", "b:3"]);
     drop(b);
 }

@@ -584,7 +584,9 @@ impl<Req, Res, St: Store> Queue<Req, Res, St> {
     /// dropped) and waits for them to be recorded as cancelled.
     ///
     /// Jobs still queued are not dropped silently: they stay queued in the store and are
-    /// listed in the report (with a persistent store, another process can run them).
+    /// listed in the report (with a persistent store, another process can run them). With
+    /// a store shared by other workers, the stopped jobs go back to the queue instead of
+    /// ending cancelled.
     /// Calling it again reports the state at that time.
     ///
     /// A stopped job's future is dropped at its next poll; one that blocks its thread
@@ -790,8 +792,10 @@ pub struct ShutdownReport {
     /// Jobs that were running when the queue closed and settled before the deadline
     /// (completed, failed, or queued for a retry).
     pub finished: usize,
-    /// Jobs still running at the deadline, which were stopped and are now cancelled.
+    /// Jobs still running at the deadline, which were stopped: now cancelled, or, with a
+    /// store shared by other workers ([`RedisStore`](super::store::RedisStore)), back at
+    /// the front of the queue for one of them (unless their cancellation was requested).
     pub cancelled: Vec<JobId>,
-    /// Jobs left queued in the store, never started by this queue.
+    /// Jobs left queued in the store (with a shared store, the stopped jobs too).
     pub queued: Vec<JobId>,
 }
