@@ -108,6 +108,21 @@ async fn queue_metrics_are_named_labelled_and_described() {
     assert_eq!(counter("cancelled"), 1);
     assert_eq!(counter("recovered"), 0);
 
+    for op in ["enqueue", "take", "settle", "renew", "recover"] {
+        let key = (
+            MetricKind::Counter,
+            "layercake_queue_store_errors_total".to_owned(),
+            labels(&[("queue", "emails"), ("op", op)]),
+        );
+        match snapshot.get(&key) {
+            Some((unit, description, DebugValue::Counter(0))) => {
+                assert_eq!(*unit, Some(Unit::Count));
+                assert!(description.is_some(), "described");
+            }
+            other => panic!("no store error counter for {op}: {other:?}"),
+        }
+    }
+
     let depth = snapshot
         .get(&(
             MetricKind::Gauge,
@@ -154,6 +169,7 @@ async fn queue_metrics_are_named_labelled_and_described() {
             "layercake_queue_depth",
             "layercake_queue_jobs_total",
             "layercake_queue_run_seconds",
+            "layercake_queue_store_errors_total",
             "layercake_queue_wait_seconds"
         ]
     );

@@ -168,15 +168,27 @@ async fn building_never_fails_because_redis_is_down() {
     let server = RedisServer::start();
     let url = server.url();
     drop(server);
-    let queue = doubling(
-        RedisOptions::new(url).command_timeout(Duration::from_millis(200)),
-        1,
-    );
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let queue = metrics::with_local_recorder(&recorder, || {
+        doubling(
+            RedisOptions::new(url).command_timeout(Duration::from_millis(200)),
+            1,
+        )
+    });
     let started = Instant::now();
     let err = queue.enqueue(1).await.expect_err("nothing listens");
     assert!(err.is_store());
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(queue.store().as_redis().is_some());
+    // Counted, by operation.
+    let counted = snapshotter.snapshot().into_vec().into_iter().any(|(key, _, _, value)| {
+        let key = key.key();
+        key.name() == "layercake_queue_store_errors_total"
+            && key.labels().any(|l| l.key() == "op" && l.value() == "enqueue")
+            && value == metrics_util::debugging::DebugValue::Counter(1)
+    });
+    assert!(counted, "the failed enqueue is counted");
 }
 
 #[tokio::test]

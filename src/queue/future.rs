@@ -98,6 +98,7 @@ fn finish(
         }
         Err(err) => {
             drop(permit);
+            tracker.metrics.store_errors.enqueue.increment(1);
             Err(err.into())
         }
     }

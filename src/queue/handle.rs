@@ -287,6 +287,12 @@ impl Tracker {
         }
     }
 
+    /// A job stopped by this process's shutdown went back to a shared store's queue.
+    pub(crate) fn requeued(&self, id: &JobId) {
+        self.add_queued(1);
+        self.changed(id, JobStatus::Queued);
+    }
+
     /// A queued job was cancelled before it ran.
     pub(crate) fn cancelled_queued(&self, id: &JobId) {
         self.release_slots(1);

@@ -10,6 +10,7 @@ pub(crate) const JOBS_TOTAL: &str = "layercake_queue_jobs_total";
 pub(crate) const DEPTH: &str = "layercake_queue_depth";
 pub(crate) const WAIT_SECONDS: &str = "layercake_queue_wait_seconds";
 pub(crate) const RUN_SECONDS: &str = "layercake_queue_run_seconds";
+pub(crate) const STORE_ERRORS: &str = "layercake_queue_store_errors_total";
 
 /// Describes the queue's metrics to the installed recorder.
 pub(crate) fn describe() {
@@ -32,6 +33,13 @@ pub(crate) fn describe() {
         Unit::Seconds,
         "Time from enqueue to the start of a job's first attempt."
     );
+    describe_counter!(
+        STORE_ERRORS,
+        Unit::Count,
+        "Failed store operations by queue and operation: enqueue (the caller got the error), \
+         take, settle, renew (or progress) and recover (the worker logged it and carried on). \
+         With the Redis store: Redis unreachable, too slow for the command budget, or failing."
+    );
     describe_histogram!(
         RUN_SECONDS,
         Unit::Seconds,
@@ -49,6 +57,7 @@ pub(crate) struct QueueMetrics {
     pub(crate) retried: Counter,
     pub(crate) cancelled: Counter,
     pub(crate) recovered: Counter,
+    pub(crate) store_errors: StoreErrors,
     pub(crate) depth: Gauge,
     pub(crate) wait: Histogram,
     pub(crate) run: Histogram,
@@ -66,9 +75,32 @@ impl QueueMetrics {
             retried: event("retried"),
             cancelled: event("cancelled"),
             recovered: event("recovered"),
+            store_errors: StoreErrors::new(queue),
             depth: gauge!(DEPTH, "queue" => queue.to_owned()),
             wait: histogram!(WAIT_SECONDS, "queue" => queue.to_owned()),
             run: histogram!(RUN_SECONDS, "queue" => queue.to_owned()),
+        }
+    }
+}
+
+/// `layercake_queue_store_errors_total`, one handle per operation.
+pub(crate) struct StoreErrors {
+    pub(crate) enqueue: Counter,
+    pub(crate) take: Counter,
+    pub(crate) settle: Counter,
+    pub(crate) renew: Counter,
+    pub(crate) recover: Counter,
+}
+
+impl StoreErrors {
+    fn new(queue: &str) -> Self {
+        let op = |op: &'static str| counter!(STORE_ERRORS, "queue" => queue.to_owned(), "op" => op);
+        Self {
+            enqueue: op("enqueue"),
+            take: op("take"),
+            settle: op("settle"),
+            renew: op("renew"),
+            recover: op("recover"),
         }
     }
 }

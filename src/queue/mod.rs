@@ -100,6 +100,7 @@
 //! | `layercake_queue_depth` | gauge | `queue` (see below) |
 //! | `layercake_queue_wait_seconds` | histogram | `queue` (enqueue to first start) |
 //! | `layercake_queue_run_seconds` | histogram | `queue` (each attempt) |
+//! | `layercake_queue_store_errors_total` | counter | `queue`, `op` = `enqueue` \| `take` \| `settle` \| `renew` \| `recover` |
 //!
 //! `layercake_queue_depth` counts what this process put in the queue (new jobs, retries)
 //! minus what it took out (jobs started or cancelled): with one process it is the queue's

@@ -51,6 +51,9 @@ const ORPHAN_POLL: Duration = Duration::from_millis(50);
 const TAKE_AHEAD: usize = 32;
 /// The pause after a store error before the dispatcher tries again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// How often a failed settlement is tried again with a shared store (each after
+/// [`STORE_ERROR_PAUSE`]): 2 s, the shortest lease, in all.
+const SETTLE_RETRIES: usize = 4;
 
 /// Starts a dispatcher for `service` on the queue's runtime.
 pub(crate) fn spawn<S, Req, St>(core: Arc<Core<Req, St>>, service: S)
@@ -108,6 +111,7 @@ async fn recover_expired<Req, St: Store>(core: std::sync::Weak<Core<Req, St>>, l
                 tracker.recovered(jobs);
             }
             Err(err) => {
+                tracker.metrics.store_errors.recover.increment(1);
                 tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "lease recovery failed");
             }
         }
@@ -241,6 +245,7 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
         match taken {
             Ok(taken) => self.ahead.extend(taken),
             Err(err) => {
+                self.core.tracker.metrics.store_errors.take.increment(1);
                 tracing::warn!(queue = %self.core.tracker.name, error = %error_chain(&err), "dequeue failed");
             }
         }
@@ -573,6 +578,7 @@ async fn next_job<Req, St: Store>(core: &Core<Req, St>) -> Option<Lease> {
             }
             Ok(None) => {}
             Err(err) => {
+                tracker.metrics.store_errors.take.increment(1);
                 tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");
                 tokio::time::sleep(STORE_ERROR_PAUSE).await;
             }
@@ -682,10 +688,25 @@ async fn settle<Req, St: Store>(
             tracing::warn!(queue = %core.tracker.name, job = %lease.id(), error = %error_chain(&err), "could not record progress");
         }
     }
-    let settled = core
-        .store
-        .settle(lease, settlement, core.tracker.config.result_ttl)
-        .await;
+    let released = matches!(settlement, Settlement::Release);
+    let ttl = core.tracker.config.result_ttl;
+    let mut settled = core.store.settle(lease, settlement.clone(), ttl).await;
+    // A shared store may be out for a moment (a Redis restart): try again while the lease
+    // holds, rather than leave the job to a recovery and a second run.
+    if core.tracker.shared {
+        for _ in 0..SETTLE_RETRIES {
+            if settled.is_ok() {
+                break;
+            }
+            core.tracker.metrics.store_errors.settle.increment(1);
+            tokio::time::sleep(STORE_ERROR_PAUSE).await;
+            settled = core.store.settle(lease, settlement.clone(), ttl).await;
+        }
+    }
+    if released && matches!(settled, Ok(Settled::Applied(JobStatus::Queued))) {
+        core.tracker.requeued(lease.id());
+        return;
+    }
     report(&core, lease, settled, quarantined);
 }
 
@@ -702,6 +723,7 @@ fn report<Req, St>(
             tracing::debug!(queue = %tracker.name, job = %lease.id(), "a newer attempt owns the job; settlement ignored");
         }
         Err(err) => {
+            tracker.metrics.store_errors.settle.increment(1);
             tracing::warn!(
                 queue = %tracker.name,
                 job = %lease.id(),
@@ -753,6 +775,7 @@ where
                     }
                     Ok(LeaseState::Lost) => return Outcome::LeaseLost,
                     Err(err) => {
+                        tracker.metrics.store_errors.renew.increment(1);
                         tracing::warn!(queue = %tracker.name, job = %lease.id(), error = %error_chain(&err), "could not record progress");
                     }
                 }
@@ -763,6 +786,7 @@ where
                     Ok(LeaseState::CancelRequested) => ctx.cancel(),
                     Ok(LeaseState::Lost) => return Outcome::LeaseLost,
                     Err(err) => {
+                        tracker.metrics.store_errors.renew.increment(1);
                         tracing::warn!(queue = %tracker.name, job = %lease.id(), error = %error_chain(&err), "could not renew a lease");
                     }
                 }
