@@ -612,7 +612,7 @@ impl State {
                 entry.record.enqueued_at,
             )
             .with_started_at(started_at)
-            .with_generation(u64::from(counter));
+            .with_generation(u64::from(counter) + 1);
             self.next_token = counter.wrapping_add(1);
             self.queued -= 1;
             return Ok(lease);
