@@ -99,13 +99,9 @@ async fn main() -> Result<(), BoxError> {
         // No Redis: a producer and a worker in one process, then exit.
         println!("REDIS_URL is not set: running on the in-process store");
         let stop = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(
-            queue
-                .serve(service_fn(translate))
-                .until(async move {
-                    let _ = stop.1.await;
-                }),
-        );
+        let worker = tokio::spawn(queue.serve(service_fn(translate)).until(async move {
+            let _ = stop.1.await;
+        }));
         enqueue_and_wait(&queue, &["hola".into(), "bonjour".into()]).await?;
         drop(stop.0);
         worker.await?;

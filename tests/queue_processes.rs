@@ -399,7 +399,11 @@ async fn one_hundred_enqueues_of_one_id_from_two_processes_make_one_job() {
         .collect();
     let info = producer.info();
     assert_eq!(counts[0] + info.enqueued, 1, "one new job in all");
-    assert_eq!(counts[1] + info.deduplicated, 99, "every other enqueue found it");
+    assert_eq!(
+        counts[1] + info.deduplicated,
+        99,
+        "every other enqueue found it"
+    );
     assert_eq!(producer.len().await.unwrap(), 1);
 }
 

@@ -95,7 +95,10 @@ async fn redis_killed_and_restarted_under_load_loses_no_acknowledged_job() {
         })
     };
     let acked_count = || acked.lock().unwrap().len();
-    eventually(DEADLINE, "300 acknowledged jobs", || async { acked_count() >= 300 }).await;
+    eventually(DEADLINE, "300 acknowledged jobs", || async {
+        acked_count() >= 300
+    })
+    .await;
 
     let killed_at = Instant::now();
     server.kill();
@@ -118,7 +121,13 @@ async fn redis_killed_and_restarted_under_load_loses_no_acknowledged_job() {
     let mut at_risk = 0;
     for &(n, at) in &acked {
         let in_last_second = at + Duration::from_secs(1) > killed_at && at < restarted_at;
-        if in_last_second && queue.job(&JobId::from(format!("n{n}"))).await.unwrap().is_none() {
+        if in_last_second
+            && queue
+                .job(&JobId::from(format!("n{n}")))
+                .await
+                .unwrap()
+                .is_none()
+        {
             at_risk += 1;
             continue;
         }
@@ -182,12 +191,18 @@ async fn building_never_fails_because_redis_is_down() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(queue.store().as_redis().is_some());
     // Counted, by operation.
-    let counted = snapshotter.snapshot().into_vec().into_iter().any(|(key, _, _, value)| {
-        let key = key.key();
-        key.name() == "layercake_queue_store_errors_total"
-            && key.labels().any(|l| l.key() == "op" && l.value() == "enqueue")
-            && value == metrics_util::debugging::DebugValue::Counter(1)
-    });
+    let counted = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .any(|(key, _, _, value)| {
+            let key = key.key();
+            key.name() == "layercake_queue_store_errors_total"
+                && key
+                    .labels()
+                    .any(|l| l.key() == "op" && l.value() == "enqueue")
+                && value == metrics_util::debugging::DebugValue::Counter(1)
+        });
     assert!(counted, "the failed enqueue is counted");
 }
 
@@ -206,7 +221,7 @@ async fn every_key_of_a_queue_shares_one_hash_tag_and_finished_jobs_expire() {
         .build()
         .unwrap();
     let service = service_fn(|n: u32| async move {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             Ok(n)
         } else {
             Err(layercake::queue::Permanent::new("odd"))
@@ -249,7 +264,11 @@ async fn every_key_of_a_queue_shares_one_hash_tag_and_finished_jobs_expire() {
     for n in [1_000, 1_002, 1_004] {
         let id = queue.enqueue(n).await.unwrap();
         eventually(DEADLINE, "a later job", || async {
-            queue.job(&id).await.unwrap().is_none_or(|job| job.status.is_finished())
+            queue
+                .job(&id)
+                .await
+                .unwrap()
+                .is_none_or(|job| job.status.is_finished())
         })
         .await;
     }

@@ -324,7 +324,13 @@ impl<Req, Res, St> QueueBuilder<Req, Res, St> {
         };
         let store = (self.finish)(self.store, self.redis)?;
         let shared = store.lease_duration().is_some();
-        let tracker = Tracker::new(Arc::from(self.name), config, self.on_change, runtime, shared);
+        let tracker = Tracker::new(
+            Arc::from(self.name),
+            config,
+            self.on_change,
+            runtime,
+            shared,
+        );
         Ok(Queue::from_core(Core {
             tracker: Arc::new(tracker),
             store,

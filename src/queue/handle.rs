@@ -17,9 +17,9 @@ use super::backoff::Backoff;
 use super::builder::QueueBuilder;
 use super::codec;
 use super::error::QueueError;
+use super::future::ResponseFuture;
 use super::job::{CancelOutcome, JobContext, JobId, JobInfo, JobStatus, Signal};
 use super::metrics::QueueMetrics;
-use super::future::ResponseFuture;
 use super::store::{JobRecord, MemoryStore, NewJob, Store};
 
 /// A queue of jobs: the handle to read, wait for, list and cancel them, and to shut the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     Enqueued, JobRecord, Lease, LeaseState, MemoryStore, NewJob, RedisStore, Settled,
-    Settlement, SettledThenTaken, Store, StoreError,
+    SettledThenTaken, Settlement, Store, StoreError,
 };
 use crate::queue::job::{CancelOutcome, JobId, JobStatus, Progress};
 

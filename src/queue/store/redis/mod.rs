@@ -442,8 +442,7 @@ impl Inner {
             Some(conn) => conn,
             None => {
                 let endpoint = self.link.endpoint();
-                match tokio::time::timeout(self.connect_timeout, endpoint.dedicated(None)).await
-                {
+                match tokio::time::timeout(self.connect_timeout, endpoint.dedicated(None)).await {
                     Ok(Ok(conn)) => conn,
                     _ => {
                         // The take before this one answered, so Redis is likely back soon;
@@ -749,7 +748,10 @@ impl Store for RedisStore {
 }
 
 /// A job record from its hash fields; `None` for an empty hash (no such job).
-fn record(id: JobId, mut fields: HashMap<String, Vec<u8>>) -> Result<Option<JobRecord>, StoreError> {
+fn record(
+    id: JobId,
+    mut fields: HashMap<String, Vec<u8>>,
+) -> Result<Option<JobRecord>, StoreError> {
     if fields.is_empty() {
         return Ok(None);
     }
