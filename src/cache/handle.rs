@@ -340,8 +340,30 @@ impl<V: CacheValue> Cache<V> {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache = layercake::Cache::<String>::builder("provider").build()?;
-    /// cache.invalidate("query=rust").await?;
+    /// use std::time::Duration;
+    /// use layercake::Cache;
+    ///
+    /// let redis = std::env::var("LAYERCAKE_DOC_REDIS_URL").ok(); // none: L1 only
+    /// let replica = || Cache::<String>::builder("provider").redis_url(redis.clone()).build();
+    /// // Two replicas: in real life, one per process, on one Redis.
+    /// let (a, b) = (replica()?, replica()?);
+    /// a.insert("query=rust", "crates.io".to_string()).await;
+    /// a.invalidate("query=rust").await?;
+    /// assert_eq!(a.get_l1("query=rust"), None);
+    ///
+    /// if redis.is_some() {
+    ///     // B hears of A's invalidations once it is subscribed.
+    ///     let subscribed = async { while !b.stats().invalidations_subscribed {
+    ///         tokio::time::sleep(Duration::from_millis(5)).await;
+    ///     } };
+    ///     tokio::time::timeout(Duration::from_secs(5), subscribed).await?;
+    ///     b.insert("query=rust", "crates.io".to_string()).await;
+    ///     a.invalidate("query=rust").await?;
+    ///     let dropped = async { while b.get_l1("query=rust").is_some() {
+    ///         tokio::time::sleep(Duration::from_millis(1)).await;
+    ///     } };
+    ///     tokio::time::timeout(Duration::from_secs(5), dropped).await?; // within a millisecond or so
+    /// }
     /// # Ok(()) }
     /// ```
     pub async fn invalidate(&self, key: impl AsRef<[u8]>) -> Result<(), L2Error> {
