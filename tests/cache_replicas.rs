@@ -1,7 +1,8 @@
 //! Replica invalidation against a real `redis-server`: two caches built separately (two
 //! replicas) over one Redis. `invalidate` and `clear` on A reach B's L1; a replica that
 //! missed messages (its connection cut while A invalidated, or a Redis restart) does not
-//! serve from L1 what it held before; a cache ignores its own messages; the subscriber ends
+//! serve from L1 what it held before; a load under way across an invalidation or a gap
+//! stores nothing; a cache ignores its own messages; the subscriber ends
 //! with the last handle; `replica_invalidation(false)` subscribes to nothing.
 
 mod support;
@@ -207,4 +208,95 @@ async fn switched_off_nothing_subscribes() {
     cache.invalidate("k").await.unwrap();
     assert_eq!(subscribers(&server), 0);
     assert!(!cache.stats().invalidations_subscribed);
+}
+
+/// Starts a load of `key` on `cache` whose value is released by the returned sender, and
+/// waits until it has begun (its invalidation ticket taken).
+async fn load_under_way(
+    cache: &Cache<String>,
+    key: &'static str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<String>,
+) {
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (release, gate) = tokio::sync::oneshot::channel::<()>();
+    let cache = cache.clone();
+    let load = tokio::spawn(async move {
+        cache
+            .get_with(key, async move {
+                let _ = started_tx.send(());
+                let _ = gate.await;
+                "read before the invalidation".to_owned()
+            })
+            .await
+    });
+    started.await.expect("the load began");
+    (release, load)
+}
+
+/// Waits until everything `cache` queued for Redis before now has been written: the
+/// background writer sends in order, and `marker` goes last.
+async fn writes_flushed(server: &RedisServer, cache: &Cache<String>, marker: &str) {
+    cache.insert(marker, "m".to_owned()).await;
+    eventually(WAIT, "the marker written", || async {
+        server.query::<i64>(&["EXISTS", &cache.redis_key(marker)]) == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_under_way_when_another_replica_invalidates_its_key_stores_nothing() {
+    let server = RedisServer::start();
+    let (a, b) = (replica(&server.url()), replica(&server.url()));
+    until_subscribed(&a).await;
+    until_subscribed(&b).await;
+    let (release, load) = load_under_way(&b, "k").await;
+    a.invalidate("k").await.expect("Redis is up");
+    eventually(WAIT, "B heard A", || async {
+        b.stats().invalidations_received == 1
+    })
+    .await;
+    release.send(()).expect("the load waits");
+    assert_eq!(load.await.unwrap(), "read before the invalidation");
+    assert_eq!(b.get_l1("k"), None, "not kept in L1");
+    writes_flushed(&server, &b, "marker").await;
+    assert_eq!(
+        server.query::<i64>(&["EXISTS", &b.redis_key("k")]),
+        0,
+        "nor written to Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_under_way_across_a_gap_stores_nothing() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let b = replica(&proxy.url());
+    until_subscribed(&b).await;
+    let (release, load) = load_under_way(&b, "k").await;
+    proxy.set(Fault::Reset);
+    eventually(WAIT, "B unsubscribed", || async {
+        !b.stats().invalidations_subscribed
+    })
+    .await;
+    proxy.set(Fault::Pass);
+    until_subscribed(&b).await;
+    assert_eq!(b.stats().l1_gap_flushes, 1);
+    // B's shared connection may notice the cut only now: wait until it writes again, so
+    // that a write of `k` could not be lost to it.
+    eventually(WAIT, "B writes to Redis again", || async {
+        b.insert("probe", "p".to_owned()).await;
+        server.query::<i64>(&["EXISTS", &b.redis_key("probe")]) == 1
+    })
+    .await;
+    release.send(()).expect("the load waits");
+    assert_eq!(load.await.unwrap(), "read before the invalidation");
+    assert_eq!(
+        b.get_l1("k"),
+        None,
+        "an invalidation may have been missed meanwhile"
+    );
+    writes_flushed(&server, &b, "marker").await;
+    assert_eq!(server.query::<i64>(&["EXISTS", &b.redis_key("k")]), 0);
 }
