@@ -269,7 +269,10 @@ async fn subscribe_loop(l2: Weak<L2>, listener: Listener, mut stop: oneshot::Rec
         }) else {
             return;
         };
-        let backoff = Backoff::exponential(probe / 5).max_delay(probe * 2);
+        // From a fifth of the probe interval (100 ms by default) up to twice it: a replica
+        // that resubscribes late serves its pre-gap L1 for that much longer.
+        let first = (probe / 5).max(Duration::from_millis(1));
+        let backoff = Backoff::exponential(first).max_delay(probe * 2);
         let channel = Arc::clone(&listener.channel);
         let attempt = tokio::select! {
             _ = &mut stop => return,
