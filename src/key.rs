@@ -12,13 +12,56 @@
 //! The namespace and cache name are restricted to `[A-Za-z0-9_.-]` so that the prefix can be
 //! matched with `SCAN MATCH {namespace}:{name}:*` without escaping. Bumping the schema
 //! version orphans every older entry, which then expires by its TTL.
+//!
+//! Replicas of a cache tell each other about invalidations on the pub/sub channel
+//! `{namespace}:{cache name}:invalidations` (no schema version: an invalidation is about the
+//! application's key, whatever shape its value has), naming keys by the same digest; the
+//! message format is in `src/cache/tier/replica.rs` and the README.
 
 use std::time::Duration;
 
 use crate::ConfigError;
 
 /// Bytes of the BLAKE3 output kept in a key (128 bits: collision resistance of 2^64).
-const DIGEST_BYTES: usize = 16;
+pub(crate) const DIGEST_BYTES: usize = 16;
+
+/// The digest of the application key `key`: the last part of its Redis key, and how
+/// replicas name it to each other.
+pub(crate) fn digest(key: &[u8]) -> [u8; DIGEST_BYTES] {
+    let hash = blake3::hash(key);
+    let mut out = [0u8; DIGEST_BYTES];
+    out.copy_from_slice(&hash.as_bytes()[..DIGEST_BYTES]);
+    out
+}
+
+/// `digest` as 32 lowercase hex digits.
+pub(crate) fn hex_digits(digest: &[u8; DIGEST_BYTES]) -> [u8; DIGEST_BYTES * 2] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; DIGEST_BYTES * 2];
+    for (pair, b) in digits.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+    digits
+}
+
+/// The digest written as 32 lowercase hex digits, or `None`.
+pub(crate) fn parse_hex_digest(text: &str) -> Option<[u8; DIGEST_BYTES]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != DIGEST_BYTES * 2 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; DIGEST_BYTES];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
 
 /// Builds the Redis keys of one cache.
 #[derive(Debug, Clone)]
@@ -27,6 +70,8 @@ pub(crate) struct KeyScheme {
     prefix: String,
     /// `{namespace}:{name}:*`, the pattern that matches every version of this cache.
     pattern: String,
+    /// `{namespace}:{name}:invalidations`, the replicas' pub/sub channel.
+    channel: String,
 }
 
 impl KeyScheme {
@@ -34,23 +79,15 @@ impl KeyScheme {
         Self {
             prefix: format!("{namespace}:{name}:v{version}:"),
             pattern: format!("{namespace}:{name}:*"),
+            channel: format!("{namespace}:{name}:invalidations"),
         }
     }
 
     /// The Redis key for the application key `key`.
     pub(crate) fn redis_key(&self, key: &[u8]) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let hash = blake3::hash(key);
         // Digits into a buffer, then one copy: `String::push` per digit cost more than the
         // hash on the L2 read path.
-        let mut digits = [0u8; DIGEST_BYTES * 2];
-        for (pair, b) in digits
-            .chunks_exact_mut(2)
-            .zip(&hash.as_bytes()[..DIGEST_BYTES])
-        {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0x0f)];
-        }
+        let digits = hex_digits(&digest(key));
         let mut out = String::with_capacity(self.prefix.len() + digits.len());
         out.push_str(&self.prefix);
         out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
@@ -60,6 +97,11 @@ impl KeyScheme {
     /// The `SCAN MATCH` pattern covering every entry of this cache, all schema versions.
     pub(crate) fn pattern(&self) -> &str {
         &self.pattern
+    }
+
+    /// The pub/sub channel on which this cache's replicas announce invalidations.
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
     }
 }
 
@@ -114,6 +156,10 @@ mod tests {
         let expected: String = blake3::hash(b"query=rust").to_hex()[..32].to_string();
         assert_eq!(digest, expected);
         assert_eq!(scheme.pattern(), "myapp:provider:*");
+        assert_eq!(scheme.channel(), "myapp:provider:invalidations");
+        assert_eq!(parse_hex_digest(digest), Some(self::digest(b"query=rust")));
+        assert_eq!(parse_hex_digest(&digest.to_uppercase()), None);
+        assert_eq!(parse_hex_digest(&digest[1..]), None);
     }
 
     #[test]

@@ -13,10 +13,17 @@
 //! | `layercake_cache_breaker_open` | gauge (0/1) | `cache` |
 //! | `layercake_cache_breaker_transitions_total` | counter | `cache`, `to` = `open` \| `closed` |
 //! | `layercake_cache_not_stored_total` | counter | `cache`, `reason` = `oversized` \| `encode` |
+//! | `layercake_cache_invalidations_received_total` | counter | `cache`, `kind` = `key` \| `clear` \| `unknown` |
+//! | `layercake_cache_l1_gap_flushes_total` | counter | `cache` |
 //!
 //! `coalesced` counts requests that waited for another request's miss on the same key
 //! (single flight) and got its result. L1 lookups are not timed: they take tens of
 //! nanoseconds, less than reading the clock twice would cost.
+//!
+//! `invalidations_received` counts other replicas' invalidations applied to this process'
+//! L1 (`unknown`: a message this build cannot read, taken as a clear); `l1_gap_flushes`
+//! counts the times L1 was emptied because the invalidation channel was subscribed again
+//! after a time in which messages were missed.
 //!
 //! The queue's metrics (`layercake_queue_*`) are listed in [`crate::queue`].
 
@@ -31,6 +38,9 @@ pub(crate) const CACHE_L1_ENTRIES: &str = "layercake_cache_l1_entries";
 pub(crate) const CACHE_BREAKER_OPEN: &str = "layercake_cache_breaker_open";
 pub(crate) const CACHE_BREAKER_TRANSITIONS: &str = "layercake_cache_breaker_transitions_total";
 pub(crate) const CACHE_NOT_STORED: &str = "layercake_cache_not_stored_total";
+pub(crate) const CACHE_INVALIDATIONS_RECEIVED: &str =
+    "layercake_cache_invalidations_received_total";
+pub(crate) const CACHE_L1_GAP_FLUSHES: &str = "layercake_cache_l1_gap_flushes_total";
 
 /// Describes every layercake metric (name, unit, help text) to the installed recorder.
 ///
@@ -85,5 +95,15 @@ fn describe_cache() {
         CACHE_NOT_STORED,
         Unit::Count,
         "Responses the policy allowed but that were not stored, by reason (oversized, encode)."
+    );
+    describe_counter!(
+        CACHE_INVALIDATIONS_RECEIVED,
+        Unit::Count,
+        "Invalidations received from other replicas and applied to this process' L1, by kind (key, clear, unknown: unreadable, taken as a clear)."
+    );
+    describe_counter!(
+        CACHE_L1_GAP_FLUSHES,
+        Unit::Count,
+        "Times L1 was emptied on subscribing to the replicas' invalidation channel again, after a gap in which invalidations were missed."
     );
 }

@@ -83,7 +83,23 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
     .layer(inner);
     let get = |req: &'static str| svc.clone().oneshot(req.to_owned());
 
-    eventually(WAIT, "connected", || async { cache.stats().l2_connected() }).await;
+    eventually(WAIT, "connected", || async {
+        let s = cache.stats();
+        s.l2_connected() && s.invalidations_subscribed
+    })
+    .await;
+    // Another replica (its metrics go to no recorder) invalidates a key, before anything is
+    // stored: nothing in L1 is outdated by it.
+    let other: Cache<String> = Cache::builder(CACHE)
+        .namespace("m")
+        .redis_url(server.url())
+        .build()
+        .unwrap();
+    other.invalidate("elsewhere").await.unwrap();
+    eventually(WAIT, "the other replica's invalidation heard", || async {
+        cache.stats().invalidations_received == 1
+    })
+    .await;
     get("a").await.unwrap(); // miss
     get("a").await.unwrap(); // hit_l1
     get("nocache").await.unwrap(); // bypass
@@ -252,6 +268,30 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
             "not_stored reason={reason}"
         );
     }
+
+    for (kind, n) in [("key", 1), ("clear", 0), ("unknown", 0)] {
+        let m = take(
+            &mut metrics,
+            "layercake_cache_invalidations_received_total",
+            &[("cache", CACHE), ("kind", kind)],
+        );
+        check(
+            &m,
+            MetricKind::Counter,
+            Unit::Count,
+            "invalidations_received",
+        );
+        assert_eq!(m.value, DebugValue::Counter(n), "received kind={kind}");
+    }
+
+    // Subscribed once, with an empty L1: no gap.
+    let m = take(
+        &mut metrics,
+        "layercake_cache_l1_gap_flushes_total",
+        &[("cache", CACHE)],
+    );
+    check(&m, MetricKind::Counter, Unit::Count, "l1_gap_flushes");
+    assert_eq!(m.value, DebugValue::Counter(0));
 
     assert!(
         metrics.is_empty(),

@@ -172,6 +172,11 @@ async fn the_password_of_a_rediss_url_is_never_shown() {
     }
     let ok = builder.build().unwrap();
     until_connected(&ok, "connected with the password").await;
+    // The replica invalidation subscriber connects over TLS too, with the same root CA.
+    eventually(WAIT, "subscribed over TLS", || async {
+        ok.stats().invalidations_subscribed
+    })
+    .await;
     let svc = CacheLayer::new(ok.clone(), key).layer(counting(calls.clone()));
     timed_get(&svc, "x").await;
     assert!(!format!("{ok:?}").contains(PW));

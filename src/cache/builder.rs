@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::epoch::Epochs;
@@ -11,6 +11,7 @@ use super::handle::{Cache, Inner};
 use super::stats::Instruments;
 use super::tier::l1::L1;
 use super::tier::l2::{L2Config, L2};
+use super::tier::replica::{FlushL1, Replica};
 use super::value::CacheValue;
 use crate::clock::Clock;
 use crate::key::{validate_part, KeyScheme};
@@ -35,6 +36,7 @@ pub struct CacheBuilder<V> {
     max_entry_size: usize,
     redis: RedisOptions,
     l2: L2Config,
+    replica_invalidation: bool,
     clock: Clock,
     value: PhantomData<fn() -> V>,
 }
@@ -53,6 +55,7 @@ impl<V> std::fmt::Debug for CacheBuilder<V> {
             .field("redis_url", &self.redis.redacted_url())
             .field("redis", &self.redis)
             .field("l2", &self.l2)
+            .field("replica_invalidation", &self.replica_invalidation)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +74,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             max_entry_size: 1024 * 1024,
             redis: RedisOptions::default(),
             l2: L2Config::default(),
+            replica_invalidation: true,
             clock: Clock::system(),
             value: PhantomData,
         }
@@ -97,8 +101,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// A shorter lifetime for L1 copies (default: the same as `time_to_live`). Other
-    /// replicas' L1 copies are not invalidated, so this bounds how stale they can be.
+    /// A shorter lifetime for L1 copies (default: the same as `time_to_live`). It bounds how
+    /// stale another replica's L1 copy can be where an invalidation cannot reach it:
+    /// [`replica_invalidation`](Self::replica_invalidation) off, or Redis unreachable
+    /// when the invalidation was made.
     pub fn l1_time_to_live(mut self, ttl: Duration) -> Self {
         self.l1_ttl = Some(ttl);
         self
@@ -218,6 +224,45 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
+    /// Whether `invalidate` and `clear` reach the L1 of the other replicas of this cache
+    /// (default on; it takes effect with a Redis URL). Replicas are the caches of the same
+    /// namespace and name on the same Redis, in any process.
+    ///
+    /// On, the cache announces each `invalidate` and `clear` on the Redis pub/sub channel
+    /// `{namespace}:{name}:invalidations` (the README gives the message format), and, when
+    /// it has an L1, subscribes to it on one dedicated connection, supervised in the
+    /// background: a replica drops its L1 copy of an invalidated key within a millisecond
+    /// or so on loopback. An announcement missed while a replica was not subscribed (Redis
+    /// restarting, a network cut) is lost, so on subscribing again the replica empties its
+    /// L1 (counted in `layercake_cache_l1_gap_flushes_total`). Until then, and where the
+    /// announcing replica could not reach Redis, [`l1_time_to_live`](Self::l1_time_to_live)
+    /// still bounds staleness.
+    ///
+    /// On by default because an `invalidate` that leaves other replicas serving the old
+    /// value for a whole TTL is a surprise, and its cost is small: a connection per cache
+    /// and process, a `PUBLISH` per invalidation, and, on each receiving replica, a miss for
+    /// about 1/4096 of its L1 entries per invalidation (L1 entries are keyed by the
+    /// application's key; the message names the key by its digest, so a received
+    /// invalidation outdates the entries of the digest's stripe). Switch it off for a
+    /// single replica, or for a Redis (or proxy) that does not offer pub/sub or whose ACL
+    /// forbids the channel.
+    ///
+    /// ```
+    /// use layercake::Cache;
+    ///
+    /// // One replica only: no channel, no subscriber connection.
+    /// let cache = Cache::<String>::builder("sessions")
+    ///     .redis_url(std::env::var("LAYERCAKE_DOC_REDIS_URL").ok())
+    ///     .replica_invalidation(false)
+    ///     .build()?;
+    /// assert!(!cache.stats().invalidations_subscribed);
+    /// # Ok::<(), layercake::ConfigError>(())
+    /// ```
+    pub fn replica_invalidation(mut self, enabled: bool) -> Self {
+        self.replica_invalidation = enabled;
+        self
+    }
+
     /// The time source (default: the system clock), for tests (feature `test-util`): a
     /// [`MockClock`](crate::MockClock) moved forward by hand instead of sleeping.
     #[cfg(any(test, feature = "test-util"))]
@@ -305,31 +350,41 @@ impl<V: CacheValue> CacheBuilder<V> {
         }
 
         crate::metrics::describe_once();
+        let endpoint = self.redis.endpoint()?;
         let name: Arc<str> = Arc::from(self.name.as_str());
         let ins = Arc::new(Instruments::new(&name));
-        let epochs = Arc::new(Epochs::default());
-        let l2 = self.redis.endpoint()?.map(|endpoint| {
-            Arc::new(L2::new(
-                endpoint,
-                self.l2,
-                Arc::clone(&name),
-                Arc::clone(&ins),
-                Arc::clone(&epochs),
-            ))
-        });
-        // Connect now rather than on the first request: an idle cache (a readiness probe
-        // reading `stats().l2_connected()` before any traffic) would otherwise report
-        // `Connecting` forever. A no-op outside a runtime.
-        if let Some(l2) = &l2 {
-            l2.ensure_started();
-        }
-        ins.set_breaker_open(false);
+        let replicas = self.replica_invalidation && endpoint.is_some();
+        // Shared stripes only where other replicas' invalidations are received.
+        let epochs = Arc::new(Epochs::new(replicas && self.l1_enabled));
+        let scheme = KeyScheme::new(&self.namespace, &self.name, self.schema_version);
         let l1 = self
             .l1_enabled
-            .then(|| L1::new(self.max_capacity, self.clock.clone()));
-        Ok(Cache {
-            inner: Arc::new(Inner {
-                scheme: KeyScheme::new(&self.namespace, &self.name, self.schema_version),
+            .then(|| L1::new(self.max_capacity, self.clock.clone(), Arc::clone(&epochs)));
+        let l2_config = self.l2;
+        // Cyclic: the replica subscriber empties this cache's L1 through a weak handle.
+        let inner = Arc::new_cyclic(|me: &Weak<Inner<V>>| {
+            let flush = l1.is_some().then(|| me.clone() as Weak<dyn FlushL1>);
+            let l2 = endpoint.map(|endpoint| {
+                let replica = replicas.then(|| {
+                    Replica::new(
+                        scheme.channel(),
+                        flush,
+                        Arc::clone(&epochs),
+                        Arc::clone(&ins),
+                        Arc::clone(&name),
+                    )
+                });
+                Arc::new(L2::new(
+                    endpoint,
+                    l2_config,
+                    Arc::clone(&name),
+                    Arc::clone(&ins),
+                    Arc::clone(&epochs),
+                    replica,
+                ))
+            });
+            Inner {
+                scheme,
                 name,
                 ttl: self.ttl,
                 l1_ttl: self.l1_ttl,
@@ -342,7 +397,15 @@ impl<V: CacheValue> CacheBuilder<V> {
                 epochs,
                 enabled: AtomicBool::new(true),
                 ins,
-            }),
-        })
+            }
+        });
+        inner.ins.set_breaker_open(false);
+        // Connect now rather than on the first request: an idle cache (a readiness probe
+        // reading `stats().l2_connected()` before any traffic) would otherwise report
+        // `Connecting` forever. A no-op outside a runtime.
+        if let Some(l2) = &inner.l2 {
+            l2.ensure_started();
+        }
+        Ok(Cache { inner })
     }
 }

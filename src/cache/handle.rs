@@ -14,6 +14,7 @@ use super::flight::Flights;
 use super::stats::{CacheStats, Instruments, L2State, Outcome};
 use super::tier::l1::L1;
 use super::tier::l2::{L2Error, L2};
+use super::tier::replica::{FlushL1, Notice};
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::clock::Clock;
 use crate::key::KeyScheme;
@@ -52,9 +53,15 @@ use crate::key::KeyScheme;
 /// [`l2_timeout`](CacheBuilder::l2_timeout), and nothing once the circuit breaker is open.
 ///
 /// # Consistency
-/// L1 is per process. [`invalidate`](Cache::invalidate) removes a key from this process' L1
-/// and from Redis, but other replicas keep their L1 copy until it expires: bound that with
-/// [`l1_time_to_live`](CacheBuilder::l1_time_to_live) where it matters. Writes to Redis are
+/// L1 is per process. [`invalidate`](Cache::invalidate) and [`clear`](Cache::clear) remove
+/// from this process' L1 and from Redis, then tell the other replicas (the caches of the
+/// same namespace and name on the same Redis), which drop their L1 copies as soon as the
+/// message arrives (see [`replica_invalidation`](CacheBuilder::replica_invalidation)): an
+/// invalidation is eventually consistent across replicas, usually within a millisecond. A
+/// replica that was not subscribed when a message was sent empties its L1 when it
+/// subscribes again; until then, or when Redis could not be reached to send the message
+/// (the call then returns an error), [`l1_time_to_live`](CacheBuilder::l1_time_to_live)
+/// bounds how stale another replica's copy can be. Writes to Redis are
 /// asynchronous (a background writer), so another replica may miss an entry for the
 /// moment it takes to write it. A load already under way when its key is invalidated (or the
 /// cache cleared) still answers its own caller, but what it read is not stored, in L1 or
@@ -324,15 +331,39 @@ impl<V: CacheValue> Cache<V> {
         self.inner.scheme.redis_key(key.as_ref())
     }
 
-    /// Removes `key` from L1 and from Redis.
+    /// Removes `key` from L1 and from Redis, and tells the other replicas to drop it from
+    /// their L1.
     ///
     /// L1 is always cleared. The returned error says only that Redis could not be reached
-    /// in time; the entry there then expires by its TTL.
+    /// in time; the entry there then expires by its TTL, and other replicas' L1 copies by
+    /// [`l1_time_to_live`](CacheBuilder::l1_time_to_live).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache = layercake::Cache::<String>::builder("provider").build()?;
-    /// cache.invalidate("query=rust").await?;
+    /// use std::time::Duration;
+    /// use layercake::Cache;
+    ///
+    /// let redis = std::env::var("LAYERCAKE_DOC_REDIS_URL").ok(); // none: L1 only
+    /// let replica = || Cache::<String>::builder("provider").redis_url(redis.clone()).build();
+    /// // Two replicas: in real life, one per process, on one Redis.
+    /// let (a, b) = (replica()?, replica()?);
+    /// a.insert("query=rust", "crates.io".to_string()).await;
+    /// a.invalidate("query=rust").await?;
+    /// assert_eq!(a.get_l1("query=rust"), None);
+    ///
+    /// if redis.is_some() {
+    ///     // B hears of A's invalidations once it is subscribed.
+    ///     let subscribed = async { while !b.stats().invalidations_subscribed {
+    ///         tokio::time::sleep(Duration::from_millis(5)).await;
+    ///     } };
+    ///     tokio::time::timeout(Duration::from_secs(5), subscribed).await?;
+    ///     b.insert("query=rust", "crates.io".to_string()).await;
+    ///     a.invalidate("query=rust").await?;
+    ///     let dropped = async { while b.get_l1("query=rust").is_some() {
+    ///         tokio::time::sleep(Duration::from_millis(1)).await;
+    ///     } };
+    ///     tokio::time::timeout(Duration::from_secs(5), dropped).await?; // within a millisecond or so
+    /// }
     /// # Ok(()) }
     /// ```
     pub async fn invalidate(&self, key: impl AsRef<[u8]>) -> Result<(), L2Error> {
@@ -344,13 +375,27 @@ impl<V: CacheValue> Cache<V> {
             self.inner.ins.set_l1_entries(l1.len());
         }
         match &self.inner.l2 {
-            Some(l2) => l2.delete_now(&[self.inner.scheme.redis_key(key)]).await,
+            Some(l2) => {
+                let redis_key = self.inner.scheme.redis_key(key);
+                let notice = Notice::Key(crate::key::digest(key));
+                l2.delete_now(&[redis_key], notice).await
+            }
             None => Ok(()),
         }
     }
 
-    /// Removes every entry of this cache from L1 and from Redis (all schema versions), and
-    /// returns how many Redis keys were removed.
+    /// Removes every entry of this cache from L1 and from Redis (all schema versions),
+    /// tells the other replicas to empty their L1, and returns how many Redis keys were
+    /// removed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = layercake::Cache::builder("provider").build()?;
+    /// cache.insert("query=rust", "crates.io".to_string()).await;
+    /// cache.clear().await?;
+    /// assert_eq!(cache.get_l1("query=rust"), None);
+    /// # Ok(()) }
+    /// ```
     ///
     /// Redis keys are found with `SCAN MATCH {namespace}:{name}:*` and removed with
     /// `UNLINK`, in batches: never `KEYS`, which blocks the server.
@@ -364,6 +409,16 @@ impl<V: CacheValue> Cache<V> {
             Some(l2) => l2.delete_matching(self.inner.scheme.pattern()).await,
             None => Ok(0),
         }
+    }
+}
+
+impl<V: CacheValue> FlushL1 for Inner<V> {
+    fn flush_l1(&self) -> usize {
+        let Some(l1) = &self.l1 else { return 0 };
+        let held = l1.len();
+        l1.clear();
+        self.ins.set_l1_entries(0);
+        held
     }
 }
 

@@ -27,6 +27,14 @@
 //! circuit breaker is open. A cache built while Redis is down runs on L1 and starts using
 //! Redis when it appears, with no rebuild.
 //!
+//! # Replicas
+//! Caches of the same namespace and name on the same Redis, in any process, are replicas of
+//! one cache: they share L2, and each has its own L1. [`Cache::invalidate`] and
+//! [`Cache::clear`] on one reach the others' L1 over Redis pub/sub, usually within a
+//! millisecond; a replica that was cut off from the channel empties its L1 when it
+//! subscribes again. See [`CacheBuilder::replica_invalidation`] for the details and the
+//! cost, and the README for the channel's stable message format.
+//!
 //! # Tower
 //! `poll_ready` is the inner service's. On a miss the service moves its ready inner service
 //! into the response future and keeps a fresh clone, so the clone that is called is always

@@ -145,7 +145,12 @@ impl<V: CacheValue> Cache<V> {
             .as_ref()
             .filter(|_| inner.epochs.is_current(ticket))
         {
-            l1.insert(key.into(), value.clone(), self.l1_ttl(remaining));
+            l1.insert(
+                key.into(),
+                value.clone(),
+                self.l1_ttl(remaining),
+                ticket.stamp,
+            );
             inner.ins.set_l1_entries(l1.len());
         }
         Some(value)
@@ -188,7 +193,7 @@ impl<V: CacheValue> Cache<V> {
             });
         }
         if let Some(l1) = &inner.l1 {
-            l1.insert(key.into(), value.clone(), self.l1_ttl(ttl));
+            l1.insert(key.into(), value.clone(), self.l1_ttl(ttl), ticket.stamp);
             inner.ins.set_l1_entries(l1.len());
         }
         true

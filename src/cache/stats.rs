@@ -1,14 +1,14 @@
 //! Counters behind `Cache::stats()` and the `layercake_cache_*` metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use serde::Serialize;
 
 use crate::metrics::{
-    CACHE_BREAKER_OPEN, CACHE_BREAKER_TRANSITIONS, CACHE_L1_ENTRIES, CACHE_L2_ERRORS,
-    CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED, CACHE_REQUESTS,
+    CACHE_BREAKER_OPEN, CACHE_BREAKER_TRANSITIONS, CACHE_INVALIDATIONS_RECEIVED, CACHE_L1_ENTRIES,
+    CACHE_L1_GAP_FLUSHES, CACHE_L2_ERRORS, CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED, CACHE_REQUESTS,
 };
 
 /// Why an L2 (Redis) operation failed or was skipped. Each one is a miss (reads) or a
@@ -82,6 +82,29 @@ impl L2Op {
     }
 }
 
+/// An invalidation received from another replica, the value of the metric label `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// One key's.
+    Key = 0,
+    /// The whole cache's.
+    Clear = 1,
+    /// A message this build cannot read (another format version): taken as a clear.
+    Unknown = 2,
+}
+
+impl Received {
+    const ALL: [Received; 3] = [Received::Key, Received::Clear, Received::Unknown];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Received::Key => "key",
+            Received::Clear => "clear",
+            Received::Unknown => "unknown",
+        }
+    }
+}
+
 /// A count kept both locally (for `stats()`) and in the metrics recorder.
 #[derive(Debug)]
 struct Tally {
@@ -126,6 +149,9 @@ pub(crate) struct Instruments {
     breaker_was_open: std::sync::atomic::AtomicBool,
     to_open: Counter,
     to_closed: Counter,
+    received: Vec<Tally>, // by `Received`
+    l1_gap_flushes: Tally,
+    subscribed: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +210,19 @@ impl Instruments {
             breaker_open: gauge!(CACHE_BREAKER_OPEN, "cache" => name.clone()),
             breaker_was_open: std::sync::atomic::AtomicBool::new(false),
             to_open: counter!(CACHE_BREAKER_TRANSITIONS, "cache" => name.clone(), "to" => "open"),
-            to_closed: counter!(CACHE_BREAKER_TRANSITIONS, "cache" => name, "to" => "closed"),
+            to_closed: counter!(CACHE_BREAKER_TRANSITIONS, "cache" => name.clone(), "to" => "closed"),
+            received: Received::ALL
+                .iter()
+                .map(|kind| {
+                    Tally::new(counter!(
+                        CACHE_INVALIDATIONS_RECEIVED,
+                        "cache" => name.clone(),
+                        "kind" => kind.as_str()
+                    ))
+                })
+                .collect(),
+            l1_gap_flushes: Tally::new(counter!(CACHE_L1_GAP_FLUSHES, "cache" => name)),
+            subscribed: AtomicBool::new(false),
         }
     }
 
@@ -237,6 +275,20 @@ impl Instruments {
         }
     }
 
+    /// Another replica's invalidation was applied to L1.
+    pub(crate) fn received(&self, kind: Received) {
+        self.received[kind as usize].inc();
+    }
+
+    /// L1 was emptied on (re)subscribing, after a time in which invalidations were missed.
+    pub(crate) fn l1_gap_flush(&self) {
+        self.l1_gap_flushes.inc();
+    }
+
+    pub(crate) fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed.store(subscribed, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, l1_entries: u64, l2: L2State) -> CacheStats {
         let cause = |cause: L2Cause| -> u64 {
             L2Op::ALL
@@ -263,6 +315,9 @@ impl Instruments {
                 bulkhead: cause(L2Cause::Bulkhead),
                 dropped: cause(L2Cause::Dropped),
             },
+            invalidations_received: self.received.iter().map(Tally::get).sum(),
+            l1_gap_flushes: self.l1_gap_flushes.get(),
+            invalidations_subscribed: self.subscribed.load(Ordering::Relaxed),
         }
     }
 }
@@ -350,6 +405,15 @@ pub struct CacheStats {
     pub l2: L2State,
     /// L2 failures by cause.
     pub l2_errors: L2Errors,
+    /// Invalidations (of a key, or a clear) received from other replicas and applied to L1
+    /// (see [`replica_invalidation`](crate::CacheBuilder::replica_invalidation)).
+    pub invalidations_received: u64,
+    /// Times L1 was emptied on subscribing to the replicas' invalidations again, after a
+    /// time in which their messages were missed.
+    pub l1_gap_flushes: u64,
+    /// Whether this cache is subscribed to the other replicas' invalidations now: false
+    /// while (re)connecting, with replica invalidation off, or without L1 or Redis.
+    pub invalidations_subscribed: bool,
 }
 
 impl CacheStats {

@@ -7,9 +7,14 @@
 //!
 //! Expiry runs on the coarse monotonic clock ([`Clock::coarse_now`]): an entry lives its
 //! TTL give or take one kernel tick (1 to 4 ms), and the read costs a fifth of a precise one.
+//!
+//! Each entry also carries the [`Stamp`] its load took: an entry whose shared stripe another
+//! replica has invalidated since is a miss, and removed like an expired one (`epoch.rs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::epoch::{Epochs, Stamp};
 use crate::clock::Clock;
 
 #[derive(Clone)]
@@ -17,11 +22,13 @@ struct Entry<V> {
     value: V,
     /// By [`Clock::coarse_now`].
     expires_at: Duration,
+    stamp: Stamp,
 }
 
 pub(crate) struct L1<V> {
     map: quick_cache::sync::Cache<Box<[u8]>, Entry<V>>,
     clock: Clock,
+    epochs: Arc<Epochs>,
 }
 
 impl<V: Clone> std::fmt::Debug for L1<V> {
@@ -34,11 +41,12 @@ impl<V: Clone> std::fmt::Debug for L1<V> {
 }
 
 impl<V: Clone> L1<V> {
-    pub(crate) fn new(capacity: u64, clock: Clock) -> Self {
+    pub(crate) fn new(capacity: u64, clock: Clock, epochs: Arc<Epochs>) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Self {
             map: quick_cache::sync::Cache::new(capacity),
             clock,
+            epochs,
         }
     }
 
@@ -46,18 +54,27 @@ impl<V: Clone> L1<V> {
     #[inline]
     pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
         let entry = self.map.get(key)?;
-        if self.clock.coarse_now() >= entry.expires_at {
+        if self.clock.coarse_now() >= entry.expires_at || !self.epochs.is_fresh(entry.stamp) {
             // Only remove what we saw expire, not a fresh entry written meanwhile.
-            self.map
-                .remove_if(key, |e| e.expires_at == entry.expires_at);
+            self.map.remove_if(key, |e| {
+                e.expires_at == entry.expires_at && e.stamp == entry.stamp
+            });
             return None;
         }
         Some(entry.value)
     }
 
-    pub(crate) fn insert(&self, key: Box<[u8]>, value: V, ttl: Duration) {
+    /// Stores `value` for `ttl`; `stamp` is the one its load took when it began.
+    pub(crate) fn insert(&self, key: Box<[u8]>, value: V, ttl: Duration, stamp: Stamp) {
         let expires_at = self.clock.coarse_now().saturating_add(ttl);
-        self.map.insert(key, Entry { value, expires_at });
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                expires_at,
+                stamp,
+            },
+        );
     }
 
     pub(crate) fn remove(&self, key: &[u8]) {
@@ -81,8 +98,10 @@ mod tests {
     #[test]
     fn expiry_follows_the_clock() {
         let mock = MockClock::new();
-        let l1 = L1::new(10, mock.clone().into());
-        l1.insert(b"k".to_vec().into(), 7u32, Duration::from_secs(10));
+        let epochs = Arc::new(Epochs::default());
+        let l1 = L1::new(10, mock.clone().into(), Arc::clone(&epochs));
+        let stamp = epochs.ticket(b"k").stamp;
+        l1.insert(b"k".to_vec().into(), 7u32, Duration::from_secs(10), stamp);
         assert_eq!(l1.get(b"k"), Some(7));
         mock.advance(Duration::from_secs(9));
         assert_eq!(l1.get(b"k"), Some(7));
@@ -93,10 +112,25 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let l1 = L1::new(100, Clock::system());
+        let epochs = Arc::new(Epochs::default());
+        let l1 = L1::new(100, Clock::system(), Arc::clone(&epochs));
         for i in 0..10_000u32 {
-            l1.insert(i.to_be_bytes().to_vec().into(), i, Duration::from_secs(60));
+            let key = i.to_be_bytes();
+            let stamp = epochs.ticket(&key).stamp;
+            l1.insert(key.to_vec().into(), i, Duration::from_secs(60), stamp);
         }
         assert!(l1.len() <= 100, "len {}", l1.len());
+    }
+
+    #[test]
+    fn a_replica_invalidation_of_the_stripe_is_a_miss() {
+        let epochs = Arc::new(Epochs::new(true));
+        let l1 = L1::new(10, Clock::system(), Arc::clone(&epochs));
+        let stamp = epochs.ticket(b"k").stamp;
+        l1.insert(b"k".to_vec().into(), 7u32, Duration::from_secs(10), stamp);
+        assert_eq!(l1.get(b"k"), Some(7));
+        epochs.bump_digest(&crate::key::digest(b"k"));
+        assert_eq!(l1.get(b"k"), None);
+        assert_eq!(l1.len(), 0, "the outdated entry was removed");
     }
 }

@@ -17,6 +17,9 @@
 //! - **Read cleanup.** [`L2::read`] also removes what can never be read (another Redis type
 //!   under the key, a bad envelope header) and skips oversized entries; [`L2::discard`]
 //!   removes an entry whose payload does not decode.
+//! - **Replicas.** With replica invalidation on, `invalidate` and `clear` announce what they
+//!   removed on the cache's channel, and a subscriber keeps this cache's L1 coherent with
+//!   the other replicas' announcements ([`Replica`], `replica.rs`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -32,6 +35,8 @@ use crate::redis::error::{Failure, Fault};
 use crate::redis::link::{Events, Link, Status, Wait};
 use crate::redis::options::Endpoint;
 use crate::redis::throttle::Throttle;
+
+use super::replica::{Notice, Replica};
 
 /// The cache's own settings of its Redis tier (validated by the builder); the connection
 /// settings live in `RedisOptions`.
@@ -175,6 +180,8 @@ pub(crate) struct L2 {
     /// value was read is dropped, not written over the invalidation.
     epochs: Arc<Epochs>,
     warn: Throttle,
+    /// Replica invalidation (`None`: off).
+    replica: Option<Replica>,
 }
 
 impl fmt::Debug for L2 {
@@ -206,6 +213,7 @@ impl L2 {
         cache: Arc<str>,
         ins: Arc<Instruments>,
         epochs: Arc<Epochs>,
+        replica: Option<Replica>,
     ) -> Self {
         let (writes, rx) = mpsc::channel(cfg.write_queue);
         let read_budget = cfg.read_timeout;
@@ -227,7 +235,12 @@ impl L2 {
             ins,
             epochs,
             warn: Throttle::new(Duration::from_secs(10)),
+            replica,
         }
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        self.link.endpoint()
     }
 
     /// The Redis URL, redacted: the only form that is ever shown.
@@ -264,6 +277,9 @@ impl L2 {
         let rx = self.writes_rx.lock().ok().and_then(|mut rx| rx.take());
         if let Some(rx) = rx {
             rt.spawn(write_loop(Arc::downgrade(self), rx));
+        }
+        if let Some(replica) = &self.replica {
+            replica.start(&rt, Arc::downgrade(self));
         }
     }
 
@@ -369,15 +385,27 @@ impl L2 {
         }
     }
 
-    /// Deletes keys now (not through the writer), for `invalidate`.
-    pub(crate) async fn delete_now(self: &Arc<Self>, keys: &[String]) -> Result<(), L2Error> {
+    /// Deletes keys now (not through the writer), for `invalidate`, and announces `notice`
+    /// to the other replicas in the same pipeline, after the `UNLINK`: a replica that hears
+    /// of it can no longer read the old value back from Redis.
+    pub(crate) async fn delete_now(
+        self: &Arc<Self>,
+        keys: &[String],
+        notice: Notice,
+    ) -> Result<(), L2Error> {
         self.ensure_started();
         let (mut conn, gen) = self.admin_connection().await?;
-        let mut cmd = redis::cmd("UNLINK");
-        cmd.arg(keys);
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(keys).ignore();
+        if let Some(replica) = &self.replica {
+            pipe.cmd("PUBLISH")
+                .arg(replica.channel())
+                .arg(replica.message(notice))
+                .ignore();
+        }
         let outcome = self
             .link
-            .run_on(gen, self.write_timeout(), cmd.query_async::<()>(&mut conn))
+            .run_on(gen, self.write_timeout(), pipe.query_async::<()>(&mut conn))
             .await;
         self.admin_outcome(outcome, "UNLINK")
     }
@@ -433,9 +461,26 @@ impl L2 {
             removed += n;
             cursor = next;
             if cursor == 0 {
-                return Ok(removed);
+                break;
             }
         }
+        // Once every entry is gone from Redis, so that no replica reads one back.
+        if let Some(replica) = &self.replica {
+            let mut publish = redis::cmd("PUBLISH");
+            publish
+                .arg(replica.channel())
+                .arg(replica.message(Notice::Clear));
+            let outcome = self
+                .link
+                .run_on(
+                    gen,
+                    self.write_timeout(),
+                    publish.query_async::<()>(&mut conn),
+                )
+                .await;
+            self.admin_outcome(outcome, "PUBLISH")?;
+        }
+        Ok(removed)
     }
 
     /// The connection for an admin operation, waiting up to the connect timeout for a first

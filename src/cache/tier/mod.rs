@@ -2,3 +2,4 @@
 
 pub(crate) mod l1;
 pub(crate) mod l2;
+pub(crate) mod replica;
