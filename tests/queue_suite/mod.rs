@@ -85,6 +85,10 @@ macro_rules! queue_conformance {
         async fn result_ttl_expiry() {
             { let $f = $fixture; queue_suite::result_ttl_expiry($store, $paused).await }
         }
+        #[tokio::test(start_paused = $paused)]
+        async fn a_delayed_job_waits_until_it_is_due() {
+            { let $f = $fixture; queue_suite::a_delayed_job_waits_until_it_is_due($store, $paused).await }
+        }
         #[tokio::test]
         async fn list_len_and_clear_failed() {
             { let $f = $fixture; queue_suite::list_len_and_clear_failed($store).await }
@@ -566,6 +570,42 @@ pub async fn result_ttl_expiry<St: Store>(store: St, paused: bool) {
         .unwrap()
         .is_empty());
     assert!(queue.list(JobStatus::Failed, 10).await.unwrap().is_empty());
+}
+
+pub async fn a_delayed_job_waits_until_it_is_due<St: Store>(store: St, paused: bool) {
+    let delay = if paused {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_millis(500)
+    };
+    let (queue, _svc, _) = build(store, |b| b);
+    let started = Instant::now();
+    let later = queue
+        .enqueue_in(Job::new(Task::Echo("later".into())), delay)
+        .await
+        .unwrap();
+    let now = queue
+        .enqueue(Job::new(Task::Echo("now".into())))
+        .await
+        .unwrap();
+    finished(&queue, &now).await;
+    // The job enqueued after it ran first; the delayed one still waits, counted as queued.
+    assert_eq!(status(&queue, &later).await, Some(JobStatus::Queued));
+    assert_eq!(queue.len().await.unwrap(), 1);
+    let job = finished(&queue, &later).await;
+    assert_eq!(job.result.as_deref(), Some("later"));
+    // Timed by the store's clock (Redis' in real time): a little slack for clock reads.
+    assert!(
+        started.elapsed() + Duration::from_millis(20) >= delay,
+        "ran after {:?}",
+        started.elapsed()
+    );
+    let at = std::time::SystemTime::now();
+    let past = queue
+        .enqueue_at(Job::new(Task::Echo("past".into())), at)
+        .await
+        .unwrap();
+    assert_eq!(finished(&queue, &past).await.status, JobStatus::Completed);
 }
 
 pub async fn list_len_and_clear_failed<St: Store>(store: St) {
