@@ -102,6 +102,9 @@ pub(crate) struct Tracker {
     pub(crate) shared: bool,
     /// Whether the lease-recovery task was started (once per queue).
     pub(crate) recovering: std::sync::atomic::AtomicBool,
+    /// The workers' store-failure warnings: one per 10 s, so that an outage of a shared
+    /// store logs a line every few seconds, not one per retry (each is still counted).
+    pub(crate) store_warnings: crate::redis::throttle::Throttle,
 }
 
 #[derive(Default)]
@@ -160,6 +163,7 @@ impl Tracker {
             dispatchers: Mutex::default(),
             shared,
             recovering: std::sync::atomic::AtomicBool::new(false),
+            store_warnings: crate::redis::throttle::Throttle::new(Duration::from_secs(10)),
         }
     }
 

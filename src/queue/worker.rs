@@ -112,7 +112,9 @@ async fn recover_expired<Req, St: Store>(core: std::sync::Weak<Core<Req, St>>, l
             }
             Err(err) => {
                 tracker.metrics.store_errors.recover.increment(1);
-                tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "lease recovery failed");
+                if let Some(held_back) = tracker.store_warnings.allow() {
+                    tracing::warn!(queue = %tracker.name, error = %error_chain(&err), held_back, "lease recovery failed");
+                }
             }
         }
     }
@@ -245,8 +247,11 @@ impl<Req: Send + 'static, St: Store> Held<Req, St> {
         match taken {
             Ok(taken) => self.ahead.extend(taken),
             Err(err) => {
-                self.core.tracker.metrics.store_errors.take.increment(1);
-                tracing::warn!(queue = %self.core.tracker.name, error = %error_chain(&err), "dequeue failed");
+                let tracker = &self.core.tracker;
+                tracker.metrics.store_errors.take.increment(1);
+                if let Some(held_back) = tracker.store_warnings.allow() {
+                    tracing::warn!(queue = %tracker.name, error = %error_chain(&err), held_back, "dequeue failed");
+                }
             }
         }
     }
@@ -579,7 +584,9 @@ async fn next_job<Req, St: Store>(core: &Core<Req, St>) -> Option<Lease> {
             Ok(None) => {}
             Err(err) => {
                 tracker.metrics.store_errors.take.increment(1);
-                tracing::warn!(queue = %tracker.name, error = %error_chain(&err), "dequeue failed");
+                if let Some(held_back) = tracker.store_warnings.allow() {
+                    tracing::warn!(queue = %tracker.name, error = %error_chain(&err), held_back, "dequeue failed; retrying every {STORE_ERROR_PAUSE:?}");
+                }
                 tokio::time::sleep(STORE_ERROR_PAUSE).await;
             }
         }
