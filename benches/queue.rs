@@ -13,6 +13,11 @@
 //!   round trip through the workers.
 //! - `store/memory_cycle`: the `MemoryStore` part of one job alone (enqueue, dequeue,
 //!   settle as completed), with the same result TTL: what tracking costs in the store.
+//! - `redis_store/cycle`: the same cycle on `RedisStore` over loopback (three Lua scripts,
+//!   three round trips), beside `redis_store/raw_3_round_trips`: `RPUSH`, `LPOP` and a
+//!   `HSET` of the result, one round trip each on one multiplexed connection, the least a
+//!   Redis queue with a tracked result does per job. The difference is what the scripts'
+//!   bookkeeping (leases, generation, indexes, expiry) costs.
 //!
 //! ```text
 //! cargo bench --bench queue
@@ -24,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use layercake::queue::store::{MemoryStore, NewJob, Settlement, Store};
+use layercake::queue::store::{MemoryStore, NewJob, RedisStore, Settlement, Store};
 use layercake::queue::{JobId, JobStatus, Queue, QueueLayer};
 use layercake::BoxError;
 use serde::{Deserialize, Serialize};
@@ -252,5 +257,86 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, throughput, latency, store);
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+fn redis_store(c: &mut Criterion) {
+    let rt = runtime();
+    let server = support::RedisServer::start();
+    let mut group = c.benchmark_group("redis_store");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let payload: Arc<[u8]> = Arc::from(&b"\x82\xa2id\x01\xa4name\xa9thumbnail"[..]);
+    let next = AtomicUsize::new(0);
+
+    let store = RedisStore::builder("bench")
+        .redis_url(server.url())
+        .build()
+        .expect("a valid store");
+    group.bench_function("cycle", |b| {
+        b.to_async(&rt).iter_batched(
+            || {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                NewJob::new(JobId::from(format!("{n:032x}")), payload.clone())
+            },
+            |job| {
+                let store = store.clone();
+                async move {
+                    let _ = store.enqueue(job).await.expect("enqueue");
+                    let lease = store
+                        .dequeue(Duration::ZERO)
+                        .await
+                        .expect("dequeue")
+                        .expect("a job");
+                    let done = Settlement::Complete(vec![0x01].into());
+                    let _ = store
+                        .settle(&lease, done, RESULT_TTL)
+                        .await
+                        .expect("settle");
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+
+    let conn = rt.block_on(server.async_conn());
+    group.bench_function("raw_3_round_trips", |b| {
+        b.to_async(&rt).iter_batched(
+            || {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                format!("{n:032x}")
+            },
+            |id| {
+                let (mut conn, payload) = (conn.clone(), payload.clone());
+                async move {
+                    let _: () = redis::cmd("RPUSH")
+                        .arg("raw:wait")
+                        .arg(&id)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("rpush");
+                    let _: Option<String> = redis::cmd("LPOP")
+                        .arg("raw:wait")
+                        .query_async(&mut conn)
+                        .await
+                        .expect("lpop");
+                    let _: () = redis::cmd("HSET")
+                        .arg(format!("raw:job:{id}"))
+                        .arg("res")
+                        .arg(&*payload)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("hset");
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, throughput, latency, store, redis_store);
 criterion_main!(benches);
