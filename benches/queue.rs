@@ -258,7 +258,6 @@ fn store(c: &mut Criterion) {
 }
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 fn redis_store(c: &mut Criterion) {
