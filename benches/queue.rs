@@ -13,6 +13,10 @@
 //!   round trip through the workers.
 //! - `store/memory_cycle`: the `MemoryStore` part of one job alone (enqueue, dequeue,
 //!   settle as completed), with the same result TTL: what tracking costs in the store.
+//! - `redis_store/throughput_settle_take` and `redis_store/throughput_one_by_one`: 1,000
+//!   jobs (as `throughput`, enqueued concurrently) through a queue on `RedisStore`, whose
+//!   workers' store steps settle and take in one script, beside the same store without that
+//!   (the `Store` trait's default: one settle after another, then one take).
 //! - `redis_store/cycle`: the same cycle on `RedisStore` over loopback (three Lua scripts,
 //!   three round trips), beside `redis_store/raw_3_round_trips`: `RPUSH`, `LPOP` and a
 //!   `HSET` of the result, one round trip each on one multiplexed connection, the least a
@@ -29,8 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use layercake::queue::store::{MemoryStore, NewJob, RedisStore, Settlement, Store};
-use layercake::queue::{JobId, JobStatus, Queue, QueueLayer};
+use layercake::queue::store::{
+    JobRecord, Lease, LeaseState, MemoryStore, NewJob, RedisStore, Settled, Settlement, Store,
+    StoreError,
+};
+use layercake::queue::{CancelOutcome, JobId, JobStatus, Progress, Queue, QueueLayer};
 use layercake::BoxError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -301,6 +308,21 @@ fn redis_store(c: &mut Criterion) {
         );
     });
 
+    for (label, one_by_one) in [
+        ("throughput_settle_take", false),
+        ("throughput_one_by_one", true),
+    ] {
+        let store = RedisStore::builder(label)
+            .redis_url(server.url())
+            .build()
+            .expect("a valid store");
+        if one_by_one {
+            redis_throughput(&mut group, &rt, label, OneByOne(store));
+        } else {
+            redis_throughput(&mut group, &rt, label, store);
+        }
+    }
+
     let conn = rt.block_on(server.async_conn());
     group.bench_function("raw_3_round_trips", |b| {
         b.to_async(&rt).iter_batched(
@@ -335,6 +357,116 @@ fn redis_store(c: &mut Criterion) {
         );
     });
     group.finish();
+}
+
+fn redis_throughput<St: Store + Clone>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    store: St,
+) {
+    let jobs = jobs();
+    let completions = Arc::new(Completions::default());
+    let (_queue, svc) = rt.block_on(async {
+        let queue: Queue<Req, u64, St> = Queue::builder(label)
+            .store(store)
+            .workers(64)
+            .capacity(1024)
+            .result_ttl(RESULT_TTL)
+            .on_change({
+                let completions = completions.clone();
+                move |_: &JobId, status| {
+                    if status == JobStatus::Completed {
+                        completions.completed();
+                    }
+                }
+            })
+            .build()
+            .expect("queue");
+        let svc = QueueLayer::new(queue.clone()).layer(noop());
+        (queue, svc)
+    });
+    group.throughput(Throughput::Elements(jobs as u64));
+    group.bench_function(label, |b| {
+        b.to_async(rt).iter(|| {
+            let mut svc = svc.clone();
+            let completions = completions.clone();
+            async move {
+                completions.expect(jobs);
+                let mut enqueues = Vec::with_capacity(jobs);
+                for id in 0..jobs as u64 {
+                    let ready = svc.ready().await.expect("ready");
+                    enqueues.push(ready.call(req(id)));
+                }
+                for enqueued in futures::future::join_all(enqueues).await {
+                    enqueued.expect("enqueued");
+                }
+                completions.all_done.notified().await;
+            }
+        });
+    });
+}
+
+/// `RedisStore` without its one-script store step: the `Store` trait's default
+/// `settle_then_dequeue` (each settlement, then one take, a round trip each).
+#[derive(Clone)]
+struct OneByOne(RedisStore);
+
+impl Store for OneByOne {
+    type EnqueueFuture = <RedisStore as Store>::EnqueueFuture;
+
+    fn enqueue(&self, job: NewJob) -> Self::EnqueueFuture {
+        self.0.enqueue(job)
+    }
+
+    async fn dequeue(&self, wait: Duration) -> Result<Option<Lease>, StoreError> {
+        self.0.dequeue(wait).await
+    }
+
+    async fn settle(
+        &self,
+        lease: &Lease,
+        settlement: Settlement,
+        result_ttl: Duration,
+    ) -> Result<Settled, StoreError> {
+        self.0.settle(lease, settlement, result_ttl).await
+    }
+
+    async fn progress(&self, lease: &Lease, progress: &Progress) -> Result<LeaseState, StoreError> {
+        self.0.progress(lease, progress).await
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<LeaseState, StoreError> {
+        self.0.renew(lease).await
+    }
+
+    async fn cancel(&self, id: &JobId, result_ttl: Duration) -> Result<CancelOutcome, StoreError> {
+        self.0.cancel(id, result_ttl).await
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.0.get(id).await
+    }
+
+    async fn list(&self, status: JobStatus, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        self.0.list(status, limit).await
+    }
+
+    async fn queued(&self) -> Result<usize, StoreError> {
+        self.0.queued().await
+    }
+
+    async fn clear(&self, status: JobStatus) -> Result<usize, StoreError> {
+        self.0.clear(status).await
+    }
+
+    async fn recover(&self) -> Result<usize, StoreError> {
+        self.0.recover().await
+    }
+
+    fn lease_duration(&self) -> Option<Duration> {
+        self.0.lease_duration()
+    }
 }
 
 criterion_group!(benches, throughput, latency, store, redis_store);

@@ -295,7 +295,10 @@ async fn a_killed_workers_four_jobs_are_finished_by_another_once_each() {
         assert_eq!(started, ["a:1", "b:3"], "{id}");
     }
     // A figure for the record (lease 2 s): kill to the last of the 4 done elsewhere.
-    eprintln!("4 jobs of a killed worker finished by another {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "4 jobs of a killed worker finished by another {:?} after the kill",
+        killed.elapsed()
+    );
     assert!(producer
         .list(JobStatus::Failed, 10)
         .await

@@ -115,7 +115,10 @@ async fn redis_killed_and_restarted_under_load_loses_no_acknowledged_job() {
     })
     .await;
     eventually(DEADLINE, "it to complete", || completed(&queue, probe)).await;
-    eprintln!("workers ran a new job {:?} after Redis restarted", restarted_at.elapsed());
+    eprintln!(
+        "workers ran a new job {:?} after Redis restarted",
+        restarted_at.elapsed()
+    );
     let before = acked_count();
     eventually(DEADLINE, "300 more acknowledged jobs", || async {
         acked_count() >= before + 300

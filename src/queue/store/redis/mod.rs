@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 
-use super::{Enqueued, JobRecord, Lease, LeaseState, NewJob, Settled, Settlement, Store};
+use super::{
+    Enqueued, JobRecord, Lease, LeaseState, NewJob, Settled, SettledThenTaken, Settlement, Store,
+};
 use crate::clock::{from_unix_ms, to_unix_ms};
 use crate::error::ConfigError;
 use crate::queue::error::StoreError;
@@ -90,6 +92,7 @@ struct Scripts {
     take: Script,
     renew: Script,
     settle: Script,
+    settle_take: Script,
     cancel: Script,
     recover: Script,
     clear: Script,
@@ -103,6 +106,7 @@ impl Scripts {
             take: with_common(include_str!("take.lua")),
             renew: with_common(include_str!("renew.lua")),
             settle: with_common(include_str!("settle.lua")),
+            settle_take: with_common(include_str!("settle_take.lua")),
             cancel: with_common(include_str!("cancel.lua")),
             recover: with_common(include_str!("recover.lua")),
             clear: with_common(include_str!("clear.lua")),
@@ -401,25 +405,7 @@ impl Inner {
         let reply = into_array(self.eval(invocation).await?)?;
         let mut fields = reply.into_iter();
         match fields.next().as_ref().and_then(int) {
-            Some(1) => {
-                let mut next = || fields.next().ok_or_else(|| bad_reply("take"));
-                let id = text(next()?)?;
-                let payload = bytes(next()?)?;
-                let attempt = int_field(&next()?)?;
-                let enqueued_at = int_field(&next()?)?;
-                let started_at = int_field(&next()?)?;
-                let generation = int_field(&next()?)?;
-                let lease = Lease::new(
-                    JobId::from(id),
-                    token,
-                    u32::try_from(attempt).unwrap_or(u32::MAX),
-                    Arc::from(payload),
-                    from_unix_ms(enqueued_at),
-                )
-                .with_started_at(from_unix_ms(started_at))
-                .with_generation(generation);
-                Ok(Taken::Job(lease))
-            }
+            Some(1) => Ok(Taken::Job(lease_from(&mut fields, token)?)),
             Some(0) => {
                 let due = fields.next().as_ref().and_then(int).unwrap_or(-1);
                 Ok(Taken::Empty(
@@ -503,6 +489,49 @@ impl Inner {
     }
 }
 
+/// The lease of a job the take script returned: id, payload, attempt, enqueued at,
+/// started at, generation, in that order from `fields`.
+fn lease_from(fields: &mut impl Iterator<Item = Value>, token: u64) -> Result<Lease, StoreError> {
+    let mut next = || fields.next().ok_or_else(|| bad_reply("take"));
+    let id = text(next()?)?;
+    let payload = bytes(next()?)?;
+    let attempt = int_field(&next()?)?;
+    let enqueued_at = int_field(&next()?)?;
+    let started_at = int_field(&next()?)?;
+    let generation = int_field(&next()?)?;
+    Ok(Lease::new(
+        JobId::from(id),
+        token,
+        u32::try_from(attempt).unwrap_or(u32::MAX),
+        Arc::from(payload),
+        from_unix_ms(enqueued_at),
+    )
+    .with_started_at(from_unix_ms(started_at))
+    .with_generation(generation))
+}
+
+/// A settlement as the scripts take it: its kind, its data (result or error) and its delay.
+fn settlement_args(settlement: &Settlement) -> (&'static str, &[u8], Duration) {
+    match settlement {
+        Settlement::Complete(result) => ("complete", result, Duration::ZERO),
+        Settlement::Fail(error) => ("fail", error.as_bytes(), Duration::ZERO),
+        Settlement::Quarantine(error) => ("quarantine", error.as_bytes(), Duration::ZERO),
+        Settlement::Retry { error, delay } => ("retry", error.as_bytes(), *delay),
+        Settlement::Cancel => ("cancel", b"", Duration::ZERO),
+        Settlement::Release => ("release", b"", Duration::ZERO),
+    }
+}
+
+/// What the settle script answered, as [`Store::settle`] returns it.
+fn settled_from(reply: Value) -> Result<Settled, StoreError> {
+    match text(reply)?.as_str() {
+        "stale" => Ok(Settled::Stale),
+        letter => status_of(letter)
+            .map(Settled::Applied)
+            .ok_or_else(|| bad_reply("settle")),
+    }
+}
+
 impl Store for RedisStore {
     type EnqueueFuture =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Enqueued, StoreError>> + Send>>;
@@ -564,14 +593,7 @@ impl Store for RedisStore {
         result_ttl: Duration,
     ) -> Result<Settled, StoreError> {
         let keys = &self.inner.keys;
-        let (kind, data, delay): (&str, &[u8], Duration) = match &settlement {
-            Settlement::Complete(result) => ("complete", result, Duration::ZERO),
-            Settlement::Fail(error) => ("fail", error.as_bytes(), Duration::ZERO),
-            Settlement::Quarantine(error) => ("quarantine", error.as_bytes(), Duration::ZERO),
-            Settlement::Retry { error, delay } => ("retry", error.as_bytes(), *delay),
-            Settlement::Cancel => ("cancel", b"", Duration::ZERO),
-            Settlement::Release => ("release", b"", Duration::ZERO),
-        };
+        let (kind, data, delay) = settlement_args(&settlement);
         let mut invocation = self.inner.scripts.settle.prepare_invoke();
         invocation
             .key(keys.job(lease.id()))
@@ -590,12 +612,57 @@ impl Store for RedisStore {
             .arg(data)
             .arg(millis(delay))
             .arg(millis(result_ttl).max(1));
-        let reply = self.inner.eval(invocation).await?;
-        match text(reply)?.as_str() {
-            "stale" => Ok(Settled::Stale),
-            letter => status_of(letter)
-                .map(Settled::Applied)
-                .ok_or_else(|| bad_reply("settle")),
+        settled_from(self.inner.eval(invocation).await?)
+    }
+
+    /// One script, one round trip: the settlements in order, then up to `max` takes.
+    async fn settle_then_dequeue(
+        &self,
+        ended: &[(Lease, Settlement)],
+        result_ttl: Duration,
+        max: usize,
+    ) -> SettledThenTaken {
+        let keys = &self.inner.keys;
+        let tokens: Vec<u64> = (0..max).map(|_| fastrand::u64(1..)).collect();
+        let mut invocation = self.inner.scripts.settle_take.prepare_invoke();
+        invocation
+            .key(&keys.active)
+            .key(&keys.wait)
+            .key(&keys.delayed)
+            .key(&keys.signal)
+            .key(&keys.expiry)
+            .key(&keys.completed)
+            .key(&keys.failed)
+            .key(&keys.cancelled)
+            .arg(&keys.job)
+            .arg(millis(self.inner.lease))
+            .arg(millis(result_ttl).max(1))
+            .arg(ended.len())
+            .arg(max);
+        for token in &tokens {
+            invocation.arg(*token);
+        }
+        for (lease, settlement) in ended {
+            let (kind, data, delay) = settlement_args(settlement);
+            invocation
+                .key(keys.job(lease.id()))
+                .arg(lease.id().as_str())
+                .arg(lease.token())
+                .arg(lease.generation())
+                .arg(kind)
+                .arg(data)
+                .arg(millis(delay));
+        }
+        let parsed = match self.inner.eval(invocation).await {
+            Ok(reply) => parse_settle_take(reply, &tokens),
+            Err(err) => Err(err),
+        };
+        match parsed {
+            Ok((settled, taken)) if settled.len() == ended.len() => (settled, Ok(taken)),
+            // Every settlement failed with the step: each is reported, and the jobs stay
+            // leased until they are settled again or recovered.
+            Ok(_) => failed_step(ended, &bad_reply("settle_take")),
+            Err(err) => failed_step(ended, &err),
         }
     }
 
@@ -745,6 +812,46 @@ impl Store for RedisStore {
     fn lease_duration(&self) -> Option<Duration> {
         Some(self.inner.lease)
     }
+}
+
+/// Every settlement of a failed step, and its take, fail with `err`.
+fn failed_step(ended: &[(Lease, Settlement)], err: &StoreError) -> SettledThenTaken {
+    let message =
+        std::error::Error::source(err).map_or_else(|| err.to_string(), ToString::to_string);
+    (
+        ended
+            .iter()
+            .map(|_| Err(StoreError::new(message.clone())))
+            .collect(),
+        Err(StoreError::new(message)),
+    )
+}
+
+/// The settle-and-take script's answer: one result per settlement, and the jobs taken.
+#[allow(clippy::type_complexity)]
+fn parse_settle_take(
+    reply: Value,
+    tokens: &[u64],
+) -> Result<(Vec<Result<Settled, StoreError>>, Vec<Lease>), StoreError> {
+    let mut parts = into_array(reply)?.into_iter();
+    let (Some(settled), Some(taken)) = (parts.next(), parts.next()) else {
+        return Err(bad_reply("settle_take"));
+    };
+    // An empty Lua table comes back as an empty array (or, from some proxies, nil).
+    let list = |value: Value| match value {
+        Value::Nil => Ok(Vec::new()),
+        other => into_array(other),
+    };
+    let settled = list(settled)?.into_iter().map(settled_from).collect();
+    let mut fields = list(taken)?.into_iter().peekable();
+    let mut leases = Vec::new();
+    for token in tokens {
+        if fields.peek().is_none() {
+            break;
+        }
+        leases.push(lease_from(&mut fields, *token)?);
+    }
+    Ok((settled, leases))
 }
 
 /// A job record from its hash fields; `None` for an empty hash (no such job).
