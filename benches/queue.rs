@@ -232,35 +232,7 @@ fn store(c: &mut Criterion) {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    let store = MemoryStore::new();
-    let payload: Arc<[u8]> = Arc::from(&b"\x82\xa2id\x01\xa4name\xa9thumbnail"[..]);
-    let next = AtomicUsize::new(0);
-    group.bench_function("memory_cycle", |b| {
-        b.to_async(&rt).iter_batched(
-            // Ids are made outside the measurement.
-            || {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                NewJob::new(JobId::from(format!("{n:032x}")), payload.clone())
-            },
-            |job| {
-                let store = store.clone();
-                async move {
-                    let _ = store.enqueue(job).await.expect("enqueue");
-                    let lease = store
-                        .dequeue(Duration::ZERO)
-                        .await
-                        .expect("dequeue")
-                        .expect("a job");
-                    let done = Settlement::Complete(vec![0x01].into());
-                    let _ = store
-                        .settle(&lease, done, RESULT_TTL)
-                        .await
-                        .expect("settle");
-                }
-            },
-            BatchSize::SmallInput,
-        );
-    });
+    store_cycle(&mut group, &rt, "memory_cycle", MemoryStore::new());
     group.finish();
 }
 
@@ -275,38 +247,11 @@ fn redis_store(c: &mut Criterion) {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    let payload: Arc<[u8]> = Arc::from(&b"\x82\xa2id\x01\xa4name\xa9thumbnail"[..]);
-    let next = AtomicUsize::new(0);
-
     let store = RedisStore::builder("bench")
         .redis_url(server.url())
         .build()
         .expect("a valid store");
-    group.bench_function("cycle", |b| {
-        b.to_async(&rt).iter_batched(
-            || {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                NewJob::new(JobId::from(format!("{n:032x}")), payload.clone())
-            },
-            |job| {
-                let store = store.clone();
-                async move {
-                    let _ = store.enqueue(job).await.expect("enqueue");
-                    let lease = store
-                        .dequeue(Duration::ZERO)
-                        .await
-                        .expect("dequeue")
-                        .expect("a job");
-                    let done = Settlement::Complete(vec![0x01].into());
-                    let _ = store
-                        .settle(&lease, done, RESULT_TTL)
-                        .await
-                        .expect("settle");
-                }
-            },
-            BatchSize::SmallInput,
-        );
-    });
+    store_cycle(&mut group, &rt, "cycle", store);
 
     for (label, one_by_one) in [
         ("throughput_settle_take", false),
@@ -323,6 +268,8 @@ fn redis_store(c: &mut Criterion) {
         }
     }
 
+    let payload: Arc<[u8]> = Arc::from(&b"\x82\xa2id\x01\xa4name\xa9thumbnail"[..]);
+    let next = AtomicUsize::new(0);
     let conn = rt.block_on(server.async_conn());
     group.bench_function("raw_3_round_trips", |b| {
         b.to_async(&rt).iter_batched(
@@ -357,6 +304,43 @@ fn redis_store(c: &mut Criterion) {
         );
     });
     group.finish();
+}
+
+/// One job's store cycle: enqueue, take, settle as completed (ids made outside the
+/// measurement).
+fn store_cycle<St: Store + Clone>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    store: St,
+) {
+    let payload: Arc<[u8]> = Arc::from(&b"\x82\xa2id\x01\xa4name\xa9thumbnail"[..]);
+    let next = AtomicUsize::new(0);
+    group.bench_function(label, |b| {
+        b.to_async(rt).iter_batched(
+            || {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                NewJob::new(JobId::from(format!("{n:032x}")), payload.clone())
+            },
+            |job| {
+                let store = store.clone();
+                async move {
+                    let _ = store.enqueue(job).await.expect("enqueue");
+                    let lease = store
+                        .dequeue(Duration::ZERO)
+                        .await
+                        .expect("dequeue")
+                        .expect("a job");
+                    let done = Settlement::Complete(vec![0x01].into());
+                    let _ = store
+                        .settle(&lease, done, RESULT_TTL)
+                        .await
+                        .expect("settle");
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
 }
 
 fn redis_throughput<St: Store + Clone>(

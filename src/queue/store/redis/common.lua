@@ -34,6 +34,16 @@ local function signal(key)
   redis.call('LTRIM', key, -64, -1)
 end
 
+-- Sets field `to` of hash `key` to field `from`'s value, or removes it if `from` has none.
+local function copy_field(key, from, to)
+  local value = redis.call('HGET', key, from)
+  if value then
+    redis.call('HSET', key, to, value)
+  else
+    redis.call('HDEL', key, to)
+  end
+end
+
 -- Moves delayed jobs (retries, `enqueue_in`) that are due to the wait list, at most 100.
 local function promote(wait, delayed, prefix, now)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 100)
@@ -70,12 +80,7 @@ local function take_one(wait, active, prefix, token, lease_ms, now)
       local attempt = redis.call('HINCRBY', key, 'att', 1)
       local lease_until = now + lease_ms
       -- The previous start comes back if this attempt is given back unstarted.
-      local previous = redis.call('HGET', key, 'sta')
-      if previous then
-        redis.call('HSET', key, 'psta', previous)
-      else
-        redis.call('HDEL', key, 'psta')
-      end
+      copy_field(key, 'sta', 'psta')
       redis.call('HSET', key, 'st', 'r', 'tok', token, 'sta', now, 'lu', lease_until)
       redis.call('HDEL', key, 'pv', 'pm')
       redis.call('ZADD', active, lease_until, id)
@@ -101,12 +106,7 @@ local function settle_one(k, key, id, token, generation, kind, data, delay_ms, t
   if kind == 'release' then
     -- The attempt never started: the job is as it was before the take.
     redis.call('HINCRBY', key, 'att', -1)
-    local previous = redis.call('HGET', key, 'psta')
-    if previous then
-      redis.call('HSET', key, 'sta', previous)
-    else
-      redis.call('HDEL', key, 'sta')
-    end
+    copy_field(key, 'psta', 'sta')
   end
   if cancelled or kind == 'cancel' then
     if kind == 'retry' or kind == 'fail' or kind == 'quarantine' then

@@ -329,37 +329,35 @@ enum Taken {
 }
 
 impl Inner {
-    /// Runs one script within the command budget, waiting through an outage for the
-    /// supervisor's next connection (so a Redis back within the budget is used at once).
-    async fn eval(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    /// Runs `command` on the shared connection within the command budget, waiting through
+    /// an outage for the supervisor's next connection (so a Redis back within the budget
+    /// is used at once).
+    async fn run<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         self.link.start();
         self.check_policy();
         self.link
-            .run(self.budget, Wait::Always, |mut conn| async move {
-                invocation.invoke_async::<Value>(&mut conn).await
-            })
+            .run(self.budget, Wait::Always, command)
             .await
             .map_err(|failure| self.error(&failure))
+    }
+
+    async fn eval(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
-        self.link.start();
-        self.link
-            .run(self.budget, Wait::Always, |mut conn| async move {
-                cmd.query_async::<T>(&mut conn).await
-            })
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
-            .map_err(|failure| self.error(&failure))
     }
 
     async fn pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, StoreError> {
-        self.link.start();
-        self.link
-            .run(self.budget, Wait::Always, |mut conn| async move {
-                pipe.query_async::<T>(&mut conn).await
-            })
+        self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await
-            .map_err(|failure| self.error(&failure))
     }
 
     fn error(&self, failure: &crate::redis::error::Failure) -> StoreError {
