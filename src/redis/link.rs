@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::error::{describe, is_dead, Failure};
 use super::manager::{ForwardErrors, Manager};
 use super::options::Endpoint;
+use super::target::Target;
 use super::throttle::Throttle;
 
 /// What the owner of a link is told, to log in its own words and keep its own gauges.
@@ -271,6 +272,18 @@ impl Link {
     fn failure(&self, e: &RedisError, gen: Option<u64>) -> Failure {
         let mut failure = Failure::from_redis(e, gen);
         failure.detail = self.endpoint.scrub(failure.detail);
+        // A failover (Sentinel) made this server a replica while the connection stayed up:
+        // it is of no use for writes any more. Reconnecting asks the Sentinels for the new
+        // primary.
+        if e.code() == Some("READONLY") {
+            failure.dead = true;
+            if let Some(gen) = gen {
+                self.trip(
+                    gen,
+                    "the server became a replica (READONLY); reconnecting to the primary",
+                );
+            }
+        }
         failure
     }
 
@@ -305,7 +318,20 @@ impl Link {
         let ping = redis::cmd("PING");
         let timeout = self.endpoint.connect_timeout;
         match tokio::time::timeout(timeout, ping.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => {
+                let target = self.endpoint.target();
+                let moved = match target.last_connected() {
+                    Some(addr) => {
+                        tokio::time::timeout(timeout, target.primary_moved(&addr)).await == Ok(true)
+                    }
+                    None => false,
+                };
+                if moved {
+                    self.trip(gen, "the Sentinels name another primary");
+                    return false;
+                }
+                true
+            }
             // A server error (say, LOADING) says the connection is alive.
             Ok(Err(e)) if !is_dead(&e) && !e.is_timeout() && !e.is_io_error() => true,
             Ok(Err(e)) => {
@@ -323,7 +349,7 @@ impl Link {
     fn build_pool(&self, errors: mpsc::Sender<RedisError>) -> bb8::Pool<Manager> {
         let ep = &self.endpoint;
         let manager = Manager::new(
-            ep.client().clone(),
+            ep.target().clone(),
             ep.connection_config(Some(ep.shared_response_timeout())),
         );
         bb8::Pool::builder()
@@ -362,13 +388,13 @@ impl Link {
 /// Keeps one connection published while Redis is healthy, and connects again when not.
 async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
     let (errors_tx, mut errors) = mpsc::channel::<RedisError>(8);
-    let mut pool = None;
+    let mut pooled_slot = None;
     let mut was_down = false;
     loop {
         let Some(this) = link.upgrade() else { return };
         let ep = &this.endpoint;
         let interval = ep.probe_interval;
-        let pool = pool
+        let pool = pooled_slot
             .get_or_insert_with(|| this.build_pool(errors_tx.clone()))
             .clone();
         // Errors left over from an earlier attempt say nothing about this one.
@@ -407,6 +433,14 @@ async fn supervise(link: Weak<Link>, wake: Arc<Notify>) {
                 }
                 // Given up: the next connection ends an outage.
                 was_down = true;
+                // Behind Sentinels the pool's idle connections may lead to the old
+                // primary (alive and answering PING after a planned failover): the next
+                // connection must ask the Sentinels anew.
+                if let Some(this) = link.upgrade() {
+                    if matches!(this.endpoint.target(), Target::Sentinel(_)) {
+                        pooled_slot = None;
+                    }
+                }
             }
             failure => {
                 let detail = match failure {

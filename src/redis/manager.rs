@@ -4,14 +4,16 @@
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 
+use super::target::Target;
+
 pub(crate) struct Manager {
-    client: redis::Client,
+    target: Target,
     config: AsyncConnectionConfig,
 }
 
 impl Manager {
-    pub(crate) fn new(client: redis::Client, config: AsyncConnectionConfig) -> Self {
-        Self { client, config }
+    pub(crate) fn new(target: Target, config: AsyncConnectionConfig) -> Self {
+        Self { target, config }
     }
 }
 
@@ -20,9 +22,13 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
-        self.client
+        // With Sentinels, each new connection asks them for the primary anew.
+        let client = self.target.client().await?;
+        let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await
+            .await?;
+        self.target.note_connected(&client);
+        Ok(conn)
     }
 
     /// Checkouts happen only when (re)connecting, so a PING there is cheap, and it is what

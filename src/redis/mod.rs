@@ -6,6 +6,7 @@
 //! - [`link`]: `Link`, one supervised multiplexed connection with a generation, and the
 //!   budgeted command runner (`Link::run`), whose deadline covers waiting for a connection.
 //! - [`error`]: `Failure` and `Fault`, Redis errors sorted into what callers act on.
+//! - [`target`]: what connections are made to: a Redis, or the primary its Sentinels name.
 //! - [`url`]: URL parsing and redaction; [`throttle`]: the log-line rate limit.
 //!
 //! The base has no policy: it never skips, counts or logs a failed command. Its owner does:
@@ -17,6 +18,7 @@ pub(crate) mod error;
 pub(crate) mod link;
 mod manager;
 pub(crate) mod options;
+pub(crate) mod target;
 #[cfg(test)]
 pub(crate) mod test_server;
 pub(crate) mod throttle;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 
+use super::target::{is_sentinel, SentinelUrl, Target};
 use super::url::{is_tls, parse, redact_url};
 use crate::ConfigError;
 
@@ -204,11 +205,22 @@ impl RedisOptions {
             }
             return Ok(None);
         };
-        let info = parse("redis_url", url)?;
-        let secret = info.redis_settings().password().map(str::to_owned);
-        let client = self.client(url, info)?;
+        let (target, secret) = if is_sentinel(url) {
+            if self.tls_root_ca.is_some() {
+                return Err(ConfigError::new(
+                    "tls_root_ca",
+                    "not supported with Sentinel URLs (redis+sentinel:// is plaintext)",
+                ));
+            }
+            let parsed = SentinelUrl::parse("redis_url", url)?;
+            (parsed.target("redis_url")?, parsed.password.clone())
+        } else {
+            let info = parse("redis_url", url)?;
+            let secret = info.redis_settings().password().map(str::to_owned);
+            (Target::Direct(Box::new(self.client(url, info)?)), secret)
+        };
         Ok(Some(Endpoint {
-            client,
+            target,
             url: redact_url(url),
             secret,
             connect_timeout: self.connect_timeout,
@@ -300,7 +312,7 @@ mod tls_support {
 /// Validated Redis settings with their client: what the connection supervisor and the
 /// command runner work from.
 pub(crate) struct Endpoint {
-    client: redis::Client,
+    target: Target,
     /// The URL with its password replaced, the only form that is ever shown.
     url: String,
     /// The password, only to scrub it from error text (see `scrub`).
@@ -348,8 +360,9 @@ impl Endpoint {
         self.command_timeout.max(self.connect_timeout)
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// What connections are made to (a Redis, or the primary its Sentinels name).
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
     }
 
     /// A connection of its own, outside the pool (for blocking commands).
@@ -357,7 +370,9 @@ impl Endpoint {
         &self,
         response_timeout: Option<Duration>,
     ) -> RedisResult<MultiplexedConnection> {
-        self.client
+        self.target
+            .client()
+            .await?
             .get_multiplexed_async_connection_with_config(&self.connection_config(response_timeout))
             .await
     }

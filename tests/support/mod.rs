@@ -13,12 +13,15 @@
 #![allow(dead_code)]
 
 mod proxy;
+mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
 
 // Not every test file uses the proxy.
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy};
+#[allow(unused_imports)]
+pub use sentinel::SentinelGroup;
 #[cfg(feature = "tls")]
 #[allow(unused_imports)]
 pub use tls::{TestCa, TlsRedisServer};
@@ -122,6 +125,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Persistence: append-only file, fsync every second (kept across restarts).
     aof: bool,
+    /// Further `redis-server` arguments (say, `--replicaof host port`).
+    extra: Vec<String>,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
 }
@@ -149,6 +154,16 @@ impl RedisServer {
         Self::start_inner(None, true)
     }
 
+    /// Like [`RedisServer::start`], as a replica of `primary` (`--replicaof`).
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let extra = vec![
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.port().to_string(),
+        ];
+        Self::start_with(None, false, extra)
+    }
+
     /// Like [`RedisServer::start`], with `--requirepass password`; [`RedisServer::url`] and
     /// [`RedisServer::client`] carry the password.
     pub fn start_with_password(password: &str) -> RedisServer {
@@ -156,6 +171,10 @@ impl RedisServer {
     }
 
     fn start_inner(password: Option<String>, aof: bool) -> RedisServer {
+        Self::start_with(password, aof, Vec::new())
+    }
+
+    fn start_with(password: Option<String>, aof: bool, extra: Vec<String>) -> RedisServer {
         let seq = SERVER_SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
             "layercake-test-redis-{}-{}",
@@ -169,6 +188,7 @@ impl RedisServer {
             port: 0,
             password,
             aof,
+            extra,
             dir,
             child: Mutex::new(None),
         };
@@ -216,6 +236,7 @@ impl RedisServer {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)

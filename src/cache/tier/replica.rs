@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::ConnectionAddr;
 use tokio::sync::oneshot;
 
 use super::l2::L2;
@@ -44,6 +45,7 @@ use crate::cache::stats::{Instruments, Received};
 use crate::key::{hex_digits, parse_hex_digest, DIGEST_BYTES};
 use crate::queue::Backoff;
 use crate::redis::error::describe;
+use crate::redis::target::Target;
 use crate::redis::throttle::Throttle;
 
 /// The format tag and version that starts every message.
@@ -258,10 +260,10 @@ async fn subscribe_loop(l2: Weak<L2>, listener: Listener, mut stop: oneshot::Rec
     loop {
         // Only what the attempt needs: holding the tier across an await would keep the
         // cache's stop signal alive.
-        let Some((client, url, connect_timeout, probe)) = l2.upgrade().map(|l2| {
+        let Some((target, url, connect_timeout, probe)) = l2.upgrade().map(|l2| {
             let ep = l2.endpoint();
             (
-                ep.client().clone(),
+                ep.target().clone(),
                 ep.url().to_owned(),
                 ep.connect_timeout,
                 ep.probe_interval,
@@ -277,19 +279,21 @@ async fn subscribe_loop(l2: Weak<L2>, listener: Listener, mut stop: oneshot::Rec
         let attempt = tokio::select! {
             _ = &mut stop => return,
             attempt = tokio::time::timeout(connect_timeout, async {
+                let client = target.client().await?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&*channel).await?;
-                Ok::<_, redis::RedisError>(pubsub.split())
+                let addr = client.get_connection_info().addr().clone();
+                Ok::<_, redis::RedisError>((pubsub.split(), addr))
             }) => attempt,
         };
         let why = match attempt {
-            Ok(Ok((mut sink, mut stream))) => {
+            Ok(Ok(((mut sink, mut stream), addr))) => {
                 failures = 0;
                 listener.subscribed(subscribed_before, &url);
                 subscribed_before = true;
                 let why = tokio::select! {
                     _ = &mut stop => return,
-                    why = listen(&listener, &mut sink, &mut stream, probe, connect_timeout) => why,
+                    why = listen(&listener, &mut sink, &mut stream, probe, connect_timeout, (&target, &addr)) => why,
                 };
                 listener.ins.set_subscribed(false);
                 format!("subscription lost: {why}")
@@ -332,6 +336,7 @@ async fn listen(
     stream: &mut PubSubStream,
     probe: Duration,
     answer_within: Duration,
+    (target, addr): (&Target, &ConnectionAddr),
 ) -> String {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + probe, probe);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,7 +348,15 @@ async fn listen(
             },
             _ = tick.tick() => {
                 match tokio::time::timeout(answer_within, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
+                    // Behind Sentinels, a subscription on a primary that was replaced (a
+                    // planned failover keeps it up for a while) misses what is published on
+                    // the new one: resubscribe there, emptying L1 as after any gap.
+                    Ok(Ok(_)) => {
+                        let moved = tokio::time::timeout(answer_within, target.primary_moved(addr));
+                        if moved.await == Ok(true) {
+                            return "the Sentinels name another primary".to_owned();
+                        }
+                    }
                     Ok(Err(e)) => return format!("PING failed: {}", describe(&e)),
                     Err(_) => return format!("PING unanswered within {answer_within:?}"),
                 }
