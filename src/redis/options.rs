@@ -106,7 +106,23 @@ impl fmt::Debug for PemLen {
 impl RedisOptions {
     /// Options for the Redis at `url`
     /// (`redis[s]://[user[:password]@]host[:port][/db]`, or `unix://` / `redis+unix://`),
-    /// or for no Redis at all when `url` is `None`.
+    /// for the primary that Redis Sentinels name
+    /// (`redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/service[/db]`, port
+    /// 26379 by default), or for no Redis at all when `url` is `None`.
+    ///
+    /// With Sentinels, each connection asks them for the primary; a connection whose
+    /// server stopped being the primary (the Sentinels name another at a health check, or
+    /// it answers `READONLY`) is given up and the next one goes to the new primary. The
+    /// credentials and database are the data nodes'; the Sentinels are asked without
+    /// credentials, in plaintext. redis-rs parses no Sentinel URL of its own, so this
+    /// spelling follows the `redis+sentinel://` form other clients (Lettuce, redis-py
+    /// wrappers) use, with the service name as the path.
+    ///
+    /// ```
+    /// use layercake::RedisOptions;
+    /// let options = RedisOptions::new("redis+sentinel://10.0.0.1,10.0.0.2:26380/mymaster/0");
+    /// # let _ = options;
+    /// ```
     pub fn new(url: impl IntoRedisUrl) -> Self {
         Self {
             url: url.into_redis_url(),
