@@ -48,9 +48,13 @@ enum Task {
 type ProcQueue = Queue<Work, String, AnyStore>;
 
 fn queue(url: &str, workers: usize) -> ProcQueue {
+    queue_with_lease(url, workers, LEASE)
+}
+
+fn queue_with_lease(url: &str, workers: usize, lease: Duration) -> ProcQueue {
     Queue::builder(QUEUE)
         .redis_url(url)
-        .lease(LEASE)
+        .lease(lease)
         .workers(workers)
         .cancel_grace(Duration::from_secs(1))
         .job_id(|work: &Work| Some(work.id.clone()))
@@ -100,7 +104,11 @@ async fn run_worker(url: &str) {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis is up when a worker starts");
-    let queue = queue(url, workers);
+    let lease = std::env::var("LC_LEASE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(LEASE, Duration::from_millis);
+    let queue = queue_with_lease(url, workers, lease);
     let service = service_fn(move |work: Work| {
         let (name, mut redis) = (name.clone(), redis.clone());
         async move {
@@ -187,6 +195,16 @@ struct Helper {
 
 impl Helper {
     fn start(server: &RedisServer, role: &str, name: &str, workers: usize) -> Helper {
+        Self::start_with(server, role, name, workers, LEASE)
+    }
+
+    fn start_with(
+        server: &RedisServer,
+        role: &str,
+        name: &str,
+        workers: usize,
+        lease: Duration,
+    ) -> Helper {
         let log = server.dir().join(format!("{role}-{name}.log"));
         let stderr = File::create(&log).expect("a log file");
         let child = Command::new(std::env::current_exe().expect("the test binary"))
@@ -195,6 +213,7 @@ impl Helper {
             .env("LC_REDIS", server.url())
             .env("LC_NAME", name)
             .env("LC_WORKERS", workers.to_string())
+            .env("LC_LEASE_MS", lease.as_millis().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -380,6 +399,48 @@ async fn a_job_running_in_another_process_is_cancelled_through_its_record() {
         status(&producer, "c").await == Some(JobStatus::Cancelled)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_another_process_before_the_next_renewal() {
+    // A 30 s lease: the worker renews every 10 s. The cancel's pub/sub notice reaches it
+    // long before that; the generous bound only tells the two paths apart.
+    let lease = Duration::from_secs(30);
+    let server = RedisServer::start();
+    let producer = queue_with_lease(&server.url(), 1, lease);
+    let a = Helper::start_with(&server, "worker", "a", 1, lease);
+    producer
+        .enqueue(Work {
+            id: "fast".into(),
+            task: Task::Cooperative,
+        })
+        .await
+        .unwrap();
+    running(&producer, 1).await;
+    // Running is recorded before the worker's subscription may be: wait for it.
+    eventually(DEADLINE, "a to subscribe to cancellations", || async {
+        server
+            .query::<Vec<redis::Value>>(&["PUBSUB", "CHANNELS", "*cancellations"])
+            .len()
+            == 1
+    })
+    .await;
+    let asked = tokio::time::Instant::now();
+    assert_eq!(
+        producer.cancel(&JobId::from("fast")).await.unwrap(),
+        CancelOutcome::Stopping
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the job to end cancelled",
+        || async { status(&producer, "fast").await == Some(JobStatus::Cancelled) },
+    )
+    .await;
+    eprintln!(
+        "a running job in another process cancelled {:?} after the request",
+        asked.elapsed()
+    );
+    drop(a);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -356,6 +356,14 @@ impl Tracker {
         registry.pending_cancels.push((id.clone(), now));
     }
 
+    /// Another process asked a job to stop: if it runs here, it is told at once (its next
+    /// renewal would tell it too).
+    pub(crate) fn cancel_if_running(&self, id: &JobId) {
+        if let Some(ctx) = self.registry().running.get(id) {
+            ctx.cancel();
+        }
+    }
+
     /// Attempts running in this process.
     pub(crate) fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)

@@ -67,11 +67,20 @@ where
 {
     let tracker = core.tracker.clone();
     let recovery = match core.store.lease_duration() {
-        Some(lease) if !tracker.recovering.swap(true, Ordering::AcqRel) => Some(
-            tracker
-                .runtime
-                .spawn(recover_expired(Arc::downgrade(&core), lease)),
-        ),
+        Some(lease) if !tracker.recovering.swap(true, Ordering::AcqRel) => {
+            let watcher = Arc::downgrade(&tracker);
+            let _entered = tracker.runtime.enter();
+            core.store.watch_cancellations(Arc::new(move |id| {
+                if let Some(tracker) = watcher.upgrade() {
+                    tracker.cancel_if_running(id);
+                }
+            }));
+            Some(
+                tracker
+                    .runtime
+                    .spawn(recover_expired(Arc::downgrade(&core), lease)),
+            )
+        }
         _ => None,
     };
     let dispatcher = tracker.runtime.spawn(dispatch(core, service));

@@ -188,6 +188,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn watch_cancellations(&self, notify: super::CancelNotify) {
+        match &self.kind {
+            Kind::Memory(store) => store.watch_cancellations(notify),
+            Kind::Redis(store) => store.watch_cancellations(notify),
+        }
+    }
+
     fn lease_duration(&self) -> Option<Duration> {
         match &self.kind {
             Kind::Memory(store) => store.lease_duration(),

@@ -155,12 +155,24 @@ pub trait Store: Send + Sync + 'static {
         async { Ok(0) }
     }
 
+    /// Calls `notify` with the id of each running job whose cancellation another process
+    /// requested, as soon as the store hears of it: a faster path than the job's next
+    /// renewal, which still sees the request if a notice is lost. The queue calls it once,
+    /// when its workers start; `notify` does nothing for jobs not running in this process.
+    /// The default (stores shared by no other process) does nothing.
+    fn watch_cancellations(&self, notify: CancelNotify) {
+        let _ = notify;
+    }
+
     /// How long a lease lasts unless renewed; `None` (the default) for stores whose leases
     /// never expire, like [`MemoryStore`], whose workers die with the jobs they hold.
     fn lease_duration(&self) -> Option<Duration> {
         None
     }
 }
+
+/// What [`Store::watch_cancellations`] calls with a job's id.
+pub type CancelNotify = Arc<dyn Fn(&JobId) + Send + Sync>;
 
 /// What [`Store::settle_then_dequeue`] returns: one result per settlement, in order, and
 /// the jobs taken, oldest first.

@@ -129,6 +129,8 @@ struct Keys {
     completed: String,
     failed: String,
     cancelled: String,
+    /// The pub/sub channel of cancellations of running jobs (not a key).
+    cancellations: String,
 }
 
 impl Keys {
@@ -146,6 +148,7 @@ impl Keys {
             completed: key("done:completed"),
             failed: key("done:failed"),
             cancelled: key("done:cancelled"),
+            cancellations: key("cancellations"),
         }
     }
 
@@ -682,7 +685,8 @@ impl Store for RedisStore {
             .key(&keys.expiry)
             .key(&keys.cancelled)
             .arg(id.as_str())
-            .arg(millis(result_ttl).max(1));
+            .arg(millis(result_ttl).max(1))
+            .arg(&keys.cancellations);
         let reply = text(self.inner.eval(invocation).await?)?;
         match reply.as_str() {
             "cancelled" => Ok(CancelOutcome::Cancelled),
@@ -807,8 +811,63 @@ impl Store for RedisStore {
         Ok(usize::try_from(requeued).unwrap_or(0))
     }
 
+    /// Subscribes to the queue's cancellation channel on a connection of its own, again
+    /// after any failure, until the store is dropped.
+    fn watch_cancellations(&self, notify: super::CancelNotify) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(watch_cancellations(Arc::downgrade(&self.inner), notify));
+    }
+
     fn lease_duration(&self) -> Option<Duration> {
         Some(self.inner.lease)
+    }
+}
+
+async fn watch_cancellations(inner: std::sync::Weak<Inner>, notify: super::CancelNotify) {
+    use futures_core::Stream;
+    loop {
+        let Some((target, channel, connect_timeout, probe)) = inner.upgrade().map(|inner| {
+            let endpoint = inner.link.endpoint();
+            (
+                endpoint.target().clone(),
+                inner.keys.cancellations.clone(),
+                endpoint.connect_timeout,
+                endpoint.probe_interval,
+            )
+        }) else {
+            return;
+        };
+        let subscribed = tokio::time::timeout(connect_timeout, async {
+            let mut pubsub = target.client().await?.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(mut pubsub)) = subscribed {
+            let mut messages = pubsub.on_message();
+            loop {
+                // Wakes every probe interval to see whether the store is still there.
+                let next = tokio::time::timeout(
+                    probe,
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut messages).poll_next(cx)),
+                )
+                .await;
+                match next {
+                    Ok(Some(message)) => {
+                        if let Ok(id) = std::str::from_utf8(message.get_payload_bytes()) {
+                            notify(&JobId::from(id));
+                        }
+                    }
+                    // The connection ended: subscribe again.
+                    Ok(None) => break,
+                    Err(_) if inner.strong_count() == 0 => return,
+                    Err(_) => {}
+                }
+            }
+        }
+        tokio::time::sleep(probe).await;
     }
 }
 
