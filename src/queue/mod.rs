@@ -82,7 +82,10 @@
 //!
 //! # Stores
 //! Jobs live in a [`Store`](store::Store): the in-process [`MemoryStore`](store::MemoryStore)
-//! by default. Stores deal in encoded bytes (MessagePack in the versioned envelope of the
+//! by default, or Redis ([`RedisStore`](store::RedisStore), through
+//! [`redis_url`](QueueBuilder::redis_url)), where jobs survive restarts and worker processes
+//! anywhere ([`Queue::serve`]) run them, with leases, recovery and fencing by generation.
+//! `redis_url(None)` keeps the in-process store, with the same types. Stores deal in encoded bytes (MessagePack in the versioned envelope of the
 //! README), so `Req` and the wrapped
 //! service's response must be `Serialize + DeserializeOwned`. See the [`store`] module for
 //! the contract a store keeps.

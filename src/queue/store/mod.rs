@@ -1,4 +1,5 @@
-//! Where jobs live: the [`Store`] trait and the in-process [`MemoryStore`].
+//! Where jobs live: the [`Store`] trait, the in-process [`MemoryStore`], the [`RedisStore`]
+//! shared by processes, and [`AnyStore`] (either, chosen at run time).
 //!
 //! A store deals in **encoded bytes**: the queue encodes requests and responses (MessagePack,
 //! with named fields, via `rmp-serde`) before they reach the store, so a store never needs
