@@ -370,8 +370,13 @@ mod tests {
 
     #[test]
     fn version_2_carries_stale_until() {
-        let bytes = encode_entry(&hit(), 1_000, Duration::from_secs(2), Some(Duration::from_secs(10)))
-            .unwrap();
+        let bytes = encode_entry(
+            &hit(),
+            1_000,
+            Duration::from_secs(2),
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap();
         assert_eq!(bytes[2], 2);
         let (header, back): (Header, Hit) = decode(&bytes).unwrap();
         assert_eq!(back, hit());
