@@ -1,0 +1,372 @@
+//! Fail-safe, soft and hard timeouts and eager refresh (DESIGN.md 2.5), against a real
+//! `redis-server` where Redis is involved: a failing backend answered with an expired entry
+//! from L1, from Redis on a second replica (nothing in its L1), and from L1 with Redis down;
+//! the throttle (one backend call per period while it fails), counted with a `MockClock`; a
+//! slow load past its soft timeout that completes in the background; a hung load cut by the
+//! hard timeout; 200 concurrent hits past the refresh point starting one refresh.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use layercake::{Cache, CacheLayer, MockClock};
+use support::{eventually, gated, RedisServer};
+use tokio::sync::Semaphore;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+const WAIT: Duration = Duration::from_secs(10);
+const TTL: Duration = Duration::from_secs(60);
+const MAX: Duration = Duration::from_secs(3600);
+const EXPIRED: Duration = Duration::from_secs(120);
+
+fn builder(clock: &MockClock) -> layercake::CacheBuilder<String> {
+    Cache::builder("fs")
+        .namespace("failsafe")
+        .time_to_live(TTL)
+        .ttl_jitter(0.0)
+        .fail_safe_max_duration(MAX)
+        .l2_timeout(Duration::from_millis(500))
+        .probe_interval(Duration::from_millis(50))
+        .clock(clock.clone())
+}
+
+/// A backend that answers `v{n}:{req}` (`n` counting calls from 1), or fails while `failing`.
+#[derive(Clone, Default)]
+struct Backend {
+    calls: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// The `init` of a `try_get_with` for `key`: a call when it is polled (the cache drops
+    /// it unpolled on a hit).
+    fn load(&self, key: &str) -> impl std::future::Future<Output = Result<String, String>> {
+        let (calls, failing) = (Arc::clone(&self.calls), Arc::clone(&self.failing));
+        let key = key.to_owned();
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if failing.load(Ordering::SeqCst) {
+                Err(format!("backend down ({key})"))
+            } else {
+                Ok(format!("v{n}:{key}"))
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_backend_is_answered_from_an_expired_l1_entry() {
+    let clock = MockClock::new();
+    let cache = builder(&clock).build().unwrap();
+    let backend = Backend::default();
+    let v = cache.try_get_with("k", backend.load("k")).await.unwrap();
+    assert_eq!(v, "v1:k");
+
+    clock.advance(EXPIRED);
+    assert_eq!(cache.get("k").await, None, "expired: a plain lookup misses");
+    backend.fail(true);
+    let stale = cache.try_get_with("k", backend.load("k")).await;
+    assert_eq!(stale.ok().as_deref(), Some("v1:k"));
+    let s = cache.stats();
+    assert_eq!((s.stale, s.fail_safe_activations), (1, 1), "{s:?}");
+
+    // Past the physical life, there is nothing to fall back on.
+    clock.advance(MAX);
+    let err = cache
+        .try_get_with("k", backend.load("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_str(), "backend down (k)");
+
+    // Without fail-safe, the error is the caller's.
+    let plain: Cache<String> = Cache::builder("plain")
+        .time_to_live(TTL)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    backend.fail(false);
+    plain.try_get_with("k", backend.load("k")).await.unwrap();
+    clock.advance(EXPIRED);
+    backend.fail(true);
+    assert!(plain.try_get_with("k", backend.load("k")).await.is_err());
+    assert_eq!(plain.stats().stale, 0);
+}
+
+#[tokio::test]
+async fn an_invalidated_entry_is_no_fallback() {
+    let clock = MockClock::new();
+    let cache = builder(&clock).build().unwrap();
+    let backend = Backend::default();
+    cache.try_get_with("k", backend.load("k")).await.unwrap();
+    cache.invalidate("k").await.unwrap();
+    backend.fail(true);
+    assert!(cache.try_get_with("k", backend.load("k")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_is_answered_from_an_expired_entry_in_redis() {
+    let server = RedisServer::start();
+    let clock = MockClock::new();
+    let a = builder(&clock).redis_url(server.url()).build().unwrap();
+    let b = builder(&clock).redis_url(server.url()).build().unwrap();
+    let backend = Backend::default();
+    a.try_get_with("k", backend.load("k")).await.unwrap();
+    let redis_key = a.redis_key("k");
+    eventually(WAIT, "A's entry in Redis", || async {
+        server.query::<i64>(&["EXISTS", &redis_key]) == 1
+    })
+    .await;
+    // The Redis TTL is the physical life, not the logical one.
+    let pttl: i64 = server.query(&["PTTL", &redis_key]);
+    assert!(pttl > EXPIRED.as_millis() as i64, "PTTL {pttl}");
+    let bytes: Vec<u8> = server.query(&["GET", &redis_key]);
+    assert_eq!(&bytes[..4], b"lc\x02\x01", "a version 2 envelope");
+
+    clock.advance(EXPIRED);
+    backend.fail(true);
+    assert_eq!(b.get_l1("k"), None, "B holds nothing in L1");
+    let stale = b.try_get_with("k", backend.load("k")).await.unwrap();
+    assert_eq!(stale, "v1:k", "A's value, read from Redis");
+    let s = b.stats();
+    assert_eq!(
+        (s.stale, s.fail_safe_activations, s.hits_l2),
+        (1, 1, 0),
+        "{s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_too_the_l1_entry_is_served() {
+    let mut server = RedisServer::start();
+    let clock = MockClock::new();
+    let cache = builder(&clock).redis_url(server.url()).build().unwrap();
+    let backend = Backend::default();
+    eventually(WAIT, "connected", || async { cache.stats().l2_connected() }).await;
+    cache.try_get_with("k", backend.load("k")).await.unwrap();
+
+    server.kill();
+    clock.advance(EXPIRED);
+    backend.fail(true);
+    let stale = cache.try_get_with("k", backend.load("k")).await.unwrap();
+    assert_eq!(stale, "v1:k");
+    assert_eq!(cache.stats().stale, 1);
+}
+
+#[tokio::test]
+async fn a_failing_backend_sees_one_call_per_throttle_period() {
+    let clock = MockClock::new();
+    let throttle = Duration::from_secs(10);
+    let cache = builder(&clock)
+        .fail_safe_throttle(throttle)
+        .build()
+        .unwrap();
+    let backend = Backend::default();
+    cache.try_get_with("k", backend.load("k")).await.unwrap();
+    clock.advance(EXPIRED);
+    backend.fail(true);
+
+    // 100 requests over one throttle period (100 ms apart): the first reaches the backend.
+    for _ in 0..100 {
+        let v = cache.try_get_with("k", backend.load("k")).await.unwrap();
+        assert_eq!(v, "v1:k");
+        clock.advance(throttle / 101);
+    }
+    assert_eq!(backend.calls() - 1, 1);
+    let s = cache.stats();
+    assert_eq!((s.stale, s.fail_safe_activations), (100, 1), "{s:?}");
+
+    // Once the period has passed, the backend is tried again: once more.
+    clock.advance(throttle / 50);
+    cache.try_get_with("k", backend.load("k")).await.unwrap();
+    assert_eq!(backend.calls() - 1, 2);
+    assert_eq!(cache.stats().fail_safe_activations, 2);
+
+    // Back up: the next load after the throttle stores a fresh value.
+    backend.fail(false);
+    clock.advance(throttle);
+    let fresh = cache.try_get_with("k", backend.load("k")).await.unwrap();
+    assert!(fresh.ends_with(":k") && fresh != "v1:k", "{fresh}");
+}
+
+#[tokio::test]
+async fn a_hung_load_is_cut_by_the_hard_timeout_and_answered_with_the_fallback() {
+    let clock = MockClock::new();
+    let cache = builder(&clock)
+        .hard_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let backend = Backend::default();
+    cache.try_get_with("k", backend.load("k")).await.unwrap();
+    clock.advance(EXPIRED);
+    let hung = std::future::pending::<Result<String, String>>();
+    let v = tokio::time::timeout(WAIT, cache.try_get_with("k", hung))
+        .await
+        .expect("the hard timeout ends the wait")
+        .unwrap();
+    assert_eq!(v, "v1:k");
+    let s = cache.stats();
+    assert_eq!((s.stale, s.fail_safe_activations), (1, 1), "{s:?}");
+}
+
+/// A layered service over `gated` (each call waits for a permit of `gate`).
+fn gated_layer(
+    cache: &Cache<String>,
+    calls: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+) -> impl Service<String, Response = String, Error = String, Future: Send> + Clone + Send + 'static
+{
+    CacheLayer::new(cache.clone(), support::key).layer(gated(Arc::clone(calls), Arc::clone(gate)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_soft_timeout_the_caller_gets_the_fallback_and_the_load_completes_later() {
+    let server = RedisServer::start();
+    let clock = MockClock::new();
+    let cache = builder(&clock)
+        .redis_url(server.url())
+        .soft_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(1)));
+    let svc = gated_layer(&cache, &calls, &gate);
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v1:k");
+
+    clock.advance(EXPIRED);
+    // No permit: the second call hangs until the gate opens.
+    let answer = tokio::time::timeout(WAIT, svc.clone().oneshot("k".into()))
+        .await
+        .expect("the soft timeout ends the wait");
+    assert_eq!(
+        answer.unwrap(),
+        "v1:k",
+        "the expired value, at the soft timeout"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the load is under way");
+    // Meanwhile, the same key is answered at once from the flight, with no new call.
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v1:k");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let s = cache.stats();
+    assert_eq!((s.stale, s.refreshes), (2, 0), "{s:?}");
+
+    gate.add_permits(1);
+    eventually(WAIT, "the background load stored its value", || async {
+        cache.get_l1("k").as_deref() == Some("v2:k")
+    })
+    .await;
+    let redis_key = cache.redis_key("k");
+    eventually(WAIT, "and wrote it to Redis", || async {
+        let bytes: Vec<u8> = server.query(&["GET", &redis_key]);
+        bytes.ends_with(b"v2:k")
+    })
+    .await;
+    assert_eq!(svc.oneshot("k".into()).await.unwrap(), "v2:k");
+    let s = cache.stats();
+    assert_eq!((s.refreshes, s.fail_safe_activations), (1, 1), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_hits_past_the_refresh_point_start_one_refresh() {
+    let clock = MockClock::new();
+    let cache: Cache<String> = Cache::builder("eager")
+        .time_to_live(TTL)
+        .ttl_jitter(0.0)
+        .eager_refresh(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(1)));
+    let svc = gated_layer(&cache, &calls, &gate);
+    assert_eq!(svc.clone().oneshot("hot".into()).await.unwrap(), "v1:hot");
+
+    // Before the refresh point: hits refresh nothing.
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(svc.clone().oneshot("hot".into()).await.unwrap(), "v1:hot");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    clock.advance(Duration::from_secs(2)); // past half the TTL
+    let hits: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(svc.clone().oneshot("hot".to_owned())))
+        .collect();
+    for hit in hits {
+        assert_eq!(
+            hit.await.unwrap().unwrap(),
+            "v1:hot",
+            "the current value, at once"
+        );
+    }
+    // The refresh waits on the gate: exactly one is under way.
+    eventually(WAIT, "the refresh called the service", || async {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    gate.add_permits(1);
+    eventually(WAIT, "the refresh stored its value", || async {
+        cache.get_l1("hot").as_deref() == Some("v2:hot")
+    })
+    .await;
+    let s = cache.stats();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh for 200 hits");
+    assert_eq!((s.refreshes, s.misses), (1, 1), "{s:?}");
+    assert!(s.hits_l1 >= 202, "{s:?}");
+
+    // The refreshed entry lives a whole TTL from its refresh: past the old expiry, a hit.
+    clock.advance(Duration::from_secs(40));
+    assert_eq!(svc.oneshot("hot".into()).await.unwrap(), "v2:hot");
+    assert_eq!(cache.stats().misses, 1, "the hot key never expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_entry_and_waits_for_the_throttle() {
+    let clock = MockClock::new();
+    let cache: Cache<String> = Cache::builder("eager-fail")
+        .time_to_live(TTL)
+        .ttl_jitter(0.0)
+        .eager_refresh(0.5)
+        .fail_safe_throttle(Duration::from_secs(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let svc = CacheLayer::new(cache.clone(), support::key).layer(service_fn(move |req: String| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                Ok(format!("v1:{req}"))
+            } else {
+                Err("down".to_owned())
+            }
+        }
+    }));
+    svc.clone().oneshot("k".into()).await.unwrap();
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v1:k");
+    eventually(WAIT, "the refresh failed", || async {
+        cache.stats().refresh_failures == 1
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v1:k");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "no refresh within the throttle"
+    );
+    clock.advance(Duration::from_secs(6));
+    svc.oneshot("k".into()).await.unwrap();
+    eventually(WAIT, "the next refresh, after the throttle", || async {
+        cache.stats().refresh_failures == 2
+    })
+    .await;
+}
