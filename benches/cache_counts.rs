@@ -447,6 +447,21 @@ fn paired_timings() {
     };
     let (b, l) = l1();
     paired("l1_hit", search, b, l);
+    // The same hit on a plain cache (baseline) and on one with fail-safe, both timeouts and
+    // eager refresh on.
+    let (_plain, mut plain) = l1_setup();
+    let failsafe = with_failsafe(Cache::builder("paired-failsafe"))
+        .build()
+        .expect("valid config");
+    let mut layered = CacheLayer::new(failsafe.clone(), key).layer(bare(hits("rust")));
+    let _ = call_now(&mut layered, search());
+    paired(
+        "l1_hit_failsafe",
+        search,
+        |r| call_now(&mut plain, r),
+        |r| call_now(&mut layered, r),
+    );
+    assert_eq!(failsafe.stats().misses, 1);
     let cache: Cache<CachedResponse> = Cache::builder("paired-http").build().expect("valid config");
     let mut layered = CacheLayer::http(cache.clone()).layer(http_bare());
     let _ = tokio_block_on(layered.clone().oneshot(http_request()));
