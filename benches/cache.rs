@@ -76,7 +76,11 @@ fn l1_hit_failsafe(c: &mut Criterion) {
     let _ = call_now(&mut plain, req.clone());
     let _ = call_now(&mut layered, req.clone());
     paired_layers(c, "l1_hit_failsafe", plain, &mut layered, || req.clone());
-    assert_eq!(plain_cache.stats().misses, 1, "every plain run was an L1 hit");
+    assert_eq!(
+        plain_cache.stats().misses,
+        1,
+        "every plain run was an L1 hit"
+    );
     let s = cache.stats();
     assert_eq!((s.misses, s.refreshes), (1, 0), "every run was an L1 hit");
 }

@@ -144,9 +144,7 @@ pub async fn pooled_connection(url: &str) -> redis::aio::MultiplexedConnection {
 /// Fail-safe, both timeouts and eager refresh on, as a service that wants them would set
 /// them: the `l1_hit_failsafe` pair measures what they cost an L1 hit (a hit long before
 /// the refresh point, so no refresh runs).
-pub fn with_failsafe(
-    builder: layercake::CacheBuilder<Hits>,
-) -> layercake::CacheBuilder<Hits> {
+pub fn with_failsafe(builder: layercake::CacheBuilder<Hits>) -> layercake::CacheBuilder<Hits> {
     use std::time::Duration;
     builder
         .fail_safe_max_duration(Duration::from_secs(3600))

@@ -319,9 +319,10 @@ impl<V: CacheValue> CacheBuilder<V> {
     ///     .fail_safe_max_duration(Duration::from_secs(6 * 3600))
     ///     .clock(clock.clone())
     ///     .build()?;
-    /// let price = cache.try_get_with("EURUSD", async { Ok::<_, String>(1.08) }).await?;
+    /// let price = cache.try_get_with("EURUSD", async { Ok::<_, std::io::Error>(1.08) }).await?;
     /// clock.advance(Duration::from_secs(120)); // expired
-    /// let again = cache.try_get_with("EURUSD", async { Err("feed down".to_string()) }).await?;
+    /// let feed_down = async { Err(std::io::Error::other("feed down")) };
+    /// let again = cache.try_get_with("EURUSD", feed_down).await?;
     /// assert_eq!(again, price); // the expired price, not the error
     /// assert_eq!(cache.stats().stale, 1);
     /// # Ok(()) }

@@ -379,17 +379,22 @@ impl<V: CacheValue> Cache<V> {
     ///     .soft_timeout(Duration::from_millis(100))
     ///     .clock(clock.clone())
     ///     .build()?;
-    /// let v = cache.try_get_with_owned("ada", async { Ok::<_, String>("v1".to_string()) }).await?;
+    /// let v1 = async { Ok::<_, std::io::Error>("v1".to_string()) };
+    /// let v = cache.try_get_with_owned("ada", v1).await?;
     /// clock.advance(Duration::from_secs(61)); // expired
     /// // A slow backend: after 100 ms the caller gets the expired value...
     /// let slow = async {
     ///     tokio::time::sleep(Duration::from_millis(300)).await;
-    ///     Ok::<_, String>("v2".to_string())
+    ///     Ok::<_, std::io::Error>("v2".to_string())
     /// };
     /// assert_eq!(cache.try_get_with_owned("ada", slow).await?, v);
     /// // ...and the load completes in the background, then updates the cache.
-    /// tokio::time::sleep(Duration::from_millis(400)).await;
-    /// assert_eq!(cache.get_l1("ada").as_deref(), Some("v2"));
+    /// let updated = async {
+    ///     while cache.get_l1("ada").as_deref() != Some("v2") {
+    ///         tokio::time::sleep(Duration::from_millis(10)).await;
+    ///     }
+    /// };
+    /// tokio::time::timeout(Duration::from_secs(5), updated).await?;
     /// # Ok(()) }
     /// ```
     pub async fn try_get_with_owned<E, Fut>(
