@@ -3,7 +3,8 @@
 //! from L1, from Redis on a second replica (nothing in its L1), and from L1 with Redis down;
 //! the throttle (one backend call per period while it fails), counted with a `MockClock`; a
 //! slow load past its soft timeout that completes in the background; a hung load cut by the
-//! hard timeout; 200 concurrent hits past the refresh point starting one refresh.
+//! hard timeout; 200 concurrent hits past the refresh point starting one refresh; the HTTP
+//! layer's `x-cache: STALE`.
 
 mod support;
 
@@ -374,4 +375,65 @@ async fn a_failed_refresh_keeps_the_entry_and_waits_for_the_throttle() {
         cache.stats().refresh_failures == 2
     })
     .await;
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn the_http_layer_marks_a_fallback_x_cache_stale() {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use layercake::cache::http::CachedResponse;
+
+    let clock = MockClock::new();
+    let cache: Cache<CachedResponse> = Cache::builder("pages")
+        .time_to_live(TTL)
+        .ttl_jitter(0.0)
+        .fail_safe_max_duration(MAX)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let backend = Backend::default();
+    let b = backend.clone();
+    let svc = CacheLayer::http(cache.clone())
+        .x_cache_header(true)
+        .layer(service_fn(move |_: Request<Full<Bytes>>| {
+            let load = b.load("page");
+            async move {
+                load.await
+                    .map(|body| Response::new(Full::new(Bytes::from(body))))
+            }
+        }));
+    let get = || {
+        let req = Request::get("http://example.com/page")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        svc.clone().oneshot(req)
+    };
+    async fn read<B: http_body::Body>(res: Response<B>) -> (String, Option<String>, String)
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let x_cache = res.headers()["x-cache"].to_str().unwrap().to_owned();
+        let age = res
+            .headers()
+            .get("age")
+            .map(|a| a.to_str().unwrap().to_owned());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (x_cache, age, String::from_utf8(body.to_vec()).unwrap())
+    }
+    let (x, _, body) = read(get().await.unwrap()).await;
+    assert_eq!((x.as_str(), body.as_str()), ("MISS", "v1:page"));
+
+    clock.advance(EXPIRED);
+    backend.fail(true);
+    // The load fails: the expired response, marked, with its age.
+    let (x, age, body) = read(get().await.unwrap()).await;
+    assert_eq!((x.as_str(), body.as_str()), ("STALE", "v1:page"));
+    assert_eq!(age.as_deref(), Some("120"));
+    // Within the throttle: from L1, still marked.
+    let (x, _, body) = read(get().await.unwrap()).await;
+    assert_eq!((x.as_str(), body.as_str()), ("STALE", "v1:page"));
+    assert_eq!(backend.calls(), 2);
+    assert_eq!(cache.stats().stale, 2);
 }

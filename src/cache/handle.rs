@@ -314,13 +314,29 @@ impl<V: CacheValue> Cache<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<V>, E>>,
     {
-        let key = key.as_ref();
+        let served = self.load_served(key.as_ref(), share_error, init).await;
+        served.map(|(v, _)| v)
+    }
+
+    /// [`load`](Self::load), saying whether the value is an expired entry served by
+    /// fail-safe (for the HTTP layer's `x-cache: STALE`).
+    pub(crate) async fn load_served<E, F, Fut>(
+        &self,
+        key: &[u8],
+        share_error: impl Fn(&E) -> Option<E>,
+        init: F,
+    ) -> Result<(V, bool), E>
+    where
+        E: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<V>, E>>,
+    {
         if !self.is_enabled() {
             self.count(Outcome::Bypass);
-            return init().await.map(Loaded::into_value);
+            return init().await.map(|loaded| (loaded.into_value(), false));
         }
-        if let Some(v) = self.get_l1(key) {
-            return Ok(v);
+        if let Some(hit) = self.l1_hit(key) {
+            return Ok((hit.value, hit.stale));
         }
         self.load_miss(key, &share_error, init, |leader, ticket, fallback, init| {
             self.load_with_fallback(leader, ticket, fallback, init(), None)
@@ -491,17 +507,18 @@ impl<V: CacheValue> Cache<V> {
                 });
                 tokio::select! {
                     biased;
-                    Ok(stale) = rx => stale,
+                    Ok(stale) = rx => (stale, true),
                     done = load => match done {
-                        Ok(v) => v,
+                        Ok(served) => served,
                         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                         // The runtime is shutting down.
-                        Err(_) => kept,
+                        Err(_) => (kept, true),
                     },
                 }
             },
         )
         .await
+        .map(|(v, _)| v)
     }
 
     /// The cache's name.

@@ -51,20 +51,21 @@ fn shared<E: Send + 'static>(e: &E, share_error: &impl Fn(&E) -> Option<E>) -> O
 impl<V: CacheValue> Cache<V> {
     /// A miss in L1: joins or leads the key's flight. See [`Cache::load`] for what waiters
     /// get. `with_fallback` runs the leader's load when a fallback exists (awaited in place,
-    /// or spawned where the load is `'static`).
+    /// or spawned where the load is `'static`). The `bool`: whether the value is a fallback
+    /// (for the HTTP layer's `x-cache: STALE`).
     pub(crate) async fn load_miss<E, F, Fut, W, WF>(
         &self,
         key: &[u8],
         share_error: &impl Fn(&E) -> Option<E>,
         init: F,
         with_fallback: W,
-    ) -> Result<V, E>
+    ) -> Result<(V, bool), E>
     where
         E: Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<V>, E>>,
         W: FnOnce(Leader<V>, Ticket, Fallback<V>, F) -> WF,
-        WF: Future<Output = V>,
+        WF: Future<Output = (V, bool)>,
     {
         let inner = &*self.inner;
         loop {
@@ -74,16 +75,17 @@ impl<V: CacheValue> Cache<V> {
                     // Before anything is read: an invalidation from here on outdates it.
                     let ticket = inner.epochs.ticket(key);
                     // A previous leader may have stored the key between our L1 miss and now.
-                    if let Some(v) = self.get_l1(key) {
+                    if let Some(hit) = self.l1_hit(key) {
+                        let v = hit.value;
                         leader.finish(|| State::Value(v.clone()));
-                        return Ok(v);
+                        return Ok((v, hit.stale));
                     }
                     let l1_stale = self.l1_fallback(key);
                     let fallback = match self.l2_lookup(key, ticket).await {
                         L2Found::Fresh(v) => {
                             self.count(Outcome::HitL2);
                             leader.finish(|| State::Value(v.clone()));
-                            return Ok(v);
+                            return Ok((v, false));
                         }
                         L2Found::Stale(stale) => l1_stale.or(Some(stale)),
                         L2Found::Miss => l1_stale,
@@ -91,17 +93,18 @@ impl<V: CacheValue> Cache<V> {
                     if let Some(fallback) = fallback {
                         return Ok(with_fallback(leader, ticket, fallback, init).await);
                     }
-                    return self.load_plain(leader, ticket, init(), share_error).await;
+                    let loaded = self.load_plain(leader, ticket, init(), share_error).await;
+                    return loaded.map(|v| (v, false));
                 }
             };
             match flight::wait(rx).await {
                 End::Value(v) => {
                     self.count(Outcome::Coalesced);
-                    return Ok(v);
+                    return Ok((v, false));
                 }
                 End::Stale(v) => {
                     self.count(Outcome::Stale);
-                    return Ok(v);
+                    return Ok((v, true));
                 }
                 End::Failed(shared) => {
                     let copy = shared.as_deref().and_then(|e| {
@@ -116,10 +119,10 @@ impl<V: CacheValue> Cache<V> {
                     // An error only its own caller could get: load again, in a new flight
                     // (one call at a time for this key).
                 }
-                End::Private => return self.load_alone(key, init).await,
+                End::Private => return self.load_alone(key, init).await.map(|v| (v, false)),
                 End::Abandoned => {
-                    if let Some(v) = self.get_l1(key) {
-                        return Ok(v);
+                    if let Some(hit) = self.l1_hit(key) {
+                        return Ok((hit.value, hit.stale));
                     }
                 }
             }
@@ -161,7 +164,8 @@ impl<V: CacheValue> Cache<V> {
     /// The leader's load with a fallback: never fails. Bounded by `hard_timeout`; a failure
     /// or a timeout is answered with the fallback, re-used for the throttle period. With
     /// `soft` (a spawned load), the fallback is also sent to the caller at the soft timeout,
-    /// handed to the flight's waiters, and the load goes on.
+    /// handed to the flight's waiters, and the load goes on. The `bool`: whether the value
+    /// is the fallback.
     pub(crate) async fn load_with_fallback<E, Fut>(
         &self,
         leader: Leader<V>,
@@ -169,7 +173,7 @@ impl<V: CacheValue> Cache<V> {
         fallback: Fallback<V>,
         init: Fut,
         soft: Option<(Duration, oneshot::Sender<V>)>,
-    ) -> V
+    ) -> (V, bool)
     where
         Fut: Future<Output = Result<Loaded<V>, E>>,
     {
@@ -206,7 +210,7 @@ impl<V: CacheValue> Cache<V> {
                 } else {
                     self.count(Outcome::Miss);
                 }
-                return self.settle_flight(leader, loaded, ticket);
+                return (self.settle_flight(leader, loaded, ticket), false);
             }
             Some(Err(_)) => (FailSafe::Error, Refreshed::Error),
             None => (FailSafe::HardTimeout, Refreshed::Timeout),
@@ -221,7 +225,7 @@ impl<V: CacheValue> Cache<V> {
         let (value, left) = fallback;
         self.throttle(leader.key(), &value, left, ticket);
         leader.finish(|| State::Stale(value.clone()));
-        value
+        (value, true)
     }
 
     /// Keeps serving `value` (a fallback) for the fail-safe throttle, so that the backend

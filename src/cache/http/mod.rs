@@ -53,8 +53,12 @@
 //!   the `Age` it had then).
 //! - A body larger than [`max_body_size`](HttpCacheLayer::max_body_size) (default 1 MiB)
 //!   is streamed through untouched (the frames read so far first) and not stored.
-//! - Optional: an `x-cache: HIT | MISS` header ([`x_cache_header`](HttpCacheLayer::x_cache_header)).
-//!   This layer does not serve stale responses, so there is no `STALE`.
+//! - Optional: an `x-cache: HIT | MISS | STALE` header
+//!   ([`x_cache_header`](HttpCacheLayer::x_cache_header)); `STALE` where the cache has
+//!   fail-safe on and an expired response answered an inner service's error or a load past
+//!   `hard_timeout`. A response with an error *status* is a response, not an error: it is
+//!   passed through, not replaced. `stale-while-revalidate` and `stale-if-error`
+//!   (RFC 5861) are not read yet.
 //!
 //! Bad input never fails a request: a malformed `Cache-Control`, `Vary` or `Age` on a
 //! response means "do not store", a malformed `Cache-Control` on a request means "bypass",
