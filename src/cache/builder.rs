@@ -305,8 +305,10 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// once every replica runs this version). Must be at least `time_to_live`.
     ///
     /// Off by default: it keeps entries in Redis for `max` rather than `time_to_live`
-    /// (memory), and answers with data older than the TTL the application chose, which only
-    /// the application can say is better than an error.
+    /// (memory), and in L1 until then too (within [`max_capacity`](Self::max_capacity), so
+    /// expired entries take room that fresh ones could use), and it answers with data older
+    /// than the TTL the application chose, which only the application can say is better
+    /// than an error.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -345,8 +347,9 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// back on (default: no limit). Past it, the caller gets the expired value, and the
     /// load goes on in the background and stores its result when it completes (bounded by
     /// [`hard_timeout`](Self::hard_timeout)). Requests for the same key meanwhile get the
-    /// expired value at once. Applies to the loads that can run in the background: the
-    /// layers' and those of [`Cache::load_owned`](crate::Cache::load_owned) and the other
+    /// expired value at once. Applies to the loads that can run in the background:
+    /// [`CacheLayer::new`](crate::CacheLayer::new)'s (not yet the HTTP and gRPC layers') and
+    /// those of [`Cache::load_owned`](crate::Cache::load_owned) and the other
     /// `*_owned` methods, whose `init` borrows nothing. Needs
     /// [`fail_safe_max_duration`](Self::fail_safe_max_duration).
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
@@ -369,11 +372,12 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Refreshes an entry in the background when it is hit after `fraction` of its time to
-    /// live (default off; `0 < fraction < 1`, for example 0.8): the hit is served the
+    /// Refreshes an entry in the background when it is hit in L1 after `fraction` of its
+    /// time to live (default off; `0 < fraction < 1`, for example 0.8): the hit is served the
     /// current value, and one load (single flight: however many hits) replaces the entry
     /// before it expires, so that a hot key never expires under load. Applies where the
-    /// load can run in the background: the layers, and the `*_owned` methods of
+    /// load can run in the background: [`CacheLayer::new`](crate::CacheLayer::new)'s services
+    /// (not yet the HTTP and gRPC layers), and the `*_owned` methods of
     /// [`Cache`](crate::Cache). A failed refresh keeps the current entry, and the next one
     /// waits for [`fail_safe_throttle`](Self::fail_safe_throttle).
     pub fn eager_refresh(mut self, fraction: f64) -> Self {

@@ -130,7 +130,9 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// The value under `key`, from L1 or else Redis (within the read budget); `None` on a
-    /// miss. A Redis hit is copied into L1 with the time it has left.
+    /// miss. A Redis hit is copied into L1 with the time it has left. An expired entry is a
+    /// miss, except while fail-safe re-uses it after a failed load (see
+    /// [`get_l1`](Self::get_l1)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -33,7 +33,7 @@
 //! (or runs past [`hard_timeout`](CacheBuilder::hard_timeout)) is answered with it, counted
 //! as `stale`; it is then re-used for [`fail_safe_throttle`](CacheBuilder::fail_safe_throttle),
 //! so a failing backend sees one call per key per throttle period. Loads that borrow nothing
-//! (the layers', [`Cache::load_owned`] and the other `*_owned` methods) can also run in the
+//! ([`CacheLayer::new`]'s, [`Cache::load_owned`] and the other `*_owned` methods) can also run in the
 //! background: past [`soft_timeout`](CacheBuilder::soft_timeout) the caller gets the expired
 //! entry while the load completes and stores its result, and with
 //! [`eager_refresh`](CacheBuilder::eager_refresh) a hit late in an entry's life starts one
