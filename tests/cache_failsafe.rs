@@ -437,3 +437,94 @@ async fn the_http_layer_marks_a_fallback_x_cache_stale() {
     assert_eq!(backend.calls(), 2);
     assert_eq!(cache.stats().stale, 2);
 }
+
+/// RFC 5861's `stale-if-error` on a cache without fail-safe: the response's own window.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn an_http_response_with_stale_if_error_answers_a_503_after_it_expires() {
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use layercake::cache::http::CachedResponse;
+
+    let clock = MockClock::new();
+    let cache: Cache<CachedResponse> = Cache::builder("sie")
+        .time_to_live(Duration::from_secs(3600))
+        .ttl_jitter(0.0)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (calls, down) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (c, d) = (Arc::clone(&calls), Arc::clone(&down));
+    let svc = CacheLayer::http(cache.clone())
+        .x_cache_header(true)
+        .layer(service_fn(move |req: Request<Full<Bytes>>| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let down = d.load(Ordering::SeqCst);
+            async move {
+                let mut res = Response::new(Full::new(Bytes::from(format!("v{n}"))));
+                if down {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                } else {
+                    let cc = if req.uri().path() == "/sie" {
+                        "max-age=60, stale-if-error=300"
+                    } else {
+                        "max-age=60"
+                    };
+                    res.headers_mut()
+                        .insert(http::header::CACHE_CONTROL, cc.parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        }));
+    let get = |path: &'static str| {
+        let req = Request::get(format!("http://example.com{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        svc.clone().oneshot(req)
+    };
+    async fn read<B: http_body::Body>(res: Response<B>) -> (u16, String, String)
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let status = res.status().as_u16();
+        let x_cache = res.headers()["x-cache"].to_str().unwrap().to_owned();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, x_cache, String::from_utf8(body.to_vec()).unwrap())
+    }
+    let s = |status, x: &str, body: &str| (status, x.to_owned(), body.to_owned());
+
+    assert_eq!(read(get("/sie").await.unwrap()).await, s(200, "MISS", "v1"));
+    assert_eq!(
+        read(get("/plain").await.unwrap()).await,
+        s(200, "MISS", "v2")
+    );
+    clock.advance(Duration::from_secs(120)); // both expired
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        read(get("/sie").await.unwrap()).await,
+        s(200, "STALE", "v1")
+    );
+    assert_eq!(
+        read(get("/sie").await.unwrap()).await,
+        s(200, "STALE", "v1")
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the second within the throttle"
+    );
+    // Without the directive, and without fail-safe, the 503 goes through.
+    assert_eq!(
+        read(get("/plain").await.unwrap()).await,
+        s(503, "MISS", "v4")
+    );
+    // Past max-age + stale-if-error, the 503 goes through too.
+    clock.advance(Duration::from_secs(300));
+    assert_eq!(read(get("/sie").await.unwrap()).await, s(503, "MISS", "v5"));
+    let s = cache.stats();
+    assert_eq!((s.stale, s.fail_safe_activations), (2, 1), "{s:?}");
+}

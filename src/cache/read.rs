@@ -204,6 +204,7 @@ impl<V: CacheValue> Cache<V> {
         };
         let ins = &self.inner.ins;
         let (cause, outcome) = match result {
+            Some(Ok(Loaded::Failed(_))) => (FailSafe::Error, Refreshed::Error),
             Some(Ok(loaded)) => {
                 if background {
                     ins.refreshed(Trigger::SoftTimeout, Refreshed::Ok);
@@ -286,6 +287,7 @@ impl<V: CacheValue> Cache<V> {
             };
             let ins = &cache.inner.ins;
             let (outcome, error) = match result {
+                Some(Ok(Loaded::Failed(_))) => (Refreshed::Error, None),
                 Some(Ok(loaded)) => {
                     ins.refreshed(Trigger::Eager, Refreshed::Ok);
                     cache.settle_flight(leader, loaded, ticket);
@@ -324,13 +326,14 @@ impl<V: CacheValue> Cache<V> {
                 (v, true)
             }
             Loaded::Share(v) => (v, true),
-            Loaded::Private(v) => (v, false),
+            // Without a fallback, a failure's value is its caller's alone.
+            Loaded::Private(v) | Loaded::Failed(v) => (v, false),
         }
     }
 
-    /// An expired L1 entry that may still serve as a fallback (fail-safe on).
+    /// An expired L1 entry that may still serve as a fallback: one stored with fail-safe
+    /// on, or with a fallback window of its own ([`Ttl::WithFallback`]).
     fn l1_fallback(&self, key: &[u8]) -> Option<Fallback<V>> {
-        self.inner.resilience.fail_safe_max?;
         self.inner.l1.as_ref()?.get_stale(key)
     }
 
@@ -363,10 +366,9 @@ impl<V: CacheValue> Cache<V> {
         };
         let now = inner.clock.unix_ms();
         let header = stored.header;
-        let stale_for = match inner.resilience.fail_safe_max {
-            Some(_) => header.stale_remaining(now),
-            None => None,
-        };
+        // Whether an entry may serve as a fallback was decided when it was written (by a
+        // replica with fail-safe on, or for the entry alone): a version 2 envelope.
+        let stale_for = header.stale_remaining(now);
         let Some(remaining) = header.remaining(now) else {
             return match stale_for {
                 Some(left) => L2Found::Stale((value, left)),
@@ -409,11 +411,18 @@ impl<V: CacheValue> Cache<V> {
             tracing::debug!(cache = %inner.name, "value not cached: the key was invalidated while it loaded");
             return false;
         }
+        let fallback = ttl.fallback();
         let Some(ttl) = ttl.resolve(inner.ttl) else {
             return false;
         };
         let ttl = key::jittered(ttl, inner.jitter);
-        let stale_for = inner.resilience.fail_safe_max.map(|max| max.max(ttl));
+        // The physical life: fail-safe's, or the entry's own fallback window after its
+        // fresh life, whichever is longer.
+        let own = fallback.map(|window| ttl.saturating_add(window));
+        let stale_for = match (inner.resilience.fail_safe_max.map(|max| max.max(ttl)), own) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         // Encoded only for Redis: an L1 entry is the value itself, and an L1-only cache
         // bounds entries by count, not size.
         if inner.l2.is_some() && !self.write_l2(key, value, ttl, stale_for, ticket) {

@@ -336,14 +336,13 @@ where
         x_cache,
     };
     match (entry, fresh) {
+        // An expired response answered the service's error or its 5xx (fail-safe).
+        (Entry::Response(stored), _) if stale => Ok(stored.render(render, Source::Stale, 0)),
         (_, Some(Fresh::Pass(res))) => Ok(res),
         (Entry::Response(stored), Some(Fresh::Loaded)) => {
             Ok(stored.render(render, Source::Miss, 0))
         }
-        (Entry::Response(stored), None) => {
-            let source = if stale { Source::Stale } else { Source::Hit };
-            Ok(stored.render(render, source, 0))
-        }
+        (Entry::Response(stored), None) => Ok(stored.render(render, Source::Hit, 0)),
         // Not something this layer stores under a gRPC key: ask the service.
         (_, None) => match call.take() {
             Some((mut svc, req)) => Ok(passthrough(svc.call(req).await?, x_cache)),

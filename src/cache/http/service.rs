@@ -281,6 +281,13 @@ impl Miss {
                 (entry.0, stale)
             };
             match (entry, fresh) {
+                // An expired response answered the service's error, or its 5xx (fail-safe).
+                (Entry::Response(stored), _)
+                    if stale && same_vary(stored.vary(), expected.as_ref()) =>
+                {
+                    let now = now_ms(cache);
+                    return Ok(stored.render(self.render, Source::Stale, now));
+                }
                 (_, Some(Fresh::Pass(res))) => return Ok(res),
                 (Entry::Response(stored), Some(Fresh::Loaded)) => {
                     if !same_vary(stored.vary(), expected.as_ref()) {
@@ -426,10 +433,19 @@ fn storable(status: StatusCode, headers: &HeaderMap, config: &Config) -> Option<
         None => 0,
         Some(v) => v.to_str().ok()?.trim().parse::<u64>().ok()?,
     };
-    let ttl = match cc.shared_max_age() {
-        Some(max_age) if max_age <= age => return None,
-        Some(max_age) => Ttl::After(Duration::from_secs(max_age - age)),
-        None => Ttl::Default,
+    let ttl = match (cc.shared_max_age(), cc.stale_if_error) {
+        (Some(max_age), _) if max_age <= age => return None,
+        (Some(max_age), Some(fallback)) => Ttl::WithFallback {
+            fresh: Duration::from_secs(max_age - age),
+            fallback: Duration::from_secs(fallback),
+        },
+        (Some(max_age), None) => Ttl::After(Duration::from_secs(max_age - age)),
+        // `stale-if-error` without a freshness lifetime: after the cache's time_to_live.
+        (None, Some(fallback)) => Ttl::WithFallback {
+            fresh: Duration::MAX,
+            fallback: Duration::from_secs(fallback),
+        },
+        (None, None) => Ttl::Default,
     };
     let vary = match policy::parse_vary(headers).ok()? {
         Vary::None => VaryList::from([]),
