@@ -302,7 +302,11 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// Its time to live is the entry's logical life; `max` is its physical one: the Redis
     /// key's TTL, and the stale-until of its envelope (a version 2 envelope: the README's
     /// "Stored values"; replicas of an older build read it as a miss, so turn fail-safe on
-    /// once every replica runs this version). Must be at least `time_to_live`.
+    /// once every replica runs this version). Must be at least `time_to_live`. Whether an
+    /// entry may serve as a fallback is settled when it is written: a replica reading one
+    /// that another replica wrote with fail-safe on uses it so, whatever its own setting.
+    /// An entry can also carry a fallback window of its own ([`Ttl::WithFallback`](crate::cache::Ttl::WithFallback),
+    /// HTTP's `stale-if-error`), with or without this setting.
     ///
     /// Off by default: it keeps entries in Redis for `max` rather than `time_to_live`
     /// (memory), and in L1 until then too (within [`max_capacity`](Self::max_capacity), so
