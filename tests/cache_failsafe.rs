@@ -528,3 +528,50 @@ async fn an_http_response_with_stale_if_error_answers_a_503_after_it_expires() {
     let s = cache.stats();
     assert_eq!((s.stale, s.fail_safe_activations), (2, 1), "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_l1_the_throttle_is_kept_in_redis() {
+    let server = RedisServer::start();
+    let clock = MockClock::new();
+    let cache = builder(&clock)
+        .l1_enabled(false)
+        .redis_url(server.url())
+        .build()
+        .unwrap();
+    let backend = Backend::default();
+    cache.try_get_with("k", backend.load("k")).await.unwrap();
+    let redis_key = cache.redis_key("k");
+    let expires_at = || {
+        let bytes: Vec<u8> = server.query(&["GET", &redis_key]);
+        (bytes.len() >= 20).then(|| u64::from_be_bytes(bytes[12..20].try_into().unwrap()))
+    };
+    eventually(WAIT, "the entry in Redis", || async {
+        expires_at().is_some()
+    })
+    .await;
+    let first = expires_at();
+
+    clock.advance(EXPIRED);
+    backend.fail(true);
+    assert_eq!(
+        cache.try_get_with("k", backend.load("k")).await.unwrap(),
+        "v1:k"
+    );
+    eventually(WAIT, "the throttle written to Redis", || async {
+        expires_at() != first
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            cache.try_get_with("k", backend.load("k")).await.unwrap(),
+            "v1:k"
+        );
+    }
+    assert_eq!(backend.calls(), 2, "one call while the throttle lasts");
+    let s = cache.stats();
+    assert_eq!(
+        (s.stale, s.fail_safe_activations, s.hits_l2),
+        (1, 1, 10),
+        "{s:?}"
+    );
+}
