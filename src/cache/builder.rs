@@ -341,7 +341,9 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// How long a fallback served by fail-safe is re-used before the backend is tried again
     /// for its key (default 30 s): a failing backend sees one call per key per throttle
     /// period, not one per request. Also how long a failed eager refresh waits before the
-    /// next one.
+    /// next one. The fallback is kept in L1 for it (its hits count as `stale`); without L1,
+    /// it is written back to Redis with a fresh life of the throttle's length, which every
+    /// replica then reads as a hit.
     pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.resilience.throttle = throttle;
         self
