@@ -2,6 +2,8 @@
 //!
 //! - `l1_hit`: a request answered by L1 through `CacheService`, against the bare service.
 //! - `l1_hit_prometheus`: the same with a Prometheus recorder installed (both sides).
+//! - `l1_hit_failsafe`: an L1 hit through `CacheService` on a cache with fail-safe, soft and
+//!   hard timeouts and eager refresh on, against the same hit on a cache with them off.
 //! - `http_l1_hit`: an HTTP request answered by L1 through `CacheLayer::http`, against the
 //!   bare service building the same response.
 //! - `l2_hit`: a request answered by Redis through `CacheService` (L1 off), against a raw
@@ -61,6 +63,28 @@ fn l1_hit_group(c: &mut Criterion, name: &str) {
     assert_eq!(cache.stats().misses, 1, "every layered run was an L1 hit");
 }
 
+/// The `l1_hit` layer on a plain cache (the baseline, `plain_cache`) against the same on a
+/// cache with fail-safe, both timeouts and eager refresh on (`cache_layer`).
+fn l1_hit_failsafe(c: &mut Criterion) {
+    let plain_cache = Cache::builder("bench-l1").build().expect("valid config");
+    let mut plain = CacheLayer::new(plain_cache.clone(), key).layer(bare(hits("rust")));
+    let cache = with_failsafe(Cache::builder("bench-l1-failsafe"))
+        .build()
+        .expect("valid config");
+    let mut layered = CacheLayer::new(cache.clone(), key).layer(bare(hits("rust")));
+    let req = search();
+    let _ = call_now(&mut plain, req.clone());
+    let _ = call_now(&mut layered, req.clone());
+    paired_layers(c, "l1_hit_failsafe", plain, &mut layered, || req.clone());
+    assert_eq!(
+        plain_cache.stats().misses,
+        1,
+        "every plain run was an L1 hit"
+    );
+    let s = cache.stats();
+    assert_eq!((s.misses, s.refreshes), (1, 0), "every run was an L1 hit");
+}
+
 /// An HTTP request answered by L1 through `CacheLayer::http` (defaults: key over host,
 /// path and query; `Age` and `x-cache` set), against the bare service building the same
 /// response (`benches/common`).
@@ -110,6 +134,38 @@ fn paired_in_memory<R, S, L>(
     name: &str,
     bare: S,
     layered: &mut L,
+    request: impl FnMut() -> R,
+) where
+    S: tower::Service<R> + Clone,
+    S::Error: std::fmt::Debug,
+    L: tower::Service<R>,
+    L::Error: std::fmt::Debug,
+{
+    paired_group(c, name, "bare_service", bare, layered, request)
+}
+
+/// [`paired_in_memory`] with another layer as the baseline (`plain_cache`).
+fn paired_layers<R, S, L>(
+    c: &mut Criterion,
+    name: &str,
+    baseline: S,
+    layered: &mut L,
+    request: impl FnMut() -> R,
+) where
+    S: tower::Service<R> + Clone,
+    S::Error: std::fmt::Debug,
+    L: tower::Service<R>,
+    L::Error: std::fmt::Debug,
+{
+    paired_group(c, name, "plain_cache", baseline, layered, request)
+}
+
+fn paired_group<R, S, L>(
+    c: &mut Criterion,
+    name: &str,
+    baseline_name: &'static str,
+    bare: S,
+    layered: &mut L,
     mut request: impl FnMut() -> R,
 ) where
     S: tower::Service<R> + Clone,
@@ -121,7 +177,7 @@ fn paired_in_memory<R, S, L>(
     for side in [Side::Baseline, Side::Layer] {
         let mut svc = bare.clone();
         let layered = &mut *layered;
-        group.bench_function(side.name("bare_service"), |b| {
+        group.bench_function(side.name(baseline_name), |b| {
             b.iter_custom(|iters| {
                 interleaved(
                     side,
@@ -438,6 +494,6 @@ criterion_group! {
     name = benches;
     config = config();
     // `l1_hit_prometheus` last: it installs a global recorder.
-    targets = l1_hit, http_l1_hit, l2_hit, l1_hit_prometheus
+    targets = l1_hit, l1_hit_failsafe, http_l1_hit, l2_hit, l1_hit_prometheus
 }
 criterion_main!(benches);

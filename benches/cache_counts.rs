@@ -117,6 +117,20 @@ fn l1_layer(n: u64) -> u64 {
     allocs
 }
 
+/// `l1_layer` on a cache with fail-safe, both timeouts and eager refresh on.
+fn l1_failsafe_layer(n: u64) -> u64 {
+    let cache = with_failsafe(Cache::builder("counts-l1-failsafe"))
+        .build()
+        .expect("valid config");
+    let mut layered = CacheLayer::new(cache.clone(), key).layer(bare(hits("rust")));
+    let _ = call_now(&mut layered, search());
+    let reqs: Vec<Search> = (0..n).map(|_| search()).collect();
+    let mut reqs = reqs.into_iter();
+    let allocs = measured(n, |_| call_now(&mut layered, reqs.next().unwrap()));
+    assert_eq!(cache.stats().hits_l1, n);
+    allocs
+}
+
 fn install_prometheus() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -447,6 +461,21 @@ fn paired_timings() {
     };
     let (b, l) = l1();
     paired("l1_hit", search, b, l);
+    // The same hit on a plain cache (baseline) and on one with fail-safe, both timeouts and
+    // eager refresh on.
+    let (_plain, mut plain) = l1_setup();
+    let failsafe = with_failsafe(Cache::builder("paired-failsafe"))
+        .build()
+        .expect("valid config");
+    let mut layered = CacheLayer::new(failsafe.clone(), key).layer(bare(hits("rust")));
+    let _ = call_now(&mut layered, search());
+    paired(
+        "l1_hit_failsafe",
+        search,
+        |r| call_now(&mut plain, r),
+        |r| call_now(&mut layered, r),
+    );
+    assert_eq!(failsafe.stats().misses, 1);
     let cache: Cache<CachedResponse> = Cache::builder("paired-http").build().expect("valid config");
     let mut layered = CacheLayer::http(cache.clone()).layer(http_bare());
     let _ = tokio_block_on(layered.clone().oneshot(http_request()));
@@ -476,6 +505,11 @@ fn main() {
         Scenario {
             name: "l1_hit/cache_layer",
             run: l1_layer,
+            ops: 100_000,
+        },
+        Scenario {
+            name: "l1_hit_failsafe/cache_layer",
+            run: l1_failsafe_layer,
             ops: 100_000,
         },
         Scenario {

@@ -3,12 +3,19 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic b"lc"
-//! 2       1     envelope format version (1)
+//! 2       1     envelope format version (1, or 2 with stale-until)
 //! 3       1     codec id (1 = MessagePack via rmp-serde, structs as maps)
 //! 4       8     written-at, Unix milliseconds, big-endian u64
 //! 12      8     expires-at, Unix milliseconds, big-endian u64
-//! 20      ..    payload
+//! 20      8     version 2 only: stale-until, Unix milliseconds, big-endian u64
+//! 20 / 28 ..    payload
 //! ```
+//!
+//! Version 2 is written only by caches with fail-safe on: an entry past expires-at may
+//! still be served as a fallback until stale-until (DESIGN.md 2.3, 2.5). Everything else
+//! (caches without fail-safe, the queue's payloads) writes version 1, which every build
+//! reads, so turning fail-safe on is the only change older readers can see (they take a
+//! version 2 entry for a miss).
 //!
 //! A reader that meets another magic, an unknown version or codec, a truncated header or a
 //! payload it cannot decode treats the entry as a miss and removes it.
@@ -19,8 +26,12 @@ use serde::{de::DeserializeOwned, Serialize};
 
 const MAGIC: [u8; 2] = *b"lc";
 const VERSION: u8 = 1;
+/// Version 1 and a stale-until after expires-at.
+const VERSION_STALE: u8 = 2;
 const CODEC_MSGPACK: u8 = 1;
+/// The header of version 1; version 2's is [`HEADER_LEN_STALE`] long.
 pub(crate) const HEADER_LEN: usize = 20;
+pub(crate) const HEADER_LEN_STALE: usize = HEADER_LEN + 8;
 
 /// Why bytes read from L2 could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +47,33 @@ pub(crate) enum DecodeError {
 pub(crate) struct Header {
     pub(crate) written_at_ms: u64,
     pub(crate) expires_at_ms: u64,
+    /// Until when an expired entry may still be served as a fallback (fail-safe); equal to
+    /// `expires_at_ms` in a version 1 envelope.
+    pub(crate) stale_until_ms: u64,
+    /// The header's length: where the payload starts.
+    pub(crate) len: usize,
 }
 
 impl Header {
+    /// A version 1 header (tests build them by hand).
+    #[cfg(test)]
+    pub(crate) fn v1(written_at_ms: u64, expires_at_ms: u64) -> Self {
+        Self {
+            written_at_ms,
+            expires_at_ms,
+            stale_until_ms: expires_at_ms,
+            len: HEADER_LEN,
+        }
+    }
+
+    /// Time left before `stale_until`, as seen at `now_ms`; `None` once it has passed.
+    pub(crate) fn stale_remaining(&self, now_ms: u64) -> Option<Duration> {
+        self.stale_until_ms
+            .checked_sub(now_ms)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+    }
+
     /// Time left before `expires_at`, as seen at `now_ms`; `None` when already expired.
     pub(crate) fn remaining(&self, now_ms: u64) -> Option<Duration> {
         self.expires_at_ms
@@ -48,41 +83,77 @@ impl Header {
     }
 }
 
-/// Encodes `value` into an envelope. Fails only if the value's `Serialize` impl fails.
+/// Encodes `value` into a version 1 envelope. Fails only if the value's `Serialize` impl
+/// fails.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn encode<V: Serialize>(
     value: &V,
     now_ms: u64,
     ttl: Duration,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    encode_entry(value, now_ms, ttl, None)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Encodes a cache entry: fresh for `ttl`, and with `stale_for` (fail-safe) usable as a
+/// fallback until that long after `now_ms` (a version 2 envelope); without, version 1.
+pub(crate) fn encode_entry<V: Serialize>(
+    value: &V,
+    now_ms: u64,
+    ttl: Duration,
+    stale_for: Option<Duration>,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut out = Vec::with_capacity(HEADER_LEN_STALE + 64);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(if stale_for.is_some() {
+        VERSION_STALE
+    } else {
+        VERSION
+    });
     out.push(CODEC_MSGPACK);
     out.extend_from_slice(&now_ms.to_be_bytes());
-    let expires = now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    let expires = now_ms.saturating_add(ms(ttl));
     out.extend_from_slice(&expires.to_be_bytes());
+    if let Some(stale_for) = stale_for {
+        // Never before expires-at, whatever the caller asked.
+        let stale_until = now_ms.saturating_add(ms(stale_for)).max(expires);
+        out.extend_from_slice(&stale_until.to_be_bytes());
+    }
     rmp_serde::encode::write_named(&mut out, value)?;
     Ok(out)
 }
 
 /// Reads the header of an envelope.
 pub(crate) fn decode_header(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError> {
-    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC || bytes[3] != CODEC_MSGPACK {
         return Err(DecodeError::Format);
     }
-    if bytes[2] != VERSION || bytes[3] != CODEC_MSGPACK {
-        return Err(DecodeError::Format);
-    }
+    let len = match bytes[2] {
+        VERSION => HEADER_LEN,
+        VERSION_STALE if bytes.len() >= HEADER_LEN_STALE => HEADER_LEN_STALE,
+        _ => return Err(DecodeError::Format),
+    };
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[at..at + 8]);
         u64::from_be_bytes(b)
     };
+    let expires_at_ms = u64_at(12);
     let header = Header {
         written_at_ms: u64_at(4),
-        expires_at_ms: u64_at(12),
+        expires_at_ms,
+        // A stale-until before expires-at (a writer's bug) is read as no fallback at all.
+        stale_until_ms: if len == HEADER_LEN {
+            expires_at_ms
+        } else {
+            u64_at(20).max(expires_at_ms)
+        },
+        len,
     };
-    Ok((header, &bytes[HEADER_LEN..]))
+    Ok((header, &bytes[len..]))
 }
 
 /// Decodes an envelope into its header and value (the cache reads the header and the
@@ -259,7 +330,7 @@ mod tests {
         assert_eq!(decode::<Hit>(b"garbage").unwrap_err(), DecodeError::Format);
         assert_eq!(decode::<Hit>(&good[..10]).unwrap_err(), DecodeError::Format);
         let mut future_version = good.clone();
-        future_version[2] = 2;
+        future_version[2] = 3;
         assert_eq!(
             decode::<Hit>(&future_version).unwrap_err(),
             DecodeError::Format
@@ -295,6 +366,36 @@ mod tests {
     enum Tree {
         Leaf,
         Node(Box<Tree>),
+    }
+
+    #[test]
+    fn version_2_carries_stale_until() {
+        let bytes = encode_entry(
+            &hit(),
+            1_000,
+            Duration::from_secs(2),
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap();
+        assert_eq!(bytes[2], 2);
+        let (header, back): (Header, Hit) = decode(&bytes).unwrap();
+        assert_eq!(back, hit());
+        assert_eq!(
+            (header.expires_at_ms, header.stale_until_ms, header.len),
+            (3_000, 11_000, HEADER_LEN_STALE)
+        );
+        assert_eq!(header.remaining(5_000), None);
+        assert_eq!(header.stale_remaining(5_000), Some(Duration::from_secs(6)));
+        // Without a fallback: version 1, stale-until is expires-at.
+        let v1 = encode_entry(&hit(), 1_000, Duration::from_secs(2), None).unwrap();
+        assert_eq!(v1, encode(&hit(), 1_000, Duration::from_secs(2)).unwrap());
+        let (header, _) = decode_header(&v1).unwrap();
+        assert_eq!(header, Header::v1(1_000, 3_000));
+        // A version 2 header cut short is not a version 1 header with a payload.
+        assert_eq!(
+            decode_header(&bytes[..HEADER_LEN + 4]).unwrap_err(),
+            DecodeError::Format
+        );
     }
 
     #[test]

@@ -138,8 +138,9 @@ enum Kind {
 pub fn envelope(data: &[u8]) {
     match codec::decode_header(data) {
         Ok((header, payload)) => {
-            assert!(data.len() >= codec::HEADER_LEN);
-            assert_eq!(payload, &data[codec::HEADER_LEN..]);
+            assert!(data.len() >= header.len);
+            assert_eq!(payload, &data[header.len..]);
+            assert!(header.stale_until_ms >= header.expires_at_ms);
             let left = header.remaining(header.written_at_ms);
             assert_eq!(left.is_some(), header.expires_at_ms > header.written_at_ms);
         }

@@ -6,7 +6,7 @@
 //!
 //! | name | kind | labels |
 //! |---|---|---|
-//! | `layercake_cache_requests_total` | counter | `cache`, `result` = `hit_l1` \| `hit_l2` \| `miss` \| `coalesced` \| `bypass` |
+//! | `layercake_cache_requests_total` | counter | `cache`, `result` = `hit_l1` \| `hit_l2` \| `miss` \| `coalesced` \| `bypass` \| `stale` |
 //! | `layercake_cache_l2_errors_total` | counter | `cache`, `op` = `get` \| `set` \| `del`, `cause` = `timeout` \| `io` \| `server` \| `decode` \| `oversized` \| `breaker_open` \| `bulkhead` \| `dropped` |
 //! | `layercake_cache_lookup_seconds` | histogram | `cache`, `tier` = `l2` |
 //! | `layercake_cache_l1_entries` | gauge | `cache` |
@@ -15,6 +15,8 @@
 //! | `layercake_cache_not_stored_total` | counter | `cache`, `reason` = `oversized` \| `encode` |
 //! | `layercake_cache_invalidations_received_total` | counter | `cache`, `kind` = `key` \| `clear` \| `unknown` |
 //! | `layercake_cache_l1_gap_flushes_total` | counter | `cache` |
+//! | `layercake_cache_fail_safe_activations_total` | counter | `cache`, `cause` = `error` \| `hard_timeout` \| `soft_timeout` |
+//! | `layercake_cache_refreshes_total` | counter | `cache`, `trigger` = `eager` \| `soft_timeout`, `outcome` = `ok` \| `error` \| `timeout` |
 //!
 //! `coalesced` counts requests that waited for another request's miss on the same key
 //! (single flight) and got its result. L1 lookups are not timed: they take tens of
@@ -24,6 +26,13 @@
 //! L1 (`unknown`: a message this build cannot read, taken as a clear); `l1_gap_flushes`
 //! counts the times L1 was emptied because the invalidation channel was subscribed again
 //! after a time in which messages were missed.
+//!
+//! `stale` counts requests answered with an expired entry (fail-safe): the load failed, ran
+//! past `hard_timeout` or `soft_timeout`, or the entry is being re-used for the fail-safe
+//! throttle. `fail_safe_activations` counts the loads so replaced (one per key per throttle
+//! period while a backend keeps failing). `refreshes` counts loads nobody waited for: an
+//! eager refresh (`trigger="eager"`) or a load that went on after its caller took a stale
+//! value at its soft timeout (`trigger="soft_timeout"`), by how each ended.
 //!
 //! The queue's metrics (`layercake_queue_*`) are listed in [`crate::queue`].
 
@@ -41,6 +50,8 @@ pub(crate) const CACHE_NOT_STORED: &str = "layercake_cache_not_stored_total";
 pub(crate) const CACHE_INVALIDATIONS_RECEIVED: &str =
     "layercake_cache_invalidations_received_total";
 pub(crate) const CACHE_L1_GAP_FLUSHES: &str = "layercake_cache_l1_gap_flushes_total";
+pub(crate) const CACHE_FAIL_SAFE_ACTIVATIONS: &str = "layercake_cache_fail_safe_activations_total";
+pub(crate) const CACHE_REFRESHES: &str = "layercake_cache_refreshes_total";
 
 /// Describes every layercake metric (name, unit, help text) to the installed recorder.
 ///
@@ -64,7 +75,7 @@ fn describe_cache() {
     describe_counter!(
         CACHE_REQUESTS,
         Unit::Count,
-        "Cache lookups by outcome: hit_l1, hit_l2, miss, coalesced (joined another request's miss) or bypass."
+        "Cache lookups by outcome: hit_l1, hit_l2, miss, coalesced (joined another request's miss), bypass, or stale (an expired entry served because the load failed or was slow)."
     );
     describe_counter!(
         CACHE_L2_ERRORS,
@@ -105,5 +116,15 @@ fn describe_cache() {
         CACHE_L1_GAP_FLUSHES,
         Unit::Count,
         "Times L1 was emptied on subscribing to the replicas' invalidation channel again, after a gap in which invalidations were missed."
+    );
+    describe_counter!(
+        CACHE_FAIL_SAFE_ACTIVATIONS,
+        Unit::Count,
+        "Loads answered with an expired entry instead of their result (fail-safe), by cause: error, hard_timeout (the load was dropped), soft_timeout (it went on in the background)."
+    );
+    describe_counter!(
+        CACHE_REFRESHES,
+        Unit::Count,
+        "Loads nobody waited for, by trigger (eager: a hit late in the entry's life; soft_timeout: its caller took a stale value) and outcome (ok, error, timeout)."
     );
 }

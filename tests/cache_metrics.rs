@@ -173,6 +173,7 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
         ("miss", 10),
         ("coalesced", 1),
         ("bypass", 1),
+        ("stale", 0),
     ] {
         let m = take(
             &mut metrics,
@@ -292,6 +293,38 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
     );
     check(&m, MetricKind::Counter, Unit::Count, "l1_gap_flushes");
     assert_eq!(m.value, DebugValue::Counter(0));
+
+    // Fail-safe is off here: the names and labels are pinned, at zero
+    // (tests/cache_failsafe.rs counts them).
+    for cause in ["error", "hard_timeout", "soft_timeout"] {
+        let m = take(
+            &mut metrics,
+            "layercake_cache_fail_safe_activations_total",
+            &[("cache", CACHE), ("cause", cause)],
+        );
+        check(
+            &m,
+            MetricKind::Counter,
+            Unit::Count,
+            "fail_safe_activations",
+        );
+        assert_eq!(m.value, DebugValue::Counter(0), "fail_safe cause={cause}");
+    }
+    for trigger in ["eager", "soft_timeout"] {
+        for outcome in ["ok", "error", "timeout"] {
+            let m = take(
+                &mut metrics,
+                "layercake_cache_refreshes_total",
+                &[("cache", CACHE), ("trigger", trigger), ("outcome", outcome)],
+            );
+            check(&m, MetricKind::Counter, Unit::Count, "refreshes");
+            assert_eq!(
+                m.value,
+                DebugValue::Counter(0),
+                "refreshes {trigger} {outcome}"
+            );
+        }
+    }
 
     assert!(
         metrics.is_empty(),

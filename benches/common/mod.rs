@@ -140,3 +140,16 @@ pub async fn pooled_connection(url: &str) -> redis::aio::MultiplexedConnection {
     let conn = pool.get().await.expect("connection").clone();
     conn
 }
+
+/// Fail-safe, both timeouts and eager refresh on, as a service that wants them would set
+/// them: the `l1_hit_failsafe` pair measures what they cost an L1 hit (a hit long before
+/// the refresh point, so no refresh runs).
+pub fn with_failsafe(builder: layercake::CacheBuilder<Hits>) -> layercake::CacheBuilder<Hits> {
+    use std::time::Duration;
+    builder
+        .fail_safe_max_duration(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::from_secs(30))
+        .soft_timeout(Duration::from_millis(100))
+        .hard_timeout(Duration::from_secs(2))
+        .eager_refresh(0.8)
+}

@@ -37,8 +37,34 @@ pub struct CacheBuilder<V> {
     redis: RedisOptions,
     l2: L2Config,
     replica_invalidation: bool,
+    resilience: Resilience,
     clock: Clock,
     value: PhantomData<fn() -> V>,
+}
+
+/// What a cache does when its loads fail or are slow, and when entries near their end:
+/// fail-safe, timeouts and eager refresh (validated by `build`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resilience {
+    /// Fail-safe: how long after it was written an entry may serve as a fallback.
+    pub(crate) fail_safe_max: Option<Duration>,
+    pub(crate) throttle: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    /// The fraction of an entry's TTL after which a hit refreshes it.
+    pub(crate) eager_refresh: Option<f64>,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Self {
+            fail_safe_max: None,
+            throttle: Duration::from_secs(30),
+            soft_timeout: None,
+            hard_timeout: None,
+            eager_refresh: None,
+        }
+    }
 }
 
 impl<V> std::fmt::Debug for CacheBuilder<V> {
@@ -56,6 +82,7 @@ impl<V> std::fmt::Debug for CacheBuilder<V> {
             .field("redis", &self.redis)
             .field("l2", &self.l2)
             .field("replica_invalidation", &self.replica_invalidation)
+            .field("resilience", &self.resilience)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +102,7 @@ impl<V: CacheValue> CacheBuilder<V> {
             redis: RedisOptions::default(),
             l2: L2Config::default(),
             replica_invalidation: true,
+            resilience: Resilience::default(),
             clock: Clock::system(),
             value: PhantomData,
         }
@@ -263,6 +291,106 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
+    /// Turns fail-safe on (default off): an entry stays in both tiers up to `max` after it
+    /// was written, and once expired, serves as a fallback when the load that would replace
+    /// it fails (the inner service's error, the `init` future's `Err`) or takes longer than
+    /// [`hard_timeout`](Self::hard_timeout) or [`soft_timeout`](Self::soft_timeout). The
+    /// caller gets the expired value instead of the error (counted as `result="stale"` and
+    /// in `layercake_cache_fail_safe_activations_total`), and it is re-used for
+    /// [`fail_safe_throttle`](Self::fail_safe_throttle) before the backend is tried again.
+    ///
+    /// Its time to live is the entry's logical life; `max` is its physical one: the Redis
+    /// key's TTL, and the stale-until of its envelope (a version 2 envelope: the README's
+    /// "Stored values"; replicas of an older build read it as a miss, so turn fail-safe on
+    /// once every replica runs this version). Must be at least `time_to_live`. Whether an
+    /// entry may serve as a fallback is settled when it is written: a replica reading one
+    /// that another replica wrote with fail-safe on uses it so, whatever its own setting.
+    /// An entry can also carry a fallback window of its own ([`Ttl::WithFallback`](crate::cache::Ttl::WithFallback),
+    /// HTTP's `stale-if-error`), with or without this setting.
+    ///
+    /// Off by default: it keeps entries in Redis for `max` rather than `time_to_live`
+    /// (memory), and in L1 until then too (within [`max_capacity`](Self::max_capacity), so
+    /// expired entries take room that fresh ones could use), and it answers with data older
+    /// than the TTL the application chose, which only the application can say is better
+    /// than an error.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use layercake::{Cache, MockClock};
+    ///
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder("prices")
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .fail_safe_max_duration(Duration::from_secs(6 * 3600))
+    ///     .clock(clock.clone())
+    ///     .build()?;
+    /// let price = cache.try_get_with("EURUSD", async { Ok::<_, std::io::Error>(1.08) }).await?;
+    /// clock.advance(Duration::from_secs(120)); // expired
+    /// let feed_down = async { Err(std::io::Error::other("feed down")) };
+    /// let again = cache.try_get_with("EURUSD", feed_down).await?;
+    /// assert_eq!(again, price); // the expired price, not the error
+    /// assert_eq!(cache.stats().stale, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn fail_safe_max_duration(mut self, max: Duration) -> Self {
+        self.resilience.fail_safe_max = Some(max);
+        self
+    }
+
+    /// How long a fallback served by fail-safe is re-used before the backend is tried again
+    /// for its key (default 30 s): a failing backend sees one call per key per throttle
+    /// period, not one per request. Also how long a failed eager refresh waits before the
+    /// next one. The fallback is kept in L1 for it (its hits count as `stale`); without L1,
+    /// it is written back to Redis with a fresh life of the throttle's length, which every
+    /// replica then reads as a hit.
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.resilience.throttle = throttle;
+        self
+    }
+
+    /// With fail-safe, how long a caller waits for a load that has an expired entry to fall
+    /// back on (default: no limit). Past it, the caller gets the expired value, and the
+    /// load goes on in the background and stores its result when it completes (bounded by
+    /// [`hard_timeout`](Self::hard_timeout)). Requests for the same key meanwhile get the
+    /// expired value at once. Applies to the loads that can run in the background:
+    /// [`CacheLayer::new`](crate::CacheLayer::new)'s (not yet the HTTP and gRPC layers') and
+    /// those of [`Cache::load_owned`](crate::Cache::load_owned) and the other
+    /// `*_owned` methods, whose `init` borrows nothing. Needs
+    /// [`fail_safe_max_duration`](Self::fail_safe_max_duration).
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.resilience.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest a load with something to fall back on may run (default: no limit): a
+    /// load with an expired entry to serve instead (fail-safe), and the loads that run in
+    /// the background (eager refresh, a load past its soft timeout). Past it, the load is
+    /// dropped and the fallback served (or, in the background, the current entry kept).
+    ///
+    /// A load with nothing to fall back on is not cut short by the cache, which cannot make
+    /// an error of the caller's type: bound it where the error is made
+    /// (`tower::timeout::TimeoutLayer` under the cache layer, `tokio::time::timeout` in the
+    /// `init` future). Its timeout error is then an error like any other, which fail-safe
+    /// answers with an expired entry where one exists.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.resilience.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Refreshes an entry in the background when it is hit in L1 after `fraction` of its
+    /// time to live (default off; `0 < fraction < 1`, for example 0.8): the hit is served the
+    /// current value, and one load (single flight: however many hits) replaces the entry
+    /// before it expires, so that a hot key never expires under load. Applies where the
+    /// load can run in the background: [`CacheLayer::new`](crate::CacheLayer::new)'s services
+    /// (not yet the HTTP and gRPC layers), and the `*_owned` methods of
+    /// [`Cache`](crate::Cache). A failed refresh keeps the current entry, and the next one
+    /// waits for [`fail_safe_throttle`](Self::fail_safe_throttle).
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.resilience.eager_refresh = Some(fraction);
+        self
+    }
+
     /// The time source (default: the system clock), for tests (feature `test-util`): a
     /// [`MockClock`](crate::MockClock) moved forward by hand instead of sleeping.
     #[cfg(any(test, feature = "test-util"))]
@@ -342,6 +470,60 @@ impl<V: CacheValue> CacheBuilder<V> {
         if l2.write_queue == 0 {
             return Err(ConfigError::new("l2_write_queue", "must be at least 1"));
         }
+        let r = &self.resilience;
+        if let Some(max) = r.fail_safe_max {
+            if max < self.ttl {
+                return Err(ConfigError::new(
+                    "fail_safe_max_duration",
+                    format!(
+                        "must be at least time_to_live ({:?}), got {max:?}",
+                        self.ttl
+                    ),
+                ));
+            }
+        }
+        if r.throttle.is_zero() {
+            return Err(ConfigError::new(
+                "fail_safe_throttle",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(soft) = r.soft_timeout {
+            if soft.is_zero() {
+                return Err(ConfigError::new(
+                    "soft_timeout",
+                    "must be greater than zero",
+                ));
+            }
+            if r.fail_safe_max.is_none() {
+                return Err(ConfigError::new(
+                    "soft_timeout",
+                    "needs fail_safe_max_duration: without fail-safe there is no expired entry to serve",
+                ));
+            }
+        }
+        if let Some(hard) = r.hard_timeout {
+            if hard.is_zero() {
+                return Err(ConfigError::new(
+                    "hard_timeout",
+                    "must be greater than zero",
+                ));
+            }
+            if r.soft_timeout.is_some_and(|soft| soft > hard) {
+                return Err(ConfigError::new(
+                    "hard_timeout",
+                    "must be at least soft_timeout",
+                ));
+            }
+        }
+        if let Some(f) = r.eager_refresh {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(ConfigError::new(
+                    "eager_refresh",
+                    format!("must be within 0 < fraction < 1, got {f}"),
+                ));
+            }
+        }
         if !self.l1_enabled && !self.redis.has_url() {
             return Err(ConfigError::new(
                 "l1_enabled",
@@ -393,7 +575,8 @@ impl<V: CacheValue> CacheBuilder<V> {
                 clock: self.clock,
                 l1,
                 l2,
-                flights: Flights::default(),
+                flights: Arc::new(Flights::default()),
+                resilience: self.resilience,
                 epochs,
                 enabled: AtomicBool::new(true),
                 ins,

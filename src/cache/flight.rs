@@ -11,6 +11,13 @@
 //! - it loaded a value that is private to its own request (for HTTP, a response with
 //!   `Set-Cookie`): each waiter loads for itself at once;
 //! - its future is dropped mid-way: waiters contend again and one of them takes over.
+//!
+//! A leader with a fallback (fail-safe) may also publish a stale value before it ends
+//! ([`Leader::publish_stale`], at its soft timeout): waiters, and requests that join later,
+//! take that value at once while the load goes on.
+//!
+//! A leader owns its place in the map (an `Arc` of the flights and its key), so that it can
+//! move into a background task (eager refresh, a load that outlives its soft timeout).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -26,12 +33,15 @@ pub(crate) type SharedError = Arc<dyn Any + Send + Sync>;
 pub(crate) enum State<V> {
     Running,
     Value(V),
+    /// A fallback: the load failed, or is still running past its soft timeout.
+    Stale(V),
     Failed(Option<SharedError>),
     Private,
 }
 
 pub(crate) enum End<V> {
     Value(V),
+    Stale(V),
     /// The leader failed; its error, if it could be shared.
     Failed(Option<SharedError>),
     Private,
@@ -77,8 +87,8 @@ impl<V> std::fmt::Debug for Flights<V> {
     }
 }
 
-pub(crate) enum Role<'a, V> {
-    Leader(Leader<'a, V>),
+pub(crate) enum Role<V> {
+    Leader(Leader<V>),
     Waiter(watch::Receiver<State<V>>),
 }
 
@@ -94,7 +104,7 @@ impl<V> Flights<V> {
         }
     }
 
-    pub(crate) fn join<'a>(&'a self, key: &'a [u8]) -> Role<'a, V> {
+    pub(crate) fn join(self: &Arc<Self>, key: &[u8]) -> Role<V> {
         let mut map = self.lock(key);
         if let Some(flight) = map.get_mut(key) {
             let tx = flight
@@ -102,14 +112,28 @@ impl<V> Flights<V> {
                 .get_or_insert_with(|| watch::channel(State::Running).0);
             return Role::Waiter(tx.subscribe());
         }
+        Role::Leader(self.register(&mut map, key))
+    }
+
+    /// Leads a new flight for `key`, unless one is under way.
+    pub(crate) fn try_lead(self: &Arc<Self>, key: &[u8]) -> Option<Leader<V>> {
+        let mut map = self.lock(key);
+        if map.contains_key(key) {
+            return None;
+        }
+        Some(self.register(&mut map, key))
+    }
+
+    fn register(self: &Arc<Self>, map: &mut Map<V>, key: &[u8]) -> Leader<V> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        map.insert(key.into(), Registered { id, tx: None });
-        Role::Leader(Leader {
-            flights: self,
+        let key: Box<[u8]> = key.into();
+        map.insert(key.clone(), Registered { id, tx: None });
+        Leader {
+            flights: Arc::clone(self),
             key,
             id,
             unregistered: false,
-        })
+        }
     }
 
     fn len(&self) -> usize {
@@ -121,14 +145,19 @@ impl<V> Flights<V> {
 }
 
 /// The leader's side of a flight. Dropping it without [`Leader::finish`] abandons the flight.
-pub(crate) struct Leader<'a, V> {
-    flights: &'a Flights<V>,
-    key: &'a [u8],
+pub(crate) struct Leader<V> {
+    flights: Arc<Flights<V>>,
+    key: Box<[u8]>,
     id: u64,
     unregistered: bool,
 }
 
-impl<V> Leader<'_, V> {
+impl<V> Leader<V> {
+    /// The key of the flight.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// Ends the flight. `end` makes what the waiters get; it runs only if somebody waits,
     /// so a flight nobody joined clones nothing.
     pub(crate) fn finish(mut self, end: impl FnOnce() -> State<V>) {
@@ -139,20 +168,32 @@ impl<V> Leader<'_, V> {
         }
     }
 
+    /// Hands `value` to the waiters, and to whoever joins from now on, without ending the
+    /// flight: the load goes on.
+    pub(crate) fn publish_stale(&self, value: V) {
+        let mut map = self.flights.lock(&self.key);
+        if let Some(flight) = map.get_mut(&self.key[..]).filter(|f| f.id == self.id) {
+            flight
+                .tx
+                .get_or_insert_with(|| watch::channel(State::Running).0)
+                .send_replace(State::Stale(value));
+        }
+    }
+
     /// Removes this flight from the map, returning its channel if anybody joined.
     fn unregister(&mut self) -> Option<watch::Sender<State<V>>> {
         if std::mem::replace(&mut self.unregistered, true) {
             return None;
         }
-        let mut map = self.flights.lock(self.key);
-        match map.get(self.key) {
-            Some(flight) if flight.id == self.id => map.remove(self.key).and_then(|f| f.tx),
+        let mut map = self.flights.lock(&self.key);
+        match map.get(&self.key[..]) {
+            Some(flight) if flight.id == self.id => map.remove(&self.key[..]).and_then(|f| f.tx),
             _ => None,
         }
     }
 }
 
-impl<V> Drop for Leader<'_, V> {
+impl<V> Drop for Leader<V> {
     fn drop(&mut self) {
         // Without `finish`, the channel is dropped here still holding `Running`: waiters see
         // it close and know the flight was abandoned.
@@ -164,6 +205,7 @@ fn ended<V: Clone>(state: &State<V>) -> Option<End<V>> {
     match state {
         State::Running => None,
         State::Value(v) => Some(End::Value(v.clone())),
+        State::Stale(v) => Some(End::Stale(v.clone())),
         State::Failed(e) => Some(End::Failed(e.clone())),
         State::Private => Some(End::Private),
     }
@@ -187,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn value_reaches_waiters_and_map_empties() {
-        let flights = Flights::<u8>::default();
+        let flights = Arc::new(Flights::<u8>::default());
         let Role::Leader(leader) = flights.join(b"k") else {
             panic!("first is leader")
         };
@@ -205,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_leader_is_abandoned_and_replaceable() {
-        let flights = Flights::<u8>::default();
+        let flights = Arc::new(Flights::<u8>::default());
         let leader = flights.join(b"k");
         let Role::Waiter(rx) = flights.join(b"k") else {
             panic!("second waits")
@@ -217,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_and_private_ends() {
-        let flights = Flights::<u8>::default();
+        let flights = Arc::new(Flights::<u8>::default());
         let Role::Leader(leader) = flights.join(b"k") else {
             panic!()
         };
@@ -237,5 +279,22 @@ mod tests {
         };
         leader.finish(|| State::Private);
         assert!(matches!(wait(rx).await, End::Private));
+    }
+
+    #[tokio::test]
+    async fn a_stale_value_reaches_waiters_and_later_joiners_while_the_flight_runs() {
+        let flights = Arc::new(Flights::<u8>::default());
+        let Role::Leader(leader) = flights.join(b"k") else {
+            panic!()
+        };
+        assert!(flights.try_lead(b"k").is_none(), "one flight per key");
+        leader.publish_stale(3);
+        let Role::Waiter(rx) = flights.join(b"k") else {
+            panic!("the flight still runs")
+        };
+        assert!(matches!(wait(rx).await, End::Stale(3)));
+        leader.finish(|| State::Value(4));
+        assert_eq!(flights.len(), 0);
+        assert!(flights.try_lead(b"k").is_some());
     }
 }

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::builder::CacheBuilder;
+use super::builder::{CacheBuilder, Resilience};
 use super::epoch::Epochs;
 use super::flight::Flights;
 use super::stats::{CacheStats, Instruments, L2State, Outcome};
-use super::tier::l1::L1;
+use super::tier::l1::{Hit, L1};
 use super::tier::l2::{L2Error, L2};
 use super::tier::replica::{FlushL1, Notice};
 use super::value::{CacheValue, Loaded, Ttl};
@@ -88,7 +88,8 @@ pub(crate) struct Inner<V> {
     pub(crate) clock: Clock,
     pub(crate) l1: Option<L1<V>>,
     pub(crate) l2: Option<Arc<L2>>,
-    pub(crate) flights: Flights<V>,
+    pub(crate) flights: Arc<Flights<V>>,
+    pub(crate) resilience: Resilience,
     pub(crate) epochs: Arc<Epochs>,
     pub(crate) enabled: AtomicBool,
     pub(crate) ins: Arc<Instruments>,
@@ -129,7 +130,9 @@ impl<V: CacheValue> Cache<V> {
     }
 
     /// The value under `key`, from L1 or else Redis (within the read budget); `None` on a
-    /// miss. A Redis hit is copied into L1 with the time it has left.
+    /// miss. A Redis hit is copied into L1 with the time it has left. An expired entry is a
+    /// miss, except while fail-safe re-uses it after a failed load (see
+    /// [`get_l1`](Self::get_l1)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -161,16 +164,27 @@ impl<V: CacheValue> Cache<V> {
     /// The value under `key` in L1 alone: no I/O, never waits. Counts a hit; a miss is not
     /// counted, since the caller goes on to a lookup that counts it
     /// ([`get`](Self::get), [`load`](Self::load)). The layers' hit path.
+    ///
+    /// With fail-safe, this includes an expired value re-used for the fail-safe throttle
+    /// after a failed load (counted as `stale`).
     #[inline]
     pub fn get_l1(&self, key: impl AsRef<[u8]>) -> Option<V> {
+        self.l1_hit(key.as_ref()).map(|hit| hit.value)
+    }
+
+    /// [`get_l1`](Self::get_l1), saying whether the entry is due for an eager refresh.
+    #[inline]
+    pub(crate) fn l1_hit(&self, key: &[u8]) -> Option<Hit<V>> {
         if !self.is_enabled() {
             return None;
         }
-        let hit = self.inner.l1.as_ref()?.get(key.as_ref());
-        if hit.is_some() {
-            self.count(Outcome::HitL1);
-        }
-        hit
+        let hit = self.inner.l1.as_ref()?.get(key)?;
+        self.count(if hit.stale {
+            Outcome::Stale
+        } else {
+            Outcome::HitL1
+        });
+        Some(hit)
     }
 
     /// Stores `value` under `key` for the cache's `time_to_live`: in L1 at once, in Redis
@@ -302,15 +316,211 @@ impl<V: CacheValue> Cache<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<V>, E>>,
     {
+        let served = self.load_served(key.as_ref(), share_error, init).await;
+        served.map(|(v, _)| v)
+    }
+
+    /// [`load`](Self::load), saying whether the value is an expired entry served by
+    /// fail-safe (for the HTTP layer's `x-cache: STALE`).
+    pub(crate) async fn load_served<E, F, Fut>(
+        &self,
+        key: &[u8],
+        share_error: impl Fn(&E) -> Option<E>,
+        init: F,
+    ) -> Result<(V, bool), E>
+    where
+        E: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<V>, E>>,
+    {
+        if !self.is_enabled() {
+            self.count(Outcome::Bypass);
+            return init().await.map(|loaded| (loaded.into_value(), false));
+        }
+        if let Some(hit) = self.l1_hit(key) {
+            return Ok((hit.value, hit.stale));
+        }
+        self.load_miss(key, &share_error, init, |leader, ticket, fallback, init| {
+            self.load_with_fallback(leader, ticket, fallback, init(), None)
+        })
+        .await
+    }
+
+    /// [`get_with`](Self::get_with) for an `init` future that borrows nothing
+    /// (`Send + 'static`), which the cache can therefore run in the background: with
+    /// [`soft_timeout`](CacheBuilder::soft_timeout) and
+    /// [`eager_refresh`](CacheBuilder::eager_refresh), which `get_with` cannot offer.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let cache = layercake::Cache::builder("rates")
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .eager_refresh(0.8) // a hit after 48 s refreshes the entry in the background
+    ///     .build()?;
+    /// let fetch = |n: u32| async move { n * 2 };
+    /// assert_eq!(cache.get_with_owned("a", fetch(21)).await, 42);
+    /// assert_eq!(cache.get_with_owned("a", fetch(0)).await, 42); // a hit: `fetch(0)` never runs
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with_owned<Fut>(&self, key: impl AsRef<[u8]>, init: Fut) -> V
+    where
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        let loaded = self
+            .load_owned(
+                key,
+                |never: &Infallible| match *never {},
+                move || async move { Ok::<_, Infallible>(Loaded::Store(init.await, Ttl::Default)) },
+            )
+            .await;
+        match loaded {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`try_get_with`](Self::try_get_with) for an `init` future that borrows nothing
+    /// (`Send + 'static`): with [`soft_timeout`](CacheBuilder::soft_timeout) and
+    /// [`eager_refresh`](CacheBuilder::eager_refresh) (see
+    /// [`get_with_owned`](Self::get_with_owned)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use layercake::{Cache, MockClock};
+    ///
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder("profiles")
+    ///     .time_to_live(Duration::from_secs(60))
+    ///     .fail_safe_max_duration(Duration::from_secs(3600))
+    ///     .soft_timeout(Duration::from_millis(100))
+    ///     .clock(clock.clone())
+    ///     .build()?;
+    /// let v1 = async { Ok::<_, std::io::Error>("v1".to_string()) };
+    /// let v = cache.try_get_with_owned("ada", v1).await?;
+    /// clock.advance(Duration::from_secs(61)); // expired
+    /// // A slow backend: after 100 ms the caller gets the expired value...
+    /// let slow = async {
+    ///     tokio::time::sleep(Duration::from_millis(300)).await;
+    ///     Ok::<_, std::io::Error>("v2".to_string())
+    /// };
+    /// assert_eq!(cache.try_get_with_owned("ada", slow).await?, v);
+    /// // ...and the load completes in the background, then updates the cache.
+    /// let updated = async {
+    ///     while cache.get_l1("ada").as_deref() != Some("v2") {
+    ///         tokio::time::sleep(Duration::from_millis(10)).await;
+    ///     }
+    /// };
+    /// tokio::time::timeout(Duration::from_secs(5), updated).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_get_with_owned<E, Fut>(
+        &self,
+        key: impl AsRef<[u8]>,
+        init: Fut,
+    ) -> Result<V, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        self.load_owned(
+            key,
+            |e: &Arc<E>| Some(Arc::clone(e)),
+            move || async move {
+                match init.await {
+                    Ok(v) => Ok(Loaded::Store(v, Ttl::Default)),
+                    Err(e) => Err(Arc::new(e)),
+                }
+            },
+        )
+        .await
+    }
+
+    /// [`load`](Self::load) for an `init` that borrows nothing (`Send + 'static`), which
+    /// the cache can therefore run in the background, as the layers do:
+    /// - with [`soft_timeout`](CacheBuilder::soft_timeout), a load that has an expired
+    ///   entry to fall back on is spawned; past the soft timeout, the caller gets the
+    ///   expired value and the load completes in the background (bounded by
+    ///   [`hard_timeout`](CacheBuilder::hard_timeout)), storing its result;
+    /// - with [`eager_refresh`](CacheBuilder::eager_refresh), a hit late in the entry's
+    ///   life spawns `init` to replace it (one at a time per key) and returns the current
+    ///   value.
+    ///
+    /// Both need a Tokio runtime (without one, the load is awaited in place and hits
+    /// refresh nothing). A spawned load is not cancelled when its caller is dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use layercake::cache::{Loaded, Ttl};
+    ///
+    /// let cache = layercake::Cache::builder("quotes").eager_refresh(0.9).build()?;
+    /// let quote = cache
+    ///     .load_owned("EURUSD", |e: &String| Some(e.clone()), || async {
+    ///         Ok::<_, String>(Loaded::Store(1.08_f64, Ttl::Default))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(quote, 1.08);
+    /// # Ok(()) }
+    /// ```
+    pub async fn load_owned<E, S, F, Fut>(
+        &self,
+        key: impl AsRef<[u8]>,
+        share_error: S,
+        init: F,
+    ) -> Result<V, E>
+    where
+        E: Send + 'static,
+        S: Fn(&E) -> Option<E> + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
         let key = key.as_ref();
         if !self.is_enabled() {
             self.count(Outcome::Bypass);
             return init().await.map(Loaded::into_value);
         }
-        if let Some(v) = self.get_l1(key) {
-            return Ok(v);
+        if let Some(hit) = self.l1_hit(key) {
+            if hit.refresh {
+                self.refresh(key, share_error, init);
+            }
+            return Ok(hit.value);
         }
-        self.load_miss(key, &share_error, init).await
+        let soft = self.inner.resilience.soft_timeout;
+        self.load_miss(
+            key,
+            &share_error,
+            init,
+            |leader, ticket, fallback, init| async move {
+                let spawn =
+                    soft.and_then(|soft| Some((soft, tokio::runtime::Handle::try_current().ok()?)));
+                let Some((soft, rt)) = spawn else {
+                    return self
+                        .load_with_fallback(leader, ticket, fallback, init(), None)
+                        .await;
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let kept = fallback.0.clone();
+                let cache = self.clone();
+                let load = rt.spawn(async move {
+                    cache
+                        .load_with_fallback(leader, ticket, fallback, init(), Some((soft, tx)))
+                        .await
+                });
+                tokio::select! {
+                    biased;
+                    Ok(stale) = rx => (stale, true),
+                    done = load => match done {
+                        Ok(served) => served,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // The runtime is shutting down.
+                        Err(_) => (kept, true),
+                    },
+                }
+            },
+        )
+        .await
+        .map(|(v, _)| v)
     }
 
     /// The cache's name.

@@ -27,6 +27,18 @@
 //! circuit breaker is open. A cache built while Redis is down runs on L1 and starts using
 //! Redis when it appears, with no rebuild.
 //!
+//! # When the backend fails or is slow
+//! With [`fail_safe_max_duration`](CacheBuilder::fail_safe_max_duration) (off by default),
+//! an expired entry stays in both tiers for a longer physical life, and a load that fails
+//! (or runs past [`hard_timeout`](CacheBuilder::hard_timeout)) is answered with it, counted
+//! as `stale`; it is then re-used for [`fail_safe_throttle`](CacheBuilder::fail_safe_throttle),
+//! so a failing backend sees one call per key per throttle period. Loads that borrow nothing
+//! ([`CacheLayer::new`]'s, [`Cache::load_owned`] and the other `*_owned` methods) can also run in the
+//! background: past [`soft_timeout`](CacheBuilder::soft_timeout) the caller gets the expired
+//! entry while the load completes and stores its result, and with
+//! [`eager_refresh`](CacheBuilder::eager_refresh) a hit late in an entry's life starts one
+//! refresh and is served the current value.
+//!
 //! # Replicas
 //! Caches of the same namespace and name on the same Redis, in any process, are replicas of
 //! one cache: they share L2, and each has its own L1. [`Cache::invalidate`] and

@@ -3,33 +3,69 @@
 //!
 //! A miss takes an invalidation [`Ticket`] before it reads anything, so that nothing it
 //! read is stored once the key was invalidated meanwhile (see `epoch.rs`).
+//!
+//! With fail-safe, the leader of a miss also looks for a *fallback*: an expired entry still
+//! within its physical life, in L1 or else in Redis. A load with a fallback never fails:
+//! its error, or a load over `hard_timeout`, is answered with the fallback, which is then
+//! re-used for `fail_safe_throttle` (an L1 entry marked stale). A load that can run in the
+//! background (`'static`: the layers', `Cache::load_owned`) is spawned when it has a
+//! fallback and a `soft_timeout`: its caller takes the fallback at the soft timeout, and
+//! the flight stays registered until the load completes, handing the fallback to every
+//! request that joins meanwhile. An eager refresh is such a load started by a hit.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use super::epoch::Ticket;
-use super::flight::{self, End, Role, SharedError, State};
+use super::flight::{self, End, Leader, Role, SharedError, State};
 use super::handle::Cache;
-use super::stats::Outcome;
+use super::stats::{FailSafe, Outcome, Refreshed, Trigger};
+use super::tier::l1::Life;
 use super::tier::l2::Write;
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::codec;
 use crate::key;
 
+/// An expired entry a failing or slow load may be answered with, and how much longer it
+/// may serve.
+pub(crate) type Fallback<V> = (V, Duration);
+
+/// What Redis had under a key.
+pub(crate) enum L2Found<V> {
+    Fresh(V),
+    /// Expired, within its physical life (fail-safe on).
+    Stale(Fallback<V>),
+    Miss,
+}
+
+/// A shareable copy of `e` for the flight's waiters.
+fn shared<E: Send + 'static>(e: &E, share_error: &impl Fn(&E) -> Option<E>) -> Option<SharedError> {
+    // A `Mutex` makes any `Send` error shareable.
+    share_error(e).map(|copy| Arc::new(Mutex::new(copy)) as SharedError)
+}
+
 impl<V: CacheValue> Cache<V> {
     /// A miss in L1: joins or leads the key's flight. See [`Cache::load`] for what waiters
-    /// get.
-    pub(crate) async fn load_miss<E, F, Fut>(
+    /// get. `with_fallback` runs the leader's load when a fallback exists (awaited in place,
+    /// or spawned where the load is `'static`). The `bool`: whether the value is a fallback
+    /// (for the HTTP layer's `x-cache: STALE`).
+    pub(crate) async fn load_miss<E, F, Fut, W, WF>(
         &self,
         key: &[u8],
         share_error: &impl Fn(&E) -> Option<E>,
         init: F,
-    ) -> Result<V, E>
+        with_fallback: W,
+    ) -> Result<(V, bool), E>
     where
         E: Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<V>, E>>,
+        W: FnOnce(Leader<V>, Ticket, Fallback<V>, F) -> WF,
+        WF: Future<Output = (V, bool)>,
     {
         let inner = &*self.inner;
         loop {
@@ -39,41 +75,36 @@ impl<V: CacheValue> Cache<V> {
                     // Before anything is read: an invalidation from here on outdates it.
                     let ticket = inner.epochs.ticket(key);
                     // A previous leader may have stored the key between our L1 miss and now.
-                    if let Some(v) = self.get_l1(key) {
+                    if let Some(hit) = self.l1_hit(key) {
+                        let v = hit.value;
                         leader.finish(|| State::Value(v.clone()));
-                        return Ok(v);
+                        return Ok((v, hit.stale));
                     }
-                    if let Some(v) = self.l2_get(key, ticket).await {
-                        self.count(Outcome::HitL2);
-                        leader.finish(|| State::Value(v.clone()));
-                        return Ok(v);
-                    }
-                    self.count(Outcome::Miss);
-                    return match init().await {
-                        Ok(loaded) => {
-                            let (v, shared) = self.settle(key, loaded, ticket);
-                            leader.finish(|| match shared {
-                                true => State::Value(v.clone()),
-                                false => State::Private,
-                            });
-                            Ok(v)
+                    let l1_stale = self.l1_fallback(key);
+                    let fallback = match self.l2_lookup(key, ticket).await {
+                        L2Found::Fresh(v) => {
+                            self.count(Outcome::HitL2);
+                            leader.finish(|| State::Value(v.clone()));
+                            return Ok((v, false));
                         }
-                        Err(e) => {
-                            leader.finish(|| {
-                                State::Failed(share_error(&e).map(|copy| {
-                                    // A `Mutex` makes any `Send` error shareable.
-                                    Arc::new(Mutex::new(copy)) as SharedError
-                                }))
-                            });
-                            Err(e)
-                        }
+                        L2Found::Stale(stale) => l1_stale.or(Some(stale)),
+                        L2Found::Miss => l1_stale,
                     };
+                    if let Some(fallback) = fallback {
+                        return Ok(with_fallback(leader, ticket, fallback, init).await);
+                    }
+                    let loaded = self.load_plain(leader, ticket, init(), share_error).await;
+                    return loaded.map(|v| (v, false));
                 }
             };
             match flight::wait(rx).await {
                 End::Value(v) => {
                     self.count(Outcome::Coalesced);
-                    return Ok(v);
+                    return Ok((v, false));
+                }
+                End::Stale(v) => {
+                    self.count(Outcome::Stale);
+                    return Ok((v, true));
                 }
                 End::Failed(shared) => {
                     let copy = shared.as_deref().and_then(|e| {
@@ -88,14 +119,189 @@ impl<V: CacheValue> Cache<V> {
                     // An error only its own caller could get: load again, in a new flight
                     // (one call at a time for this key).
                 }
-                End::Private => return self.load_alone(key, init).await,
+                End::Private => return self.load_alone(key, init).await.map(|v| (v, false)),
                 End::Abandoned => {
-                    if let Some(v) = self.get_l1(key) {
-                        return Ok(v);
+                    if let Some(hit) = self.l1_hit(key) {
+                        return Ok((hit.value, hit.stale));
                     }
                 }
             }
         }
+    }
+
+    /// The leader's load with nothing to fall back on: its result is the caller's.
+    async fn load_plain<E, Fut>(
+        &self,
+        leader: Leader<V>,
+        ticket: Ticket,
+        init: Fut,
+        share_error: &impl Fn(&E) -> Option<E>,
+    ) -> Result<V, E>
+    where
+        E: Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>>,
+    {
+        self.count(Outcome::Miss);
+        match init.await {
+            Ok(loaded) => Ok(self.settle_flight(leader, loaded, ticket)),
+            Err(e) => {
+                leader.finish(|| State::Failed(shared(&e, share_error)));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores what a load produced and ends its flight with it.
+    fn settle_flight(&self, leader: Leader<V>, loaded: Loaded<V>, ticket: Ticket) -> V {
+        let (v, shared) = self.settle(leader.key(), loaded, ticket);
+        leader.finish(|| match shared {
+            true => State::Value(v.clone()),
+            false => State::Private,
+        });
+        v
+    }
+
+    /// The leader's load with a fallback: never fails. Bounded by `hard_timeout`; a failure
+    /// or a timeout is answered with the fallback, re-used for the throttle period. With
+    /// `soft` (a spawned load), the fallback is also sent to the caller at the soft timeout,
+    /// handed to the flight's waiters, and the load goes on. The `bool`: whether the value
+    /// is the fallback.
+    pub(crate) async fn load_with_fallback<E, Fut>(
+        &self,
+        leader: Leader<V>,
+        ticket: Ticket,
+        fallback: Fallback<V>,
+        init: Fut,
+        soft: Option<(Duration, oneshot::Sender<V>)>,
+    ) -> (V, bool)
+    where
+        Fut: Future<Output = Result<Loaded<V>, E>>,
+    {
+        let hard = self.inner.resilience.hard_timeout;
+        let mut load = pin!(async {
+            match hard {
+                Some(hard) => tokio::time::timeout(hard, init).await.ok(),
+                None => Some(init.await),
+            }
+        });
+        let mut background = false;
+        let result = match soft {
+            None => load.await,
+            Some((soft, tx)) => {
+                tokio::select! {
+                    biased;
+                    result = &mut load => result,
+                    () = tokio::time::sleep(soft) => {
+                        self.count(Outcome::Stale);
+                        self.inner.ins.fail_safe(FailSafe::SoftTimeout);
+                        leader.publish_stale(fallback.0.clone());
+                        let _ = tx.send(fallback.0.clone());
+                        background = true;
+                        load.await
+                    }
+                }
+            }
+        };
+        let ins = &self.inner.ins;
+        let (cause, outcome) = match result {
+            Some(Ok(Loaded::Failed(_))) => (FailSafe::Error, Refreshed::Error),
+            Some(Ok(loaded)) => {
+                if background {
+                    ins.refreshed(Trigger::SoftTimeout, Refreshed::Ok);
+                } else {
+                    self.count(Outcome::Miss);
+                }
+                return (self.settle_flight(leader, loaded, ticket), false);
+            }
+            Some(Err(_)) => (FailSafe::Error, Refreshed::Error),
+            None => (FailSafe::HardTimeout, Refreshed::Timeout),
+        };
+        if background {
+            ins.refreshed(Trigger::SoftTimeout, outcome);
+        } else {
+            self.count(Outcome::Stale);
+            ins.fail_safe(cause);
+            tracing::debug!(cache = %self.inner.name, cause = ?cause, "load failed: an expired entry served instead (fail-safe)");
+        }
+        let (value, left) = fallback;
+        self.throttle(leader.key(), &value, left, ticket);
+        leader.finish(|| State::Stale(value.clone()));
+        (value, true)
+    }
+
+    /// Keeps serving `value` (a fallback) for the fail-safe throttle, so that the backend
+    /// is not asked again for the key until it has passed: an L1 entry marked stale, or,
+    /// without L1, the entry rewritten to Redis with a fresh life of the throttle's length.
+    fn throttle(&self, key: &[u8], value: &V, left: Duration, ticket: Ticket) {
+        let inner = &*self.inner;
+        if !inner.epochs.is_current(ticket) {
+            return;
+        }
+        let ttl = inner.resilience.throttle.min(left);
+        if let Some(l1) = &inner.l1 {
+            let life = Life {
+                ttl,
+                refresh_after: None,
+                stale_for: left,
+                stale: true,
+            };
+            l1.insert(key.into(), value.clone(), life, ticket.stamp);
+            inner.ins.set_l1_entries(l1.len());
+        } else {
+            self.write_l2(key, value, ttl, Some(left), ticket);
+        }
+    }
+
+    /// An eager refresh of `key`, started by a hit past its refresh point: one at a time
+    /// (single flight), in the background, bounded by `hard_timeout`. Nothing happens
+    /// without a Tokio runtime, or while another load of the key is under way.
+    pub(crate) fn refresh<E, F, Fut>(
+        &self,
+        key: &[u8],
+        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
+        init: F,
+    ) where
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(leader) = self.inner.flights.try_lead(key) else {
+            return;
+        };
+        let ticket = self.inner.epochs.ticket(key);
+        // A refresh that ended between this hit and our lead has stored a new entry.
+        let l1 = self.inner.l1.as_ref().and_then(|l1| l1.get(key));
+        if l1.is_some_and(|hit| !hit.refresh) {
+            // Nobody joined a flight that loaded nothing; any waiter looks again.
+            drop(leader);
+            return;
+        }
+        let cache = self.clone();
+        rt.spawn(async move {
+            let result = match cache.inner.resilience.hard_timeout {
+                Some(hard) => tokio::time::timeout(hard, init()).await.ok(),
+                None => Some(init().await),
+            };
+            let ins = &cache.inner.ins;
+            let (outcome, error) = match result {
+                Some(Ok(Loaded::Failed(_))) => (Refreshed::Error, None),
+                Some(Ok(loaded)) => {
+                    ins.refreshed(Trigger::Eager, Refreshed::Ok);
+                    cache.settle_flight(leader, loaded, ticket);
+                    return;
+                }
+                Some(Err(e)) => (Refreshed::Error, shared(&e, &share_error)),
+                None => (Refreshed::Timeout, None),
+            };
+            ins.refreshed(Trigger::Eager, outcome);
+            if let Some(l1) = &cache.inner.l1 {
+                l1.postpone_refresh(leader.key(), cache.inner.resilience.throttle);
+            }
+            leader.finish(|| State::Failed(error));
+        });
     }
 
     /// A miss served without a flight: the leader loaded a value private to its caller.
@@ -120,24 +326,55 @@ impl<V: CacheValue> Cache<V> {
                 (v, true)
             }
             Loaded::Share(v) => (v, true),
-            Loaded::Private(v) => (v, false),
+            // Without a fallback, a failure's value is its caller's alone.
+            Loaded::Private(v) | Loaded::Failed(v) => (v, false),
         }
+    }
+
+    /// An expired L1 entry that may still serve as a fallback: one stored with fail-safe
+    /// on, or with a fallback window of its own ([`Ttl::WithFallback`]).
+    fn l1_fallback(&self, key: &[u8]) -> Option<Fallback<V>> {
+        self.inner.l1.as_ref()?.get_stale(key)
     }
 
     /// Reads `key` from Redis; every failure is a logged, counted miss. A hit is backfilled
     /// into L1 with the entry's remaining TTL.
     pub(crate) async fn l2_get(&self, key: &[u8], ticket: Ticket) -> Option<V> {
+        match self.l2_lookup(key, ticket).await {
+            L2Found::Fresh(v) => Some(v),
+            L2Found::Stale(_) | L2Found::Miss => None,
+        }
+    }
+
+    /// Reads `key` from Redis: a live entry (backfilled into L1 with its remaining TTL), an
+    /// expired one still within its physical life (with fail-safe on), or a miss. Every
+    /// failure is a logged, counted miss.
+    pub(crate) async fn l2_lookup(&self, key: &[u8], ticket: Ticket) -> L2Found<V> {
         let inner = &*self.inner;
-        let l2 = inner.l2.as_ref()?;
+        let Some(l2) = inner.l2.as_ref() else {
+            return L2Found::Miss;
+        };
         let redis_key = inner.scheme.redis_key(key);
         // Wrong Redis types, bad envelopes and oversized entries are the tier's to count
         // and clean up; a payload that is not a `V` is this cache's.
-        let stored = l2.read(&redis_key, inner.max_entry_size).await.ok()??;
+        let Ok(Some(stored)) = l2.read(&redis_key, inner.max_entry_size).await else {
+            return L2Found::Miss;
+        };
         let Ok(value) = codec::decode_payload::<V>(stored.payload()) else {
             l2.discard(redis_key);
-            return None;
+            return L2Found::Miss;
         };
-        let remaining = stored.header.remaining(inner.clock.unix_ms())?;
+        let now = inner.clock.unix_ms();
+        let header = stored.header;
+        // Whether an entry may serve as a fallback was decided when it was written (by a
+        // replica with fail-safe on, or for the entry alone): a version 2 envelope.
+        let stale_for = header.stale_remaining(now);
+        let Some(remaining) = header.remaining(now) else {
+            return match stale_for {
+                Some(left) => L2Found::Stale((value, left)),
+                None => L2Found::Miss,
+            };
+        };
         // Read before an invalidation that has since happened: serve it to this caller,
         // but do not put it back into L1.
         if let Some(l1) = inner
@@ -145,57 +382,102 @@ impl<V: CacheValue> Cache<V> {
             .as_ref()
             .filter(|_| inner.epochs.is_current(ticket))
         {
-            l1.insert(
-                key.into(),
-                value.clone(),
-                self.l1_ttl(remaining),
-                ticket.stamp,
-            );
+            // The refresh point of the entry's own life, not of what is left of it.
+            let refresh_after = inner.resilience.eager_refresh.map(|f| {
+                let life = header.expires_at_ms.saturating_sub(header.written_at_ms);
+                let at = header.written_at_ms + (life as f64 * f) as u64;
+                Duration::from_millis(at.saturating_sub(now))
+            });
+            let l1_ttl = self.l1_ttl(remaining);
+            let life = Life {
+                ttl: l1_ttl,
+                refresh_after,
+                stale_for: stale_for.unwrap_or(l1_ttl),
+                stale: false,
+            };
+            l1.insert(key.into(), value.clone(), life, ticket.stamp);
             inner.ins.set_l1_entries(l1.len());
         }
-        Some(value)
+        L2Found::Fresh(value)
     }
 
     /// Stores `value` in L1 now and in Redis through the background writer; `false` when
     /// it was not stored (invalidated since `ticket`, a zero TTL, too large, or it does not
-    /// serialize).
+    /// serialize). With fail-safe, the entry lives on as a fallback until
+    /// `fail_safe_max_duration` after now (in L1, and as the Redis key's TTL).
     pub(crate) fn store(&self, key: &[u8], value: &V, ttl: Ttl, ticket: Ticket) -> bool {
         let inner = &*self.inner;
         if !inner.epochs.is_current(ticket) {
             tracing::debug!(cache = %inner.name, "value not cached: the key was invalidated while it loaded");
             return false;
         }
+        let fallback = ttl.fallback();
         let Some(ttl) = ttl.resolve(inner.ttl) else {
             return false;
         };
         let ttl = key::jittered(ttl, inner.jitter);
+        // The physical life: fail-safe's, or the entry's own fallback window after its
+        // fresh life, whichever is longer.
+        let own = fallback.map(|window| ttl.saturating_add(window));
+        let stale_for = match (inner.resilience.fail_safe_max.map(|max| max.max(ttl)), own) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         // Encoded only for Redis: an L1 entry is the value itself, and an L1-only cache
         // bounds entries by count, not size.
-        if let Some(l2) = &inner.l2 {
-            let bytes = match codec::encode(value, inner.clock.unix_ms(), ttl) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    inner.ins.not_stored_encode();
-                    tracing::debug!(cache = %inner.name, error = %e, "value not cached: it does not serialize");
-                    return false;
-                }
-            };
-            if bytes.len() - codec::HEADER_LEN > inner.max_entry_size {
-                inner.ins.not_stored_oversized();
-                tracing::debug!(cache = %inner.name, size = bytes.len(), limit = inner.max_entry_size, "value not cached: too large");
-                return false;
-            }
-            l2.write(Write::Set {
-                key: inner.scheme.redis_key(key),
-                bytes,
-                ttl,
-                ticket,
-            });
+        if inner.l2.is_some() && !self.write_l2(key, value, ttl, stale_for, ticket) {
+            return false;
         }
         if let Some(l1) = &inner.l1 {
-            l1.insert(key.into(), value.clone(), self.l1_ttl(ttl), ticket.stamp);
+            let l1_ttl = self.l1_ttl(ttl);
+            let life = Life {
+                ttl: l1_ttl,
+                refresh_after: inner.resilience.eager_refresh.map(|f| ttl.mul_f64(f)),
+                stale_for: stale_for.unwrap_or(l1_ttl),
+                stale: false,
+            };
+            l1.insert(key.into(), value.clone(), life, ticket.stamp);
             inner.ins.set_l1_entries(l1.len());
         }
+        true
+    }
+
+    /// Queues `value` for Redis, fresh for `ttl` and a fallback for `stale_for` (the Redis
+    /// key's TTL); `false` when it does not serialize or is too large (counted).
+    fn write_l2(
+        &self,
+        key: &[u8],
+        value: &V,
+        ttl: Duration,
+        stale_for: Option<Duration>,
+        ticket: Ticket,
+    ) -> bool {
+        let inner = &*self.inner;
+        let Some(l2) = &inner.l2 else { return true };
+        let bytes = match codec::encode_entry(value, inner.clock.unix_ms(), ttl, stale_for) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                inner.ins.not_stored_encode();
+                tracing::debug!(cache = %inner.name, error = %e, "value not cached: it does not serialize");
+                return false;
+            }
+        };
+        let header_len = match stale_for {
+            Some(_) => codec::HEADER_LEN_STALE,
+            None => codec::HEADER_LEN,
+        };
+        if bytes.len() - header_len > inner.max_entry_size {
+            inner.ins.not_stored_oversized();
+            tracing::debug!(cache = %inner.name, size = bytes.len(), limit = inner.max_entry_size, "value not cached: too large");
+            return false;
+        }
+        l2.write(Write::Set {
+            key: inner.scheme.redis_key(key),
+            bytes,
+            // The Redis key lives as long as the entry may serve, fresh or as a fallback.
+            ttl: stale_for.unwrap_or(ttl).max(ttl),
+            ticket,
+        });
         true
     }
 

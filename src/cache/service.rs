@@ -2,6 +2,7 @@ use std::fmt;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tower::ServiceExt;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -254,8 +255,11 @@ where
                 return ResponseFuture::inner(self.inner.call(req));
             }
         };
-        if let Some(hit) = self.cache.get_l1(key.as_ref()) {
-            return ResponseFuture::ready(Ok(hit));
+        if let Some(hit) = self.cache.l1_hit(key.as_ref()) {
+            if hit.refresh {
+                self.refresh(key, req);
+            }
+            return ResponseFuture::ready(Ok(hit.value));
         }
         // The ready service goes into the future; a fresh clone (not yet ready) stays.
         let clone = self.inner.clone();
@@ -264,17 +268,56 @@ where
         let policy = self.policy.clone();
         let share = self.share.clone();
         ResponseFuture::load(Box::pin(async move {
-            let share_error = |e: &S::Error| share.share(e);
+            let share_error = move |e: &S::Error| share.share(e);
+            // Owned: a load with an expired entry to fall back on can outlive its soft
+            // timeout in the background.
             cache
-                .load(key, share_error, || async move {
+                .load_owned(key, share_error, move || async move {
                     let res = inner.call(req).await?;
-                    Ok(match policy.ttl(&res) {
-                        Some(ttl) => Loaded::Store(res, ttl),
-                        // Not for storing: nor for handing to other requests.
-                        None => Loaded::Private(res),
-                    })
+                    Ok(loaded(&policy, res))
                 })
                 .await
         }))
+    }
+}
+
+/// What a store policy makes of a response.
+fn loaded<V, P: StorePolicy<V>>(policy: &P, res: V) -> Loaded<V> {
+    match policy.ttl(&res) {
+        Some(ttl) => Loaded::Store(res, ttl),
+        // Not for storing: nor for handing to other requests.
+        None => Loaded::Private(res),
+    }
+}
+
+impl<S, V, K, P, X> CacheService<S, V, K, P, X>
+where
+    V: CacheValue,
+    P: Clone + Send + 'static,
+    X: Clone + Send + Sync + 'static,
+{
+    /// An eager refresh of a hit's key, in the background, on a clone of the inner service
+    /// (made ready there first: the ready one stays here for the next call).
+    fn refresh<Req>(&self, key: K::Key, req: Req)
+    where
+        S: Service<Req, Response = V> + Clone + Send + 'static,
+        S::Error: Send + 'static,
+        S::Future: Send + 'static,
+        Req: Send + 'static,
+        K: KeyExtractor<Req>,
+        P: StorePolicy<V>,
+        X: ShareError<S::Error>,
+    {
+        let svc = self.inner.clone();
+        let policy = self.policy.clone();
+        let share = self.share.clone();
+        self.cache.refresh(
+            key.as_ref(),
+            move |e: &S::Error| share.share(e),
+            move || async move {
+                let res = svc.oneshot(req).await?;
+                Ok(loaded(&policy, res))
+            },
+        );
     }
 }

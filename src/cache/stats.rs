@@ -7,8 +7,9 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use serde::Serialize;
 
 use crate::metrics::{
-    CACHE_BREAKER_OPEN, CACHE_BREAKER_TRANSITIONS, CACHE_INVALIDATIONS_RECEIVED, CACHE_L1_ENTRIES,
-    CACHE_L1_GAP_FLUSHES, CACHE_L2_ERRORS, CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED, CACHE_REQUESTS,
+    CACHE_BREAKER_OPEN, CACHE_BREAKER_TRANSITIONS, CACHE_FAIL_SAFE_ACTIVATIONS,
+    CACHE_INVALIDATIONS_RECEIVED, CACHE_L1_ENTRIES, CACHE_L1_GAP_FLUSHES, CACHE_L2_ERRORS,
+    CACHE_LOOKUP_SECONDS, CACHE_NOT_STORED, CACHE_REFRESHES, CACHE_REQUESTS,
 };
 
 /// Why an L2 (Redis) operation failed or was skipped. Each one is a miss (reads) or a
@@ -105,6 +106,74 @@ impl Received {
     }
 }
 
+/// Why a fallback (an expired entry) was served instead of a load's result, the value of
+/// the metric label `cause`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailSafe {
+    /// The load failed.
+    Error = 0,
+    /// The load took longer than `hard_timeout`, and was dropped.
+    HardTimeout = 1,
+    /// The load took longer than `soft_timeout`, and went on in the background.
+    SoftTimeout = 2,
+}
+
+impl FailSafe {
+    const ALL: [FailSafe; 3] = [
+        FailSafe::Error,
+        FailSafe::HardTimeout,
+        FailSafe::SoftTimeout,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            FailSafe::Error => "error",
+            FailSafe::HardTimeout => "hard_timeout",
+            FailSafe::SoftTimeout => "soft_timeout",
+        }
+    }
+}
+
+/// What started a load nobody waits for, the value of the metric label `trigger`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// A hit past the eager-refresh point.
+    Eager = 0,
+    /// A load whose caller took a fallback at its soft timeout.
+    SoftTimeout = 1,
+}
+
+/// How a background load ended, the value of the metric label `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refreshed {
+    Ok = 0,
+    Error = 1,
+    Timeout = 2,
+}
+
+impl Trigger {
+    const ALL: [Trigger; 2] = [Trigger::Eager, Trigger::SoftTimeout];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Eager => "eager",
+            Trigger::SoftTimeout => "soft_timeout",
+        }
+    }
+}
+
+impl Refreshed {
+    const ALL: [Refreshed; 3] = [Refreshed::Ok, Refreshed::Error, Refreshed::Timeout];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Refreshed::Ok => "ok",
+            Refreshed::Error => "error",
+            Refreshed::Timeout => "timeout",
+        }
+    }
+}
+
 /// A count kept both locally (for `stats()`) and in the metrics recorder.
 #[derive(Debug)]
 struct Tally {
@@ -139,6 +208,9 @@ pub(crate) struct Instruments {
     miss: Tally,
     coalesced: Tally,
     bypass: Tally,
+    stale: Tally,
+    fail_safe: Vec<Tally>, // by `FailSafe`
+    refreshes: Vec<Tally>, // [trigger][outcome], flattened
     l2_errors: Vec<Tally>, // [op][cause], flattened
     not_stored_oversized: Tally,
     not_stored_encode: Tally,
@@ -161,6 +233,8 @@ pub(crate) enum Outcome {
     Miss,
     Coalesced,
     Bypass,
+    /// An expired entry served as a fallback (fail-safe).
+    Stale,
 }
 
 impl Outcome {
@@ -172,6 +246,7 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::Bypass => "bypass",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -202,6 +277,33 @@ impl Instruments {
             miss: req(Outcome::Miss.as_str()),
             coalesced: req(Outcome::Coalesced.as_str()),
             bypass: req(Outcome::Bypass.as_str()),
+            stale: req(Outcome::Stale.as_str()),
+            fail_safe: FailSafe::ALL
+                .iter()
+                .map(|cause| {
+                    Tally::new(counter!(
+                        CACHE_FAIL_SAFE_ACTIVATIONS,
+                        "cache" => name.clone(),
+                        "cause" => cause.as_str()
+                    ))
+                })
+                .collect(),
+            refreshes: Trigger::ALL
+                .iter()
+                .flat_map(|trigger| {
+                    Refreshed::ALL
+                        .iter()
+                        .map(move |outcome| (*trigger, *outcome))
+                })
+                .map(|(trigger, outcome)| {
+                    Tally::new(counter!(
+                        CACHE_REFRESHES,
+                        "cache" => name.clone(),
+                        "trigger" => trigger.as_str(),
+                        "outcome" => outcome.as_str()
+                    ))
+                })
+                .collect(),
             l2_errors,
             not_stored_oversized: not_stored("oversized"),
             not_stored_encode: not_stored("encode"),
@@ -234,7 +336,18 @@ impl Instruments {
             Outcome::Miss => self.miss.inc(),
             Outcome::Coalesced => self.coalesced.inc(),
             Outcome::Bypass => self.bypass.inc(),
+            Outcome::Stale => self.stale.inc(),
         }
+    }
+
+    /// A fallback was served instead of a load's result.
+    pub(crate) fn fail_safe(&self, cause: FailSafe) {
+        self.fail_safe[cause as usize].inc();
+    }
+
+    /// A load nobody waited for ended.
+    pub(crate) fn refreshed(&self, trigger: Trigger, outcome: Refreshed) {
+        self.refreshes[trigger as usize * Refreshed::ALL.len() + outcome as usize].inc();
     }
 
     fn l2_tally(&self, op: L2Op, cause: L2Cause) -> &Tally {
@@ -302,6 +415,19 @@ impl Instruments {
             misses: self.miss.get(),
             coalesced: self.coalesced.get(),
             bypassed: self.bypass.get(),
+            stale: self.stale.get(),
+            fail_safe_activations: self.fail_safe.iter().map(Tally::get).sum(),
+            refreshes: Trigger::ALL
+                .iter()
+                .map(|t| self.refreshes[*t as usize * Refreshed::ALL.len()].get())
+                .sum(),
+            refresh_failures: self
+                .refreshes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % Refreshed::ALL.len() != Refreshed::Ok as usize)
+                .map(|(_, t)| t.get())
+                .sum(),
             not_stored: self.not_stored_oversized.get() + self.not_stored_encode.get(),
             l1_entries,
             l2,
@@ -397,6 +523,19 @@ pub struct CacheStats {
     pub coalesced: u64,
     /// Requests that bypassed the cache (no key, or caching switched off).
     pub bypassed: u64,
+    /// Requests answered with an expired entry because the load failed or was slow
+    /// (fail-safe, see [`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration)),
+    /// including those answered from it during the fail-safe throttle.
+    pub stale: u64,
+    /// Loads whose failure or slowness was answered with an expired entry (at most one per
+    /// key per [`fail_safe_throttle`](crate::CacheBuilder::fail_safe_throttle) while the
+    /// backend keeps failing).
+    pub fail_safe_activations: u64,
+    /// Loads nobody waited for (an eager refresh, or a load that went on past its soft
+    /// timeout) that completed.
+    pub refreshes: u64,
+    /// Loads nobody waited for that failed or ran out of time (`hard_timeout`).
+    pub refresh_failures: u64,
     /// Responses the policy allowed that were not stored (too large, or failed to encode).
     pub not_stored: u64,
     /// Entries in L1 now (approximate while other threads write).

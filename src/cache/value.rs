@@ -33,6 +33,36 @@ pub enum Ttl {
     Default,
     /// This long, capped by the cache's `time_to_live`. Zero: not stored.
     After(Duration),
+    /// Fresh for `fresh` (capped by the cache's `time_to_live`; zero: not stored), then,
+    /// expired, a fallback for `fallback` more: served instead of a failed load's result,
+    /// as fail-safe does, whether or not the cache has
+    /// [`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration) (with it,
+    /// the longer of the two lives applies). HTTP's `stale-if-error` (RFC 5861).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use layercake::cache::{Loaded, Ttl};
+    /// use layercake::{Cache, MockClock};
+    ///
+    /// let clock = MockClock::new();
+    /// let cache = Cache::builder("feeds").clock(clock.clone()).build()?; // no fail-safe
+    /// let ttl = Ttl::WithFallback { fresh: Duration::from_secs(10), fallback: Duration::from_secs(600) };
+    /// let load = |v: Result<&'static str, &'static str>| move || async move {
+    ///     v.map(|v| Loaded::Store(v.to_string(), ttl)).map_err(str::to_string)
+    /// };
+    /// cache.load("feed", |e: &String| Some(e.clone()), load(Ok("items"))).await?;
+    /// clock.advance(Duration::from_secs(60));
+    /// let served = cache.load("feed", |e: &String| Some(e.clone()), load(Err("down"))).await?;
+    /// assert_eq!(served, "items"); // this entry's own fallback window
+    /// # Ok(()) }
+    /// ```
+    WithFallback {
+        /// How long the entry is fresh.
+        fresh: Duration,
+        /// How long, once expired, it may answer a failed load.
+        fallback: Duration,
+    },
 }
 
 impl From<Duration> for Ttl {
@@ -46,8 +76,16 @@ impl Ttl {
     pub(crate) fn resolve(self, max: Duration) -> Option<Duration> {
         match self {
             Ttl::Default => Some(max),
-            Ttl::After(ttl) if ttl.is_zero() => None,
-            Ttl::After(ttl) => Some(ttl.min(max)),
+            Ttl::After(ttl) | Ttl::WithFallback { fresh: ttl, .. } if ttl.is_zero() => None,
+            Ttl::After(ttl) | Ttl::WithFallback { fresh: ttl, .. } => Some(ttl.min(max)),
+        }
+    }
+
+    /// The entry's own fallback window after it expires, if it has one.
+    pub(crate) fn fallback(self) -> Option<Duration> {
+        match self {
+            Ttl::WithFallback { fallback, .. } => Some(fallback),
+            Ttl::Default | Ttl::After(_) => None,
         }
     }
 }
@@ -67,13 +105,18 @@ pub enum Loaded<V> {
     /// Neither store nor share it: it belongs to the request that loaded it (a response
     /// that sets a cookie). Each waiting request then loads for itself, at once.
     Private(V),
+    /// A failure that still has a value for its caller (an HTTP `503` response): where an
+    /// expired entry may serve as a fallback (fail-safe, or its own
+    /// [`Ttl::WithFallback`]), the fallback is served instead, as for an error; otherwise
+    /// this value, as [`Private`](Loaded::Private).
+    Failed(V),
 }
 
 impl<V> Loaded<V> {
     /// The value.
     pub fn into_value(self) -> V {
         match self {
-            Loaded::Store(v, _) | Loaded::Share(v) | Loaded::Private(v) => v,
+            Loaded::Store(v, _) | Loaded::Share(v) | Loaded::Private(v) | Loaded::Failed(v) => v,
         }
     }
 }

@@ -53,8 +53,16 @@ impl<B: Body> Admitted<B> {
                 }
             }
             Admitted::Pass(res) => {
+                // RFC 5861's errors: an expired response may answer them (fail-safe,
+                // `stale-if-error`).
+                let error = matches!(res.status().as_u16(), 500 | 502 | 503 | 504);
                 *fresh = Some(Fresh::Pass(res));
-                Loaded::Private(CachedResponse(Entry::Uncacheable))
+                let placeholder = CachedResponse(Entry::Uncacheable);
+                if error {
+                    Loaded::Failed(placeholder)
+                } else {
+                    Loaded::Private(placeholder)
+                }
             }
         }
     }

@@ -114,7 +114,8 @@ impl<U> GrpcCacheLayer<U> {
         self
     }
 
-    /// Adds an `x-cache: HIT | MISS` header to responses of cached methods (default off).
+    /// Adds an `x-cache: HIT | MISS | STALE` header to responses of cached methods (default
+    /// off; `STALE`: an expired response served by fail-safe).
     pub fn x_cache_header(mut self, on: bool) -> Self {
         self.config_mut().x_cache = on;
         self
@@ -308,13 +309,13 @@ where
         Request::from_parts(parts, CacheBody::full(message, None)),
     ));
     let mut fresh: Option<Fresh<ResB>> = None;
-    let entry = {
+    let (entry, stale) = {
         let call = &mut call;
         let fresh = &mut fresh;
         let (cache_ref, config) = (&cache, &*config);
-        cache
-            .load(
-                key,
+        let (entry, stale) = cache
+            .load_served(
+                key.as_ref(),
                 |_: &S::Error| None,
                 move || {
                     let (mut svc, req) = call.take().expect("the loader runs at most once");
@@ -326,8 +327,8 @@ where
                     }
                 },
             )
-            .await?
-            .0
+            .await?;
+        (entry.0, stale)
     };
     let render = Render {
         head: false,
@@ -335,6 +336,8 @@ where
         x_cache,
     };
     match (entry, fresh) {
+        // An expired response answered the service's error or its 5xx (fail-safe).
+        (Entry::Response(stored), _) if stale => Ok(stored.render(render, Source::Stale, 0)),
         (_, Some(Fresh::Pass(res))) => Ok(res),
         (Entry::Response(stored), Some(Fresh::Loaded)) => {
             Ok(stored.render(render, Source::Miss, 0))

@@ -140,9 +140,10 @@ impl<U> HttpCacheLayer<U> {
     }
 
     /// Adds an `x-cache` response header (default off): `HIT` for a response from the
-    /// cache (either tier, or shared from a concurrent miss), `MISS` for any other.
-    ///
-    /// There is no `STALE`: this layer does not serve stale responses.
+    /// cache (either tier, or shared from a concurrent miss), `STALE` for an expired one
+    /// served by fail-safe ([`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration):
+    /// the inner service returned an error, or ran past `hard_timeout`, or the throttle
+    /// re-uses such an answer), `MISS` for any other.
     pub fn x_cache_header(mut self, on: bool) -> Self {
         self.config_mut().x_cache = on;
         self

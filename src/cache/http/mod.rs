@@ -53,8 +53,17 @@
 //!   the `Age` it had then).
 //! - A body larger than [`max_body_size`](HttpCacheLayer::max_body_size) (default 1 MiB)
 //!   is streamed through untouched (the frames read so far first) and not stored.
-//! - Optional: an `x-cache: HIT | MISS` header ([`x_cache_header`](HttpCacheLayer::x_cache_header)).
-//!   This layer does not serve stale responses, so there is no `STALE`.
+//! - Optional: an `x-cache: HIT | MISS | STALE` header
+//!   ([`x_cache_header`](HttpCacheLayer::x_cache_header)); `STALE` where the cache has
+//!   fail-safe on and an expired response answered an inner service's error or a load past
+//!   `hard_timeout`.
+//! - Errors (RFC 5861): an inner service's error and a `500`, `502`, `503` or `504`
+//!   response are failures that an expired response may answer (`x-cache: STALE`, with its
+//!   `Age`): any stored response while the cache has
+//!   [`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration), and, with or
+//!   without it, one stored with `Cache-Control: stale-if-error=N`, for `N` seconds after
+//!   it expires. Other statuses are passed through as they are. `stale-while-revalidate`
+//!   is not read yet.
 //!
 //! Bad input never fails a request: a malformed `Cache-Control`, `Vary` or `Age` on a
 //! response means "do not store", a malformed `Cache-Control` on a request means "bypass",

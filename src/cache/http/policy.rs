@@ -20,6 +20,8 @@ pub(crate) struct CacheControl {
     pub(crate) private: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
+    /// RFC 5861: how long after it expires the response may answer an error.
+    pub(crate) stale_if_error: Option<u64>,
 }
 
 impl CacheControl {
@@ -43,6 +45,8 @@ impl CacheControl {
                     set_seconds(&mut cc.max_age, arg)?;
                 } else if name.eq_ignore_ascii_case(b"s-maxage") {
                     set_seconds(&mut cc.s_maxage, arg)?;
+                } else if name.eq_ignore_ascii_case(b"stale-if-error") {
+                    set_seconds(&mut cc.stale_if_error, arg)?;
                 }
             }
         }

@@ -168,17 +168,21 @@ where
         if !refresh {
             // The L1 hit path: no I/O, nothing boxed. A `Vary` marker and the variant it
             // leads to are two lookups, each counted.
-            match self.cache.get_l1(base).map(|e| e.0) {
-                Some(Entry::Response(stored)) if stored.vary().is_empty() => {
+            let hit = |key: &Key| {
+                let hit = self.cache.l1_hit(key.as_ref())?;
+                Some((hit.value.0, source(hit.stale)))
+            };
+            match hit(&base) {
+                Some((Entry::Response(stored), source)) if stored.vary().is_empty() => {
                     let now = now_ms(&self.cache);
-                    return ResponseFuture::ready(stored.render(render, Source::Hit, now));
+                    return ResponseFuture::ready(stored.render(render, source, now));
                 }
-                Some(Entry::Vary(vary)) => {
+                Some((Entry::Vary(vary), _)) => {
                     let variant = key::variant(&base, &vary, req.headers());
-                    if let Some(Entry::Response(stored)) = self.cache.get_l1(variant).map(|e| e.0) {
+                    if let Some((Entry::Response(stored), source)) = hit(&variant) {
                         if *stored.vary() == vary {
                             let now = now_ms(&self.cache);
-                            return ResponseFuture::ready(stored.render(render, Source::Hit, now));
+                            return ResponseFuture::ready(stored.render(render, source, now));
                         }
                     }
                     known_vary = Some(vary);
@@ -200,6 +204,15 @@ where
         } else {
             ResponseFuture::boxed(Box::pin(miss.lookup(inner, req, known_vary)))
         }
+    }
+}
+
+/// The `x-cache` of a response from the cache.
+fn source(stale: bool) -> Source {
+    if stale {
+        Source::Stale
+    } else {
+        Source::Hit
     }
 }
 
@@ -244,14 +257,14 @@ impl Miss {
         // At most two steps: the base key, then the variant its marker leads to.
         for _ in 0..2 {
             let mut fresh: Option<Fresh<ResB>> = None;
-            let entry = {
+            let (entry, stale) = {
                 let call = &mut call;
                 let fresh = &mut fresh;
                 let this = &self;
                 let expected = expected.as_ref();
-                cache
-                    .load(
-                        key,
+                let (entry, stale) = cache
+                    .load_served(
+                        key.as_ref(),
                         |_: &S::Error| None,
                         move || {
                             let (mut svc, req) = call.take().expect("the loader runs at most once");
@@ -264,10 +277,17 @@ impl Miss {
                             }
                         },
                     )
-                    .await?
-                    .0
+                    .await?;
+                (entry.0, stale)
             };
             match (entry, fresh) {
+                // An expired response answered the service's error, or its 5xx (fail-safe).
+                (Entry::Response(stored), _)
+                    if stale && same_vary(stored.vary(), expected.as_ref()) =>
+                {
+                    let now = now_ms(cache);
+                    return Ok(stored.render(self.render, Source::Stale, now));
+                }
                 (_, Some(Fresh::Pass(res))) => return Ok(res),
                 (Entry::Response(stored), Some(Fresh::Loaded)) => {
                     if !same_vary(stored.vary(), expected.as_ref()) {
@@ -277,7 +297,7 @@ impl Miss {
                 }
                 (Entry::Response(stored), None) if same_vary(stored.vary(), expected.as_ref()) => {
                     let now = now_ms(cache);
-                    return Ok(stored.render(self.render, Source::Hit, now));
+                    return Ok(stored.render(self.render, source(stale), now));
                 }
                 (Entry::Vary(vary), None) if expected.is_none() => {
                     key = key::variant(&self.base, &vary, &headers);
@@ -413,10 +433,19 @@ fn storable(status: StatusCode, headers: &HeaderMap, config: &Config) -> Option<
         None => 0,
         Some(v) => v.to_str().ok()?.trim().parse::<u64>().ok()?,
     };
-    let ttl = match cc.shared_max_age() {
-        Some(max_age) if max_age <= age => return None,
-        Some(max_age) => Ttl::After(Duration::from_secs(max_age - age)),
-        None => Ttl::Default,
+    let ttl = match (cc.shared_max_age(), cc.stale_if_error) {
+        (Some(max_age), _) if max_age <= age => return None,
+        (Some(max_age), Some(fallback)) => Ttl::WithFallback {
+            fresh: Duration::from_secs(max_age - age),
+            fallback: Duration::from_secs(fallback),
+        },
+        (Some(max_age), None) => Ttl::After(Duration::from_secs(max_age - age)),
+        // `stale-if-error` without a freshness lifetime: after the cache's time_to_live.
+        (None, Some(fallback)) => Ttl::WithFallback {
+            fresh: Duration::MAX,
+            fallback: Duration::from_secs(fallback),
+        },
+        (None, None) => Ttl::Default,
     };
     let vary = match policy::parse_vary(headers).ok()? {
         Vary::None => VaryList::from([]),

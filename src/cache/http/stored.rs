@@ -88,6 +88,8 @@ struct Inner {
 pub(crate) enum Source {
     Hit,
     Miss,
+    /// An expired entry served because the load failed or timed out (fail-safe).
+    Stale,
 }
 
 impl Source {
@@ -95,6 +97,7 @@ impl Source {
         HeaderValue::from_static(match self {
             Source::Hit => "HIT",
             Source::Miss => "MISS",
+            Source::Stale => "STALE",
         })
     }
 }
@@ -166,7 +169,7 @@ impl Stored {
         for (name, value) in &s.headers {
             headers.append(name.clone(), value.clone());
         }
-        if how.age && source == Source::Hit {
+        if how.age && source != Source::Miss {
             // Saturating: `age` and `stored_at_ms` are read back from Redis.
             let age = s
                 .age

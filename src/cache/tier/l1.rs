@@ -10,6 +10,11 @@
 //!
 //! Each entry also carries the [`Stamp`] its load took: an entry whose shared stripe another
 //! replica has invalidated since is a miss, and removed like an expired one (`epoch.rs`).
+//!
+//! With fail-safe, an entry outlives its expiry: past `expires_at` it is a miss for
+//! [`L1::get`], but [`L1::get_stale`] still returns it until `stale_until`, as the fallback
+//! of a failing load. With eager refresh, a hit past `refresh_at` says so, and the caller
+//! starts a background refresh.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +25,51 @@ use crate::clock::Clock;
 #[derive(Clone)]
 struct Entry<V> {
     value: V,
-    /// By [`Clock::coarse_now`].
+    /// By [`Clock::coarse_now`], as are the two below.
     expires_at: Duration,
+    /// A hit from here on asks for a refresh; `Duration::MAX` without eager refresh.
+    refresh_at: Duration,
+    /// Removed (never served, even as a fallback) from here on; `expires_at` without
+    /// fail-safe.
+    stale_until: Duration,
     stamp: Stamp,
+    /// An expired value kept in use for the fail-safe throttle: its hits count as `stale`.
+    stale: bool,
+}
+
+/// How long an entry lives, from now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Life {
+    /// Fresh for this long.
+    pub(crate) ttl: Duration,
+    /// A hit after this long asks for a refresh (`None`: never).
+    pub(crate) refresh_after: Option<Duration>,
+    /// Usable as a fallback for this long (at least `ttl`).
+    pub(crate) stale_for: Duration,
+    /// Whether it is an expired value re-used for the fail-safe throttle.
+    pub(crate) stale: bool,
+}
+
+impl Life {
+    /// Fresh for `ttl`, then gone: no fail-safe, no refresh.
+    #[cfg(test)]
+    pub(crate) fn fresh(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            refresh_after: None,
+            stale_for: ttl,
+            stale: false,
+        }
+    }
+}
+
+/// An L1 hit.
+pub(crate) struct Hit<V> {
+    pub(crate) value: V,
+    /// Past its refresh point (eager refresh).
+    pub(crate) refresh: bool,
+    /// An expired value re-used for the fail-safe throttle.
+    pub(crate) stale: bool,
 }
 
 pub(crate) struct L1<V> {
@@ -52,29 +99,65 @@ impl<V: Clone> L1<V> {
 
     /// The live value under `key`.
     #[inline]
-    pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Hit<V>> {
         let entry = self.map.get(key)?;
-        if self.clock.coarse_now() >= entry.expires_at || !self.epochs.is_fresh(entry.stamp) {
-            // Only remove what we saw expire, not a fresh entry written meanwhile.
-            self.map.remove_if(key, |e| {
-                e.expires_at == entry.expires_at && e.stamp == entry.stamp
-            });
+        let now = self.clock.coarse_now();
+        if now >= entry.expires_at || !self.epochs.is_fresh(entry.stamp) {
+            if now >= entry.stale_until || !self.epochs.is_fresh(entry.stamp) {
+                // Only remove what we saw expire, not a fresh entry written meanwhile.
+                self.map.remove_if(key, |e| {
+                    e.expires_at == entry.expires_at && e.stamp == entry.stamp
+                });
+            }
             return None;
         }
-        Some(entry.value)
+        Some(Hit {
+            refresh: now >= entry.refresh_at,
+            stale: entry.stale,
+            value: entry.value,
+        })
     }
 
-    /// Stores `value` for `ttl`; `stamp` is the one its load took when it began.
-    pub(crate) fn insert(&self, key: Box<[u8]>, value: V, ttl: Duration, stamp: Stamp) {
-        let expires_at = self.clock.coarse_now().saturating_add(ttl);
+    /// The value under `key`, expired or not, while it may serve as a fallback (fail-safe),
+    /// with the time it has left for that. Never one another replica invalidated.
+    pub(crate) fn get_stale(&self, key: &[u8]) -> Option<(V, Duration)> {
+        let entry = self.map.get(key)?;
+        let now = self.clock.coarse_now();
+        if now >= entry.stale_until || !self.epochs.is_fresh(entry.stamp) {
+            return None;
+        }
+        Some((entry.value, entry.stale_until - now))
+    }
+
+    /// Stores `value` for `life`; `stamp` is the one its load took when it began.
+    pub(crate) fn insert(&self, key: Box<[u8]>, value: V, life: Life, stamp: Stamp) {
+        let now = self.clock.coarse_now();
+        let expires_at = now.saturating_add(life.ttl);
         self.map.insert(
             key,
             Entry {
                 value,
                 expires_at,
+                refresh_at: life
+                    .refresh_after
+                    .map_or(Duration::MAX, |after| now.saturating_add(after)),
+                stale_until: now.saturating_add(life.stale_for).max(expires_at),
                 stamp,
+                stale: life.stale,
             },
         );
+    }
+
+    /// No refresh of `key`'s entry for `wait` (its last refresh failed): hits then ask for
+    /// one at most once per `wait`.
+    pub(crate) fn postpone_refresh(&self, key: &[u8], wait: Duration) {
+        let until = self.clock.coarse_now().saturating_add(wait);
+        let key: Box<[u8]> = key.into();
+        // `Some(ZERO)`: never wait for a placeholder (L1 makes none).
+        let _ = self.map.entry(&key, Some(Duration::ZERO), |_, e| {
+            e.refresh_at = e.refresh_at.max(until);
+            quick_cache::sync::EntryAction::Retain(())
+        });
     }
 
     pub(crate) fn remove(&self, key: &[u8]) {
@@ -101,12 +184,17 @@ mod tests {
         let epochs = Arc::new(Epochs::default());
         let l1 = L1::new(10, mock.clone().into(), Arc::clone(&epochs));
         let stamp = epochs.ticket(b"k").stamp;
-        l1.insert(b"k".to_vec().into(), 7u32, Duration::from_secs(10), stamp);
-        assert_eq!(l1.get(b"k"), Some(7));
+        l1.insert(
+            b"k".to_vec().into(),
+            7u32,
+            Life::fresh(Duration::from_secs(10)),
+            stamp,
+        );
+        assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         mock.advance(Duration::from_secs(9));
-        assert_eq!(l1.get(b"k"), Some(7));
+        assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         mock.advance(Duration::from_secs(1));
-        assert_eq!(l1.get(b"k"), None);
+        assert!(l1.get(b"k").is_none());
         assert_eq!(l1.len(), 0, "the expired entry was removed");
     }
 
@@ -117,7 +205,12 @@ mod tests {
         for i in 0..10_000u32 {
             let key = i.to_be_bytes();
             let stamp = epochs.ticket(&key).stamp;
-            l1.insert(key.to_vec().into(), i, Duration::from_secs(60), stamp);
+            l1.insert(
+                key.to_vec().into(),
+                i,
+                Life::fresh(Duration::from_secs(60)),
+                stamp,
+            );
         }
         assert!(l1.len() <= 100, "len {}", l1.len());
     }
@@ -127,10 +220,47 @@ mod tests {
         let epochs = Arc::new(Epochs::new(true));
         let l1 = L1::new(10, Clock::system(), Arc::clone(&epochs));
         let stamp = epochs.ticket(b"k").stamp;
-        l1.insert(b"k".to_vec().into(), 7u32, Duration::from_secs(10), stamp);
-        assert_eq!(l1.get(b"k"), Some(7));
+        l1.insert(
+            b"k".to_vec().into(),
+            7u32,
+            Life::fresh(Duration::from_secs(10)),
+            stamp,
+        );
+        assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         epochs.bump_digest(&crate::key::digest(b"k"));
-        assert_eq!(l1.get(b"k"), None);
+        assert!(l1.get(b"k").is_none());
         assert_eq!(l1.len(), 0, "the outdated entry was removed");
+    }
+
+    #[test]
+    fn an_expired_entry_stays_a_fallback_until_stale_until() {
+        let mock = MockClock::new();
+        let epochs = Arc::new(Epochs::new(true));
+        let l1 = L1::new(10, mock.clone().into(), Arc::clone(&epochs));
+        let stamp = epochs.ticket(b"k").stamp;
+        let life = Life {
+            ttl: Duration::from_secs(10),
+            refresh_after: Some(Duration::from_secs(8)),
+            stale_for: Duration::from_secs(100),
+            stale: false,
+        };
+        l1.insert(b"k".to_vec().into(), 7u32, life, stamp);
+        assert!(!l1.get(b"k").unwrap().refresh);
+        mock.advance(Duration::from_secs(8));
+        assert!(l1.get(b"k").unwrap().refresh, "past the refresh point");
+        l1.postpone_refresh(b"k", Duration::from_secs(1));
+        assert!(!l1.get(b"k").unwrap().refresh, "postponed");
+        mock.advance(Duration::from_secs(2));
+        assert!(l1.get(b"k").is_none(), "expired");
+        assert_eq!(l1.get_stale(b"k").map(|(v, _)| v), Some(7));
+        assert_eq!(l1.len(), 1, "kept as a fallback");
+        mock.advance(Duration::from_secs(90));
+        assert!(l1.get(b"k").is_none());
+        assert_eq!(l1.get_stale(b"k"), None);
+        assert_eq!(l1.len(), 0, "gone past stale_until");
+        // An invalidated entry is no fallback.
+        l1.insert(b"k".to_vec().into(), 8u32, life, epochs.ticket(b"k").stamp);
+        epochs.bump_digest(&crate::key::digest(b"k"));
+        assert_eq!(l1.get_stale(b"k"), None);
     }
 }

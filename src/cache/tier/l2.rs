@@ -202,7 +202,7 @@ pub(crate) struct Stored {
 impl Stored {
     /// The payload, after the header.
     pub(crate) fn payload(&self) -> &[u8] {
-        &self.bytes[codec::HEADER_LEN..]
+        &self.bytes[self.header.len..]
     }
 }
 
@@ -345,19 +345,20 @@ impl L2 {
             }
             Err(cause) => return Err(cause),
         };
-        if bytes.len() > max_payload.saturating_add(codec::HEADER_LEN) {
+        let header = match codec::decode_header(&bytes) {
+            Ok((header, _)) => header,
+            Err(e) => {
+                self.discard_counted(redis_key.to_owned(), e);
+                return Err(L2Cause::Decode);
+            }
+        };
+        if bytes.len() - header.len > max_payload {
             self.ins.l2_error(L2Op::Get, L2Cause::Oversized);
             tracing::debug!(cache = %self.cache, key = %redis_key, size = bytes.len(), "cache entry over max_entry_size skipped");
             return Err(L2Cause::Oversized);
         }
-        match codec::decode_header(&bytes) {
-            // The payload stays where it is: no copy on the hit path.
-            Ok((header, _)) => Ok(Some(Stored { header, bytes })),
-            Err(e) => {
-                self.discard_counted(redis_key.to_owned(), e);
-                Err(L2Cause::Decode)
-            }
-        }
+        // The payload stays where it is: no copy on the hit path.
+        Ok(Some(Stored { header, bytes }))
     }
 
     /// Removes an entry [`read`](Self::read) returned whose payload does not decode into the
