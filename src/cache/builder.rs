@@ -217,8 +217,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Consecutive Redis timeouts or I/O errors that open the circuit breaker (default 5).
-    /// A dropped connection opens it at once.
+    /// Redis timeouts or I/O errors within one second that open the circuit breaker
+    /// (default 5), provided they are at least half of that second's operations: a burst
+    /// of timeouts among many successes (this process saturated, not Redis sick) leaves it
+    /// closed. A dropped connection opens it at once.
     pub fn breaker_threshold(mut self, failures: u32) -> Self {
         self.l2.breaker_threshold = failures;
         self

@@ -22,9 +22,11 @@
 //!   the other replicas' announcements ([`Replica`], `replica.rs`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use super::breaker::FailureWindow;
 
 use tokio::sync::mpsc;
 
@@ -170,7 +172,10 @@ pub(crate) struct L2 {
     cfg: L2Config,
     link: Arc<Link>,
     cache: Arc<str>,
-    failures: AtomicU32,
+    /// Successes and failures of the current window: what opens the breaker.
+    failures: FailureWindow,
+    /// The origin of the window's clock.
+    epoch: Instant,
     in_flight: AtomicUsize,
     started: AtomicBool,
     writes: mpsc::Sender<Write>,
@@ -227,7 +232,8 @@ impl L2 {
             // slower than reads may wait, stays out until it is fast again.
             link: Arc::new(Link::new(endpoint, events).admit_within(read_budget)),
             cache,
-            failures: AtomicU32::new(0),
+            failures: FailureWindow::default(),
+            epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             writes,
@@ -509,14 +515,16 @@ impl L2 {
     }
 
     fn succeeded(&self) {
-        // Read first: a store on every success would bounce the cache line between cores.
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
+        self.failures.succeeded(self.now_ms());
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Counts a failed operation, logs it (rate-limited), and trips the breaker when the
-    /// connection is dead or has failed `breaker_threshold` times in a row.
+    /// connection is dead, or when at least `breaker_threshold` operations failed within
+    /// the current second and failures are at least half of them ([`FailureWindow`]).
     fn failed(&self, op: L2Op, failure: Failure) -> L2Cause {
         let cause = cause_of(failure.fault);
         self.ins.l2_error(op, cause);
@@ -533,8 +541,10 @@ impl L2 {
             );
         }
         if failure.is_connection_failure() {
-            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if failure.dead || n >= self.cfg.breaker_threshold {
+            let open = self
+                .failures
+                .failed(self.now_ms(), self.cfg.breaker_threshold);
+            if failure.dead || open {
                 if let Some(gen) = failure.gen {
                     self.link.trip(gen, cause.as_str());
                 }
