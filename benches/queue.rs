@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use layercake::queue::store::{
-    JobRecord, Lease, LeaseState, MemoryStore, NewJob, RedisStore, Settled, Settlement, Store,
-    StoreError,
+    JobRecord, Lease, LeaseState, MemoryStore, NewJob, Recovered, RedisStore, Settled, Settlement,
+    Store, StoreError,
 };
 use layercake::queue::{CancelOutcome, JobId, JobStatus, Progress, Queue, QueueLayer};
 use layercake::BoxError;
@@ -445,8 +445,12 @@ impl Store for OneByOne {
         self.0.clear(status).await
     }
 
-    async fn recover(&self) -> Result<usize, StoreError> {
-        self.0.recover().await
+    async fn recover(
+        &self,
+        max_attempts: u32,
+        result_ttl: Duration,
+    ) -> Result<Recovered, StoreError> {
+        self.0.recover(max_attempts, result_ttl).await
     }
 
     fn lease_duration(&self) -> Option<Duration> {

@@ -328,3 +328,40 @@ async fn a_delayed_job_waits_in_redis_until_it_is_due() {
         .unwrap();
     assert!(waited >= Duration::from_millis(590), "{waited:?}");
 }
+
+#[tokio::test]
+async fn a_job_whose_worker_dies_every_time_fails_after_its_attempts() {
+    use layercake::queue::store::{NewJob, Recovered, Store};
+    let server = RedisServer::start();
+    let store = store(&server); // a 2 s lease
+    let ttl = Duration::from_secs(60);
+    let _ = store
+        .enqueue(NewJob::new(JobId::from("poison"), vec![0xc0]))
+        .await
+        .unwrap();
+    // Two attempts whose workers never come back (taken, then not renewed).
+    for attempt in 1..=2u32 {
+        let lease = store
+            .dequeue(Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("queued");
+        assert_eq!(lease.attempt(), attempt);
+        let expected = if attempt < 2 { (1, 0) } else { (0, 1) };
+        let seen = Arc::new(Mutex::new(Recovered::default()));
+        eventually(DEADLINE, "the lease to expire and be recovered", || async {
+            let recovered = store.recover(2, ttl).await.unwrap();
+            *seen.lock().unwrap() = recovered;
+            recovered != Recovered::default()
+        })
+        .await;
+        let seen = *seen.lock().unwrap();
+        assert_eq!((seen.requeued, seen.failed), expected, "attempt {attempt}");
+    }
+    let job = store.get(&JobId::from("poison")).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.attempts, 2);
+    assert!(job.error.unwrap().contains("stopped renewing"));
+    assert!(job.payload.is_some(), "a failed job keeps its payload");
+    assert!(store.dequeue(Duration::ZERO).await.unwrap().is_none());
+}

@@ -308,6 +308,15 @@ impl Tracker {
         self.metrics.recovered.increment(jobs as u64);
     }
 
+    /// Jobs whose workers died during each of their attempts failed in a recovery.
+    pub(crate) fn failed_in_recovery(&self, jobs: usize) {
+        self.counts.failed.fetch_add(jobs as u64, Ordering::Relaxed);
+        self.metrics.failed.increment(jobs as u64);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.finished.notify_waiters();
+        }
+    }
+
     pub(crate) fn register(&self, ctx: &JobContext) {
         let mut registry = self.registry();
         if !registry.pending_cancels.is_empty() {

@@ -113,11 +113,23 @@ async fn recover_expired<Req, St: Store>(core: std::sync::Weak<Core<Req, St>>, l
         if tracker.closed.is_set() {
             return;
         }
-        match core.store.recover().await {
-            Ok(0) => {}
-            Ok(jobs) => {
-                tracing::info!(queue = %tracker.name, jobs, "requeued jobs whose worker stopped renewing their lease");
-                tracker.recovered(jobs);
+        let config = &tracker.config;
+        match core
+            .store
+            .recover(config.max_attempts, config.result_ttl)
+            .await
+        {
+            Ok(recovered) => {
+                if recovered.requeued > 0 {
+                    let jobs = recovered.requeued;
+                    tracing::info!(queue = %tracker.name, jobs, "requeued jobs whose worker stopped renewing their lease");
+                    tracker.recovered(jobs);
+                }
+                if recovered.failed > 0 {
+                    let jobs = recovered.failed;
+                    tracing::warn!(queue = %tracker.name, jobs, "failed jobs whose worker stopped renewing their lease during every attempt");
+                    tracker.failed_in_recovery(jobs);
+                }
             }
             Err(err) => {
                 tracker.metrics.store_errors.recover.increment(1);

@@ -181,10 +181,14 @@ impl Store for AnyStore {
         }
     }
 
-    async fn recover(&self) -> Result<usize, StoreError> {
+    async fn recover(
+        &self,
+        max_attempts: u32,
+        result_ttl: Duration,
+    ) -> Result<super::Recovered, StoreError> {
         match &self.kind {
-            Kind::Memory(store) => store.recover().await,
-            Kind::Redis(store) => store.recover().await,
+            Kind::Memory(store) => store.recover(max_attempts, result_ttl).await,
+            Kind::Redis(store) => store.recover(max_attempts, result_ttl).await,
         }
     }
 

@@ -149,11 +149,18 @@ pub trait Store: Send + Sync + 'static {
     /// Queued and running jobs are never removed: for those it returns `Ok(0)`.
     fn clear(&self, status: JobStatus) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Requeues running jobs whose lease expired (their worker died) and returns how many.
-    /// Stores whose leases do not expire keep the default, which does nothing. Dropping the
-    /// future must leave every job either requeued or still leased.
-    fn recover(&self) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        async { Ok(0) }
+    /// Requeues running jobs whose lease expired (their worker died), except those that
+    /// have had `max_attempts` attempts: these fail for good (kept for `result_ttl`), so a
+    /// job that kills every worker that runs it is not run forever. Stores whose leases do
+    /// not expire keep the default, which does nothing. Dropping the future must leave
+    /// every job either requeued, failed, or still leased.
+    fn recover(
+        &self,
+        max_attempts: u32,
+        result_ttl: Duration,
+    ) -> impl Future<Output = Result<Recovered, StoreError>> + Send {
+        let _ = (max_attempts, result_ttl);
+        async { Ok(Recovered::default()) }
     }
 
     /// Calls `notify` with the id of each running job whose cancellation another process
@@ -170,6 +177,16 @@ pub trait Store: Send + Sync + 'static {
     fn lease_duration(&self) -> Option<Duration> {
         None
     }
+}
+
+/// What [`Store::recover`] did with the jobs whose lease expired.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// Requeued for another attempt.
+    pub requeued: usize,
+    /// Failed for good: their attempts were used up.
+    pub failed: usize,
 }
 
 /// What [`Store::watch_cancellations`] calls with a job's id.

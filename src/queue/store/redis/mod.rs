@@ -796,7 +796,11 @@ impl Store for RedisStore {
         Ok(usize::try_from(cleared).unwrap_or(0))
     }
 
-    async fn recover(&self) -> Result<usize, StoreError> {
+    async fn recover(
+        &self,
+        max_attempts: u32,
+        result_ttl: Duration,
+    ) -> Result<super::Recovered, StoreError> {
         let keys = &self.inner.keys;
         let mut invocation = self.inner.scripts.recover.prepare_invoke();
         invocation
@@ -805,10 +809,22 @@ impl Store for RedisStore {
             .key(&keys.signal)
             .key(&keys.expiry)
             .key(&keys.cancelled)
-            .arg(&keys.job);
-        let requeued =
-            int(&self.inner.eval(invocation).await?).ok_or_else(|| bad_reply("recover"))?;
-        Ok(usize::try_from(requeued).unwrap_or(0))
+            .key(&keys.failed)
+            .arg(&keys.job)
+            .arg(max_attempts)
+            .arg(millis(result_ttl).max(1));
+        let reply = into_array(self.inner.eval(invocation).await?)?;
+        let count = |i: usize| {
+            reply
+                .get(i)
+                .and_then(int)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad_reply("recover"))
+        };
+        let mut recovered = super::Recovered::default();
+        recovered.requeued = count(0)?;
+        recovered.failed = count(1)?;
+        Ok(recovered)
     }
 
     /// Subscribes to the queue's cancellation channel on a connection of its own, again
