@@ -821,10 +821,10 @@ impl Store for RedisStore {
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(|| bad_reply("recover"))
         };
-        let mut recovered = super::Recovered::default();
-        recovered.requeued = count(0)?;
-        recovered.failed = count(1)?;
-        Ok(recovered)
+        Ok(super::Recovered {
+            requeued: count(0)?,
+            failed: count(1)?,
+        })
     }
 
     /// Subscribes to the queue's cancellation channel on a connection of its own, again
