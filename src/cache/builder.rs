@@ -217,10 +217,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Redis timeouts or I/O errors within one second that open the circuit breaker
-    /// (default 5), provided they are at least half of that second's operations: a burst
-    /// of timeouts among many successes (this process saturated, not Redis sick) leaves it
-    /// closed. A dropped connection opens it at once.
+    /// Redis timeouts or I/O errors in a row that open the circuit breaker (default 5),
+    /// provided the run has lasted at least `l2_timeout` since its first failure: reads
+    /// that all time out at one moment (this process saturated, not Redis sick) count as
+    /// one event. A dropped connection opens it at once.
     pub fn breaker_threshold(mut self, failures: u32) -> Self {
         self.l2.breaker_threshold = failures;
         self

@@ -1,67 +1,50 @@
-//! When the L2 breaker opens: the share of failures over a short window, not a count of
-//! failures in a row.
+//! When the L2 breaker opens: failures in a row that span time, not a burst of failures
+//! at one moment.
 //!
-//! A count in a row misreads a saturated process as a sick Redis. With hundreds of reads
-//! in flight on one multiplexed connection, one stall of the process (or a burst queued
-//! behind one slow reply) makes every read in flight miss its budget at once: five
-//! "consecutive" timeouts, on a Redis that answers every other read in a millisecond. A
+//! A plain count in a row misreads a saturated process as a sick Redis. With hundreds of
+//! reads in flight on one multiplexed connection, one stall of the process (or a burst
+//! queued behind one slow reply) makes every read in flight miss its budget at once:
+//! "five timeouts in a row" on a Redis that answers every other read in a millisecond. A
 //! black-box run on a busy 2-core box tripped the breaker twice that way (70 timeouts
 //! among about 5,000 reads a second), throwing away a healthy L2 for a probe interval.
 //!
-//! So the breaker opens when, within the current window, at least `threshold` operations
-//! failed **and** failures are at least half of the operations: a Redis that is down,
-//! blackholed or slower than the budget fails nearly all of them (and with little
-//! traffic, `threshold` failures and no success still open it, as before), while a burst
-//! of timeouts among many successes does not. A dead connection still trips the link at
-//! once (the owner checks that before asking this).
+//! So the breaker opens when at least `threshold` operations failed with no success
+//! between them **and** the run has lasted at least `min_span` (the read budget) from its
+//! first failure: reads that all time out at the same moment are one event, while a Redis
+//! that is down, blackholed or slower than the budget keeps failing reads that start after
+//! the first one timed out, and opens it one budget later. A success ends the run. A dead
+//! connection still trips the link at once (the owner checks that before asking this).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
 
-/// How long one window lasts, in milliseconds.
-pub(crate) const WINDOW_MS: u64 = 1_000;
-
-/// Successes and connection failures of the current window.
+/// The current run of failures with no success between them.
 #[derive(Debug, Default)]
-pub(crate) struct FailureWindow {
-    /// When the current window began (ms on the owner's monotonic clock).
-    started_ms: AtomicU64,
-    ok: AtomicU32,
+pub(crate) struct FailureRun {
     failed: AtomicU32,
-    /// Serializes the reset of a window that ended (rare: once a window, at most).
-    reset: Mutex<()>,
+    /// When the run's first failure was counted (ms on the owner's monotonic clock).
+    first_ms: AtomicU64,
 }
 
-impl FailureWindow {
-    /// Starts a new window if the current one ended at `now_ms`.
-    fn roll(&self, now_ms: u64) {
-        if now_ms.saturating_sub(self.started_ms.load(Ordering::Acquire)) < WINDOW_MS {
-            return;
-        }
-        let _reset = self
-            .reset
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now_ms.saturating_sub(self.started_ms.load(Ordering::Acquire)) >= WINDOW_MS {
-            self.ok.store(0, Ordering::Relaxed);
+impl FailureRun {
+    /// Counts a success: the run ends.
+    pub(crate) fn succeeded(&self) {
+        // Read first: a store on every success would bounce the cache line between cores.
+        if self.failed.load(Ordering::Relaxed) != 0 {
             self.failed.store(0, Ordering::Relaxed);
-            self.started_ms.store(now_ms, Ordering::Release);
         }
     }
 
-    /// Counts a success.
-    pub(crate) fn succeeded(&self, now_ms: u64) {
-        self.roll(now_ms);
-        self.ok.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a connection failure (a timeout, an I/O error) and says whether the breaker
-    /// should open: `threshold` failures or more in this window, and no fewer failures
-    /// than successes.
-    pub(crate) fn failed(&self, now_ms: u64, threshold: u32) -> bool {
-        self.roll(now_ms);
+    /// Counts a connection failure (a timeout, an I/O error) at `now_ms` and says whether
+    /// the breaker should open: `threshold` failures in a row or more, the first of them
+    /// at least `min_span_ms` ago.
+    pub(crate) fn failed(&self, now_ms: u64, threshold: u32, min_span_ms: u64) -> bool {
         let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        failed >= threshold && failed >= self.ok.load(Ordering::Relaxed)
+        if failed == 1 {
+            self.first_ms.store(now_ms, Ordering::Relaxed);
+            return threshold <= 1 && min_span_ms == 0;
+        }
+        let span = now_ms.saturating_sub(self.first_ms.load(Ordering::Relaxed));
+        failed >= threshold && span >= min_span_ms
     }
 }
 
@@ -69,25 +52,31 @@ impl FailureWindow {
 mod tests {
     use super::*;
 
+    const BUDGET_MS: u64 = 50;
+
     #[test]
-    fn failures_with_no_successes_open_it_at_the_threshold() {
-        let window = FailureWindow::default();
-        let opened: Vec<bool> = (0..5).map(|i| window.failed(10 + i, 5)).collect();
+    fn failures_one_budget_apart_open_it_at_the_threshold() {
+        // A blackholed Redis under little traffic: each read waits out its budget.
+        let run = FailureRun::default();
+        let opened: Vec<bool> = (0..5)
+            .map(|i| run.failed(1_000 + i * BUDGET_MS, 5, BUDGET_MS))
+            .collect();
         assert_eq!(opened, [false, false, false, false, true]);
     }
 
     #[test]
     fn a_burst_of_timeouts_among_many_successes_does_not_open_it() {
-        // The saturation run: ~5,000 reads a second, 70 timeouts in bursts of 10.
-        let window = FailureWindow::default();
+        // The saturation run: ~5,000 reads a second, 70 timeouts in bursts of 10, each
+        // burst at one moment (the reads in flight when the process stalled).
+        let run = FailureRun::default();
         let mut opened = false;
         for ms in 0..1_000u64 {
             for _ in 0..5 {
-                window.succeeded(ms);
+                run.succeeded();
             }
             if ms % 140 == 70 {
                 for _ in 0..10 {
-                    opened |= window.failed(ms, 5);
+                    opened |= run.failed(ms, 5, BUDGET_MS);
                 }
             }
         }
@@ -95,19 +84,27 @@ mod tests {
     }
 
     #[test]
-    fn a_redis_that_starts_failing_after_a_busy_spell_opens_it_in_the_next_window() {
-        let window = FailureWindow::default();
-        for ms in 0..900 {
-            window.succeeded(ms);
+    fn a_burst_that_goes_on_failing_opens_it_one_budget_later() {
+        // A busy process whose Redis went away: 64 reads in flight fail together, and the
+        // reads after them keep failing.
+        let run = FailureRun::default();
+        for _ in 0..64 {
+            assert!(!run.failed(2_000, 5, BUDGET_MS));
         }
-        // Down from 900 ms: within the busy window the successes outnumber the failures...
-        let mut ms = 900;
-        while ms < 1_000 {
-            assert!(!window.failed(ms, 5), "{ms}");
-            ms += 10;
+        assert!(!run.failed(2_000 + BUDGET_MS - 1, 5, BUDGET_MS));
+        assert!(run.failed(2_000 + BUDGET_MS, 5, BUDGET_MS));
+    }
+
+    #[test]
+    fn a_success_ends_the_run() {
+        let run = FailureRun::default();
+        for i in 0..4 {
+            assert!(!run.failed(i * BUDGET_MS, 5, BUDGET_MS));
         }
-        // ...and in the next window every operation fails.
-        let opened: Vec<bool> = (0..5).map(|i| window.failed(1_000 + i, 5)).collect();
-        assert_eq!(opened, [false, false, false, false, true]);
+        run.succeeded();
+        assert!(
+            !run.failed(10 * BUDGET_MS, 5, BUDGET_MS),
+            "a new run of one"
+        );
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::breaker::FailureWindow;
+use super::breaker::FailureRun;
 
 use tokio::sync::mpsc;
 
@@ -172,8 +172,8 @@ pub(crate) struct L2 {
     cfg: L2Config,
     link: Arc<Link>,
     cache: Arc<str>,
-    /// Successes and failures of the current window: what opens the breaker.
-    failures: FailureWindow,
+    /// The current run of failures: what opens the breaker.
+    failures: FailureRun,
     /// The origin of the window's clock.
     epoch: Instant,
     in_flight: AtomicUsize,
@@ -232,7 +232,7 @@ impl L2 {
             // slower than reads may wait, stays out until it is fast again.
             link: Arc::new(Link::new(endpoint, events).admit_within(read_budget)),
             cache,
-            failures: FailureWindow::default(),
+            failures: FailureRun::default(),
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             started: AtomicBool::new(false),
@@ -515,7 +515,7 @@ impl L2 {
     }
 
     fn succeeded(&self) {
-        self.failures.succeeded(self.now_ms());
+        self.failures.succeeded();
     }
 
     fn now_ms(&self) -> u64 {
@@ -523,8 +523,8 @@ impl L2 {
     }
 
     /// Counts a failed operation, logs it (rate-limited), and trips the breaker when the
-    /// connection is dead, or when at least `breaker_threshold` operations failed within
-    /// the current second and failures are at least half of them ([`FailureWindow`]).
+    /// connection is dead, or when `breaker_threshold` operations failed in a row over at
+    /// least one read budget ([`FailureRun`]).
     fn failed(&self, op: L2Op, failure: Failure) -> L2Cause {
         let cause = cause_of(failure.fault);
         self.ins.l2_error(op, cause);
@@ -541,9 +541,10 @@ impl L2 {
             );
         }
         if failure.is_connection_failure() {
+            let budget_ms = u64::try_from(self.cfg.read_timeout.as_millis()).unwrap_or(u64::MAX);
             let open = self
                 .failures
-                .failed(self.now_ms(), self.cfg.breaker_threshold);
+                .failed(self.now_ms(), self.cfg.breaker_threshold, budget_ms);
             if failure.dead || open {
                 if let Some(gen) = failure.gen {
                     self.link.trip(gen, cause.as_str());
