@@ -9,6 +9,7 @@ use super::epoch::Epochs;
 use super::flight::Flights;
 use super::handle::{Cache, Inner};
 use super::stats::Instruments;
+use super::tags::TagTimes;
 use super::tier::l1::L1;
 use super::tier::l2::{L2Config, L2};
 use super::tier::replica::{FlushL1, Replica};
@@ -539,9 +540,22 @@ impl<V: CacheValue> CacheBuilder<V> {
         // Shared stripes only where other replicas' invalidations are received.
         let epochs = Arc::new(Epochs::new(replicas && self.l1_enabled));
         let scheme = KeyScheme::new(&self.namespace, &self.name, self.schema_version);
-        let l1 = self
-            .l1_enabled
-            .then(|| L1::new(self.max_capacity, self.clock.clone(), Arc::clone(&epochs)));
+        // The longest a tagged entry may live (its physical life is capped by it); a tag's
+        // invalidation time is kept a minute longer (clock differences between replicas).
+        let tag_horizon = self
+            .ttl
+            .max(self.resilience.fail_safe_max.unwrap_or_default());
+        let tags = Arc::new(TagTimes::new(
+            u64::try_from(tag_marker_ttl(tag_horizon).as_millis()).unwrap_or(u64::MAX),
+        ));
+        let l1 = self.l1_enabled.then(|| {
+            L1::new(
+                self.max_capacity,
+                self.clock.clone(),
+                Arc::clone(&epochs),
+                Arc::clone(&tags),
+            )
+        });
         let l2_config = self.l2;
         // Cyclic: the replica subscriber empties this cache's L1 through a weak handle.
         let inner = Arc::new_cyclic(|me: &Weak<Inner<V>>| {
@@ -551,7 +565,7 @@ impl<V: CacheValue> CacheBuilder<V> {
                     Replica::new(
                         scheme.channel(),
                         flush,
-                        Arc::clone(&epochs),
+                        (Arc::clone(&epochs), Arc::clone(&tags), self.clock.clone()),
                         Arc::clone(&ins),
                         Arc::clone(&name),
                     )
@@ -578,6 +592,8 @@ impl<V: CacheValue> CacheBuilder<V> {
                 flights: Arc::new(Flights::default()),
                 resilience: self.resilience,
                 epochs,
+                tags,
+                tag_horizon,
                 enabled: AtomicBool::new(true),
                 ins,
             }
@@ -591,4 +607,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         }
         Ok(Cache { inner })
     }
+}
+
+/// How long a tag's invalidation time is kept (in Redis and here), for entries that live at
+/// most `horizon`.
+pub(crate) fn tag_marker_ttl(horizon: Duration) -> Duration {
+    horizon.saturating_add(Duration::from_secs(60))
 }

@@ -65,6 +65,7 @@ mod layer;
 mod read;
 mod service;
 pub(crate) mod stats;
+mod tags;
 pub(crate) mod tier;
 mod value;
 
@@ -78,5 +79,6 @@ pub use service::{
     StoreDecision, StorePolicy,
 };
 pub use stats::{CacheStats, L2Cause, L2Errors, L2State};
+pub use tags::Tags;
 pub use tier::l2::L2Error;
 pub use value::{CacheValue, Loaded, Ttl};
