@@ -3,7 +3,8 @@
 //! replicas, and a third that joins later and learns the tag's time from Redis), while
 //! other tags' and untagged entries still hit; a tag invalidation is not undone by
 //! fail-safe (no expired tagged entry is served as a fallback, from L1 or Redis); a load
-//! under way across a tag invalidation stores nothing.
+//! under way across a tag invalidation stores nothing; a `CacheLayer` store policy tags its
+//! responses.
 
 mod support;
 
@@ -222,4 +223,54 @@ async fn a_load_under_way_across_a_tag_invalidation_stores_nothing() {
     .await;
     let key = a.redis_key("k");
     assert_eq!(server.query::<i64>(&["EXISTS", &key]), 0, "nor in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layers_store_policy_tags_its_responses() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let server = RedisServer::start();
+    let (a, b) = (
+        replica(&server.url()).build().unwrap(),
+        replica(&server.url()).build().unwrap(),
+    );
+    until_subscribed(&a).await;
+    until_subscribed(&b).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let backend = {
+        let calls = Arc::clone(&calls);
+        service_fn(move |q: String| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, std::convert::Infallible>(format!("{q} by acme")) }
+        })
+    };
+    // The provider is the response's: every result of one provider under its tag.
+    let policy = |r: &String| {
+        let provider = r.rsplit(' ').next().unwrap_or_default().to_owned();
+        (true, Tags::new([format!("provider:{provider}")]))
+    };
+    let svc = layercake::CacheLayer::new(a.clone(), |q: &String| Some(q.clone()))
+        .store_when(policy)
+        .layer(backend);
+    for q in ["q1", "q2"] {
+        svc.clone().oneshot(q.to_string()).await.unwrap();
+    }
+    server.until_keys(2).await;
+    assert_eq!(
+        b.get("q1").await.as_deref(),
+        Some("q1 by acme"),
+        "B reads it"
+    );
+    svc.clone().oneshot("q1".to_string()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "a hit");
+
+    a.invalidate_tag("provider:acme")
+        .await
+        .expect("Redis is up");
+    eventually(WAIT, "B drops q1", || async { b.get_l1("q1").is_none() }).await;
+    assert_eq!(b.get("q2").await, None, "B, from Redis");
+    svc.clone().oneshot("q1".to_string()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "loaded again");
 }

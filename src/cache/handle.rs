@@ -67,6 +67,12 @@ use crate::key::KeyScheme;
 /// moment it takes to write it. A load already under way when its key is invalidated (or the
 /// cache cleared) still answers its own caller, but what it read is not stored, in L1 or
 /// Redis: an invalidation is never undone by a read that began before it.
+///
+/// [`invalidate_tag`](Cache::invalidate_tag) is consistent in the same way: this process at
+/// once, the other replicas when its message arrives, and any replica's Redis read of a
+/// tagged entry at once (the tag's time is in Redis). A load under way on another replica
+/// that stores in the moment before the message arrives there stores a value the tag no
+/// longer covers (the same window as for `invalidate`).
 pub struct Cache<V> {
     pub(crate) inner: Arc<Inner<V>>,
 }
