@@ -253,8 +253,8 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Whether `invalidate` and `clear` reach the L1 of the other replicas of this cache
-    /// (default on; it takes effect with a Redis URL). Replicas are the caches of the same
+    /// Whether `invalidate`, `invalidate_tag` and `clear` reach the L1 of the other
+    /// replicas of this cache (default on; it takes effect with a Redis URL). Replicas are the caches of the same
     /// namespace and name on the same Redis, in any process.
     ///
     /// On, the cache announces each `invalidate` and `clear` on the Redis pub/sub channel
@@ -265,7 +265,9 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// restarting, a network cut) is lost, so on subscribing again the replica empties its
     /// L1 (counted in `layercake_cache_l1_gap_flushes_total`). Until then, and where the
     /// announcing replica could not reach Redis, [`l1_time_to_live`](Self::l1_time_to_live)
-    /// still bounds staleness.
+    /// still bounds staleness. Subscribed, a cache also keeps the tag invalidation times it
+    /// has read from Redis current, so a tagged L2 hit reads each tag's time once; without
+    /// a subscription (this off, or no L1) every tagged L2 hit reads them (one `MGET`).
     ///
     /// On by default because an `invalidate` that leaves other replicas serving the old
     /// value for a whole TTL is a surprise, and its cost is small: a connection per cache
