@@ -254,8 +254,8 @@ impl<V: CacheValue> CacheBuilder<V> {
     }
 
     /// Whether `invalidate`, `invalidate_tag` and `clear` reach the L1 of the other
-    /// replicas of this cache (default on; it takes effect with a Redis URL). Replicas are the caches of the same
-    /// namespace and name on the same Redis, in any process.
+    /// replicas of this cache (default on; it takes effect with a Redis URL). Replicas are
+    /// the caches of the same namespace and name on the same Redis, in any process.
     ///
     /// On, the cache announces each `invalidate` and `clear` on the Redis pub/sub channel
     /// `{namespace}:{name}:invalidations` (the README gives the message format), and, when
