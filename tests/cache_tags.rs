@@ -4,7 +4,8 @@
 //! other tags' and untagged entries still hit; a tag invalidation is not undone by
 //! fail-safe (no expired tagged entry is served as a fallback, from L1 or Redis); a load
 //! under way across a tag invalidation stores nothing; a `CacheLayer` store policy tags its
-//! responses.
+//! responses; a replica that missed a tag invalidation (its subscription cut) reads the
+//! tag's time from Redis again once subscribed.
 
 mod support;
 
@@ -273,4 +274,48 @@ async fn a_layers_store_policy_tags_its_responses() {
     assert_eq!(b.get("q2").await, None, "B, from Redis");
     svc.clone().oneshot("q1".to_string()).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3, "loaded again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_a_tag_invalidation_reads_the_tags_time_again() {
+    use support::{Fault, FaultProxy};
+
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let a = replica(&server.url()).build().unwrap();
+    let b = replica(&proxy.url()).build().unwrap();
+    until_subscribed(&a).await;
+    until_subscribed(&b).await;
+    let tags = Tags::new(["user:7"]);
+    for key in ["t1", "t2"] {
+        a.insert_tagged(key, format!("old {key}"), tags.clone())
+            .await;
+    }
+    a.insert("plain", "plain".to_string()).await;
+    server.until_keys(3).await;
+    // B learns the tag's time (never invalidated) with its first tagged L2 hit.
+    assert_eq!(b.get("t1").await.as_deref(), Some("old t1"));
+
+    // Only B is cut off: it never hears of A's invalidation.
+    proxy.set(Fault::Reset);
+    eventually(WAIT, "B unsubscribed", || async {
+        !b.stats().invalidations_subscribed
+    })
+    .await;
+    a.invalidate_tag("user:7").await.expect("A reaches Redis");
+    proxy.set(Fault::Pass);
+    until_subscribed(&b).await;
+    assert_eq!(b.stats().invalidations_received, 0, "the message was lost");
+    assert_eq!(b.get_l1("t1"), None, "L1 emptied on resubscribing");
+    // (L1 was emptied: this reads Redis, through B's reconnected link.)
+    eventually(WAIT, "B reads Redis again", || async {
+        b.get("plain").await.is_some()
+    })
+    .await;
+    assert_eq!(
+        b.get("t2").await,
+        None,
+        "the tag's time read again from Redis"
+    );
+    assert_eq!(b.get("t1").await, None);
 }
