@@ -13,9 +13,9 @@
 //!
 //! - `l2_hit_tagged`: `Cache::get` answered by Redis, three sides interleaved: an untagged
 //!   entry on an L1-less cache (`plain`), a tagged one on an L1-less cache (`tagged_no_l1`:
-//!   not subscribed, so it reads the tag's time with each hit, one `MGET` more), and a
-//!   tagged one on a subscribed cache whose L1 (capacity 1, keys read in turn) misses
-//!   (`tagged_subscribed`: the tag's time is known, a map read).
+//!   subscribed for tag times, so a map read), and a tagged one on a cache whose L1
+//!   (capacity 1, keys read in turn) misses (`tagged_subscribed`: a map read, then the L1
+//!   backfill).
 //!
 //! The L2 benchmarks start their own `redis-server` on a free loopback port.
 //!

@@ -319,3 +319,41 @@ async fn a_replica_that_missed_a_tag_invalidation_reads_the_tags_time_again() {
     );
     assert_eq!(b.get("t1").await, None);
 }
+
+/// `MGET`s Redis has run so far.
+fn mgets(server: &RedisServer) -> u64 {
+    let info: String = server.query(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_without_l1_reads_a_tags_time_once_and_hears_its_invalidation() {
+    let server = RedisServer::start();
+    let a = replica(&server.url()).build().unwrap();
+    let b = replica(&server.url()).l1_enabled(false).build().unwrap();
+    until_subscribed(&a).await;
+    until_subscribed(&b).await;
+    for key in ["t1", "t2"] {
+        a.insert_tagged(key, format!("old {key}"), Tags::new(["user:7"]))
+            .await;
+    }
+    server.until_keys(2).await;
+    for _ in 0..10 {
+        assert_eq!(b.get("t1").await.as_deref(), Some("old t1"));
+        assert_eq!(b.get("t2").await.as_deref(), Some("old t2"));
+    }
+    assert_eq!(mgets(&server), 1, "the tag's time read once, then known");
+
+    a.invalidate_tag("user:7").await.expect("Redis is up");
+    eventually(WAIT, "B hears of it", || async {
+        b.stats().invalidations_received == 1
+    })
+    .await;
+    assert_eq!(b.get("t1").await, None);
+    assert_eq!(b.get("t2").await, None);
+    assert_eq!(mgets(&server), 1, "known from the message");
+}

@@ -259,7 +259,7 @@ impl<V: CacheValue> CacheBuilder<V> {
     ///
     /// On, the cache announces each `invalidate` and `clear` on the Redis pub/sub channel
     /// `{namespace}:{name}:invalidations` (the README gives the message format), and, when
-    /// it has an L1, subscribes to it on one dedicated connection, supervised in the
+    /// subscribes to it on one dedicated connection, supervised in the
     /// background: a replica drops its L1 copy of an invalidated key within a millisecond
     /// or so on loopback. An announcement missed while a replica was not subscribed (Redis
     /// restarting, a network cut) is lost, so on subscribing again the replica empties its
@@ -267,7 +267,8 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// announcing replica could not reach Redis, [`l1_time_to_live`](Self::l1_time_to_live)
     /// still bounds staleness. Subscribed, a cache also keeps the tag invalidation times it
     /// has read from Redis current, so a tagged L2 hit reads each tag's time once; without
-    /// a subscription (this off, or no L1) every tagged L2 hit reads them (one `MGET`).
+    /// a subscription (this off, or while it is lost) every tagged L2 hit reads them (one
+    /// `MGET`). A cache without L1 subscribes for the tag times alone.
     ///
     /// On by default because an `invalidate` that leaves other replicas serving the old
     /// value for a whole TTL is a surprise, and its cost is small: a connection per cache

@@ -15,8 +15,7 @@
 //! subscription is up. An L2 entry may be older than anything this process heard, so an
 //! L2 hit of a tagged entry reads the tag times it does not know from Redis (one `MGET`)
 //! and keeps them; while subscribed the map stays current, so each tag is read once. With
-//! no subscription (replica invalidation off, no L1, or between a loss and a
-//! resubscription) the map is not trusted: every tagged L2 hit reads its tags' times. A
+//! no subscription (replica invalidation off, or between a loss and a resubscription) the map is not trusted: every tagged L2 hit reads its tags' times. A
 //! (re)subscription empties the map and moves its generation on, which makes every tagged
 //! L1 entry written before a miss (L1 is emptied then anyway).
 
@@ -185,10 +184,16 @@ impl TagTimes {
 
     /// The subscription is up: the map starts afresh, and is kept current from here on.
     pub(crate) fn subscribed(&self) {
+        self.forget();
+        self.trusted.store(true, Ordering::Release);
+    }
+
+    /// Forgets every time: tagged L1 entries checked before are misses, and tags are read
+    /// from Redis again.
+    pub(crate) fn forget(&self) {
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         map.clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.trusted.store(true, Ordering::Release);
     }
 
     /// The subscription is lost: other replicas' invalidations may be missed.

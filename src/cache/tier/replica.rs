@@ -4,8 +4,9 @@
 //! - **Channel.** Redis pub/sub on `{namespace}:{cache name}:invalidations`
 //!   ([`KeyScheme::channel`](crate::key::KeyScheme::channel)). The sender publishes on its
 //!   shared connection, in one pipeline after the `UNLINK` (so that a replica told of it can
-//!   no longer read the old value from Redis); every replica with an L1 subscribes on a
-//!   dedicated connection of its own.
+//!   no longer read the old value from Redis); every replica subscribes on a dedicated
+//!   connection of its own (one without L1 applies only `tag` messages, for its tag
+//!   times).
 //! - **Messages** (a stable format, in the README): ASCII, space-separated,
 //!   `lc1 {origin} key {digest}`, `lc1 {origin} tag {digest}` or `lc1 {origin} clear`, where `lc1` is the format and its
 //!   version, `origin` the sending cache's random 64-bit id as 16 lowercase hex digits (a
@@ -131,7 +132,7 @@ pub(crate) trait FlushL1: Send + Sync + 'static {
 pub(crate) struct Replica {
     origin: u64,
     channel: Arc<str>,
-    /// The cache's L1, to keep coherent (`None`: no L1; this cache only announces).
+    /// The cache's L1, to keep coherent (`None`: no L1; only tag times are kept).
     flush: Option<Weak<dyn FlushL1>>,
     epochs: Arc<Epochs>,
     tags: Arc<TagTimes>,
@@ -148,7 +149,7 @@ impl fmt::Debug for Replica {
         f.debug_struct("Replica")
             .field("origin", &format_args!("{:016x}", self.origin))
             .field("channel", &self.channel)
-            .field("subscribes", &self.flush.is_some())
+            .field("keeps_l1", &self.flush.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -187,11 +188,10 @@ impl Replica {
         encode(self.origin, notice)
     }
 
-    /// Starts the subscriber on `rt`, once, if this cache has an L1 to keep coherent.
+    /// Starts the subscriber on `rt`, once: for an L1 to keep coherent, and for the tag
+    /// times (without L1, only `tag` messages are applied).
     pub(crate) fn start(&self, rt: &tokio::runtime::Handle, l2: Weak<L2>) {
-        let Some(flush) = self.flush.clone() else {
-            return;
-        };
+        let flush = self.flush.clone();
         let stop = self.stop_rx.lock().ok().and_then(|mut rx| rx.take());
         let Some(stop) = stop else { return };
         let listener = Listener {
@@ -212,7 +212,8 @@ impl Replica {
 struct Listener {
     origin: u64,
     channel: Arc<str>,
-    flush: Weak<dyn FlushL1>,
+    /// `None`: no L1; only the tag times are kept.
+    flush: Option<Weak<dyn FlushL1>>,
     epochs: Arc<Epochs>,
     tags: Arc<TagTimes>,
     clock: Clock,
@@ -222,11 +223,24 @@ struct Listener {
 
 impl Listener {
     fn flush(&self) -> usize {
-        self.flush.upgrade().map_or(0, |l1| l1.flush_l1())
+        self.flush
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map_or(0, |l1| l1.flush_l1())
     }
 
     fn receive(&self, payload: &[u8]) {
-        match parse(payload, self.origin) {
+        let parsed = parse(payload, self.origin);
+        if self.flush.is_none() {
+            // No L1: Redis is all this cache reads, and the sender already changed it; only
+            // the tag times need keeping (an unreadable message may have been a tag's).
+            match parsed {
+                Parsed::Notice(Notice::Tag(_)) => {}
+                Parsed::Unknown => return self.tags.forget(),
+                _ => return,
+            }
+        }
+        match parsed {
             Parsed::Own => {}
             Parsed::Notice(Notice::Key(digest)) => {
                 self.epochs.bump_digest(&digest);
@@ -262,16 +276,20 @@ impl Listener {
     /// and it would otherwise all be dropped, in Redis too, on every start, for a race
     /// that needs another replica to invalidate the same key in that moment.
     fn subscribed(&self, again: bool, url: &str) {
+        // Tag times heard of so far may have missed some: read them from Redis again.
+        self.tags.subscribed();
+        self.ins.set_subscribed(true);
+        if self.flush.is_none() {
+            tracing::info!(cache = %self.cache, redis = %url, channel = %self.channel, "replica invalidations subscribed (tags only: no L1)");
+            return;
+        }
         if again {
             self.epochs.bump_shared_all();
         }
-        // Tag times heard of so far may have missed some: read them from Redis again.
-        self.tags.subscribed();
         let dropped = self.flush();
         if again || dropped > 0 {
             self.ins.l1_gap_flush();
         }
-        self.ins.set_subscribed(true);
         if again {
             tracing::warn!(cache = %self.cache, redis = %url, channel = %self.channel, dropped, "replica invalidations subscribed again: L1 emptied, since invalidations sent meanwhile were missed");
         } else {
