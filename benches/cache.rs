@@ -11,6 +11,12 @@
 //! - `l2_hit_64`: the same with 64 concurrent callers (distinct keys, so single flight
 //!   coalesces nothing), reported as throughput.
 //!
+//! - `l2_hit_tagged`: `Cache::get` answered by Redis, three sides interleaved: an untagged
+//!   entry on an L1-less cache (`plain`), a tagged one on an L1-less cache (`tagged_no_l1`:
+//!   subscribed for tag times, so a map read), and a tagged one on a cache whose L1
+//!   (capacity 1, keys read in turn) misses (`tagged_subscribed`: a map read, then the L1
+//!   backfill).
+//!
 //! The L2 benchmarks start their own `redis-server` on a free loopback port.
 //!
 //! ```text
@@ -483,6 +489,80 @@ fn l2_hit(c: &mut Criterion) {
     );
 }
 
+fn l2_hit_tagged(c: &mut Criterion) {
+    use layercake::cache::Tags;
+    const KEYS: usize = 64;
+    let server = support::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let build = |name: &str, l1: bool| {
+        Cache::<Hits>::builder(name)
+            .l1_enabled(l1)
+            .max_capacity(1)
+            .redis_url(server.url())
+            .time_to_live(Duration::from_secs(3600))
+            .l2_timeout(Duration::from_millis(500))
+            .build()
+            .expect("valid config")
+    };
+    let (plain, no_l1, subscribed) = rt.block_on(async {
+        let plain = build("bench-plain", false);
+        let no_l1 = build("bench-tagged", false);
+        let subscribed = build("bench-tagged", true);
+        let tags = Tags::new(["provider:bench"]);
+        for i in 0..KEYS {
+            let q = format!("q{i}");
+            plain.insert(&q, hits(&q)).await;
+            no_l1.insert_tagged(&q, hits(&q), tags.clone()).await;
+        }
+        server.until_keys(2 * KEYS).await;
+        support::eventually(Duration::from_secs(10), "subscribed", || async {
+            subscribed.stats().invalidations_subscribed
+        })
+        .await;
+        (plain, no_l1, subscribed)
+    });
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("q{i}")).collect();
+    let mut group = c.benchmark_group("l2_hit_tagged");
+    for side in 0..3usize {
+        let name = ["plain", "tagged_no_l1", "tagged_subscribed"][side];
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let caches = [plain.clone(), no_l1.clone(), subscribed.clone()];
+                let keys = keys.clone();
+                async move {
+                    let mut timed = Duration::ZERO;
+                    for i in 0..iters as usize {
+                        let key = &keys[i % KEYS];
+                        // Each side in turn, the first one rotating, so order effects and
+                        // the VM's loopback drift land on all three alike.
+                        for turn in 0..3 {
+                            let who = (i + turn) % 3;
+                            let t = Instant::now();
+                            let found = caches[who].get(key).await;
+                            let took = t.elapsed();
+                            assert!(found.is_some(), "an L2 hit");
+                            if who == side {
+                                timed += took;
+                            }
+                        }
+                    }
+                    timed
+                }
+            })
+        });
+    }
+    group.finish();
+    let s = subscribed.stats();
+    assert!(
+        s.hits_l2 > 100 * s.hits_l1.max(1),
+        "the subscribed side read Redis: {s:?}"
+    );
+    assert_eq!(no_l1.stats().l2_errors.total(), 0);
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(40)
@@ -494,6 +574,6 @@ criterion_group! {
     name = benches;
     config = config();
     // `l1_hit_prometheus` last: it installs a global recorder.
-    targets = l1_hit, l1_hit_failsafe, http_l1_hit, l2_hit, l1_hit_prometheus
+    targets = l1_hit, l1_hit_failsafe, http_l1_hit, l2_hit, l2_hit_tagged, l1_hit_prometheus
 }
 criterion_main!(benches);

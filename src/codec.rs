@@ -3,13 +3,20 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic b"lc"
-//! 2       1     envelope format version (1, or 2 with stale-until)
+//! 2       1     envelope format version (1; 2 with stale-until; 3 with stale-until and tags)
 //! 3       1     codec id (1 = MessagePack via rmp-serde, structs as maps)
 //! 4       8     written-at, Unix milliseconds, big-endian u64
 //! 12      8     expires-at, Unix milliseconds, big-endian u64
-//! 20      8     version 2 only: stale-until, Unix milliseconds, big-endian u64
-//! 20 / 28 ..    payload
+//! 20      8     versions 2, 3: stale-until, Unix milliseconds, big-endian u64
+//!                (version 3 without a fallback: equal to expires-at)
+//! 28      2     version 3 only: tag count n (1 or more), big-endian u16
+//! 30      16n   version 3 only: the tags' digests (BLAKE3, first 16 bytes each)
+//! 20 / 28 / 30+16n  payload
 //! ```
+//!
+//! Version 3 is written for tagged entries only (`Cache::insert_tagged`,
+//! `Loaded::StoreTagged`); a build that does not know it reads such an entry as a miss
+//! (and removes it), as it would a version it does not know.
 //!
 //! Version 2 is written only by caches with fail-safe on: an entry past expires-at may
 //! still be served as a fallback until stale-until (DESIGN.md 2.3, 2.5). Everything else
@@ -24,11 +31,17 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::key::DIGEST_BYTES;
+
 const MAGIC: [u8; 2] = *b"lc";
 const VERSION: u8 = 1;
 /// Version 1 and a stale-until after expires-at.
 const VERSION_STALE: u8 = 2;
+/// Version 2 and the entry's tags.
+const VERSION_TAGS: u8 = 3;
 const CODEC_MSGPACK: u8 = 1;
+/// Where version 3's tag count is; its digests follow.
+const TAGS_AT: usize = HEADER_LEN_STALE;
 /// The header of version 1; version 2's is [`HEADER_LEN_STALE`] long.
 pub(crate) const HEADER_LEN: usize = 20;
 pub(crate) const HEADER_LEN_STALE: usize = HEADER_LEN + 8;
@@ -50,6 +63,8 @@ pub(crate) struct Header {
     /// Until when an expired entry may still be served as a fallback (fail-safe); equal to
     /// `expires_at_ms` in a version 1 envelope.
     pub(crate) stale_until_ms: u64,
+    /// How many tag digests follow the fixed header (version 3).
+    pub(crate) tag_count: usize,
     /// The header's length: where the payload starts.
     pub(crate) len: usize,
 }
@@ -62,8 +77,20 @@ impl Header {
             written_at_ms,
             expires_at_ms,
             stale_until_ms: expires_at_ms,
+            tag_count: 0,
             len: HEADER_LEN,
         }
+    }
+
+    /// The tag digests of an envelope whose header this is.
+    pub(crate) fn tags(&self, bytes: &[u8]) -> Vec<[u8; DIGEST_BYTES]> {
+        let at = TAGS_AT + 2;
+        bytes
+            .get(at..at + self.tag_count * DIGEST_BYTES)
+            .unwrap_or_default()
+            .chunks_exact(DIGEST_BYTES)
+            .filter_map(|c| c.try_into().ok())
+            .collect()
     }
 
     /// Time left before `stale_until`, as seen at `now_ms`; `None` once it has passed.
@@ -91,7 +118,7 @@ pub(crate) fn encode<V: Serialize>(
     now_ms: u64,
     ttl: Duration,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    encode_entry(value, now_ms, ttl, None)
+    encode_entry(value, now_ms, ttl, None, &[])
 }
 
 fn ms(d: Duration) -> u64 {
@@ -100,27 +127,39 @@ fn ms(d: Duration) -> u64 {
 
 /// Encodes a cache entry: fresh for `ttl`, and with `stale_for` (fail-safe) usable as a
 /// fallback until that long after `now_ms` (a version 2 envelope); without, version 1.
+/// With `tags`, version 3. Fails if the value's `Serialize` fails, or with more than
+/// 65,535 tags.
 pub(crate) fn encode_entry<V: Serialize>(
     value: &V,
     now_ms: u64,
     ttl: Duration,
     stale_for: Option<Duration>,
+    tags: &[[u8; DIGEST_BYTES]],
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let mut out = Vec::with_capacity(HEADER_LEN_STALE + 64);
+    let tag_count = u16::try_from(tags.len()).map_err(|_| {
+        rmp_serde::encode::Error::Syntax("more than 65,535 tags on one entry".to_owned())
+    })?;
+    let mut out = Vec::with_capacity(TAGS_AT + 2 + tags.len() * DIGEST_BYTES + 64);
     out.extend_from_slice(&MAGIC);
-    out.push(if stale_for.is_some() {
-        VERSION_STALE
-    } else {
-        VERSION
+    out.push(match (tags.is_empty(), stale_for.is_some()) {
+        (false, _) => VERSION_TAGS,
+        (true, true) => VERSION_STALE,
+        (true, false) => VERSION,
     });
     out.push(CODEC_MSGPACK);
     out.extend_from_slice(&now_ms.to_be_bytes());
     let expires = now_ms.saturating_add(ms(ttl));
     out.extend_from_slice(&expires.to_be_bytes());
-    if let Some(stale_for) = stale_for {
+    if stale_for.is_some() || !tags.is_empty() {
         // Never before expires-at, whatever the caller asked.
-        let stale_until = now_ms.saturating_add(ms(stale_for)).max(expires);
+        let stale_until = stale_for.map_or(expires, |s| now_ms.saturating_add(ms(s)).max(expires));
         out.extend_from_slice(&stale_until.to_be_bytes());
+    }
+    if !tags.is_empty() {
+        out.extend_from_slice(&tag_count.to_be_bytes());
+        for tag in tags {
+            out.extend_from_slice(tag);
+        }
     }
     rmp_serde::encode::write_named(&mut out, value)?;
     Ok(out)
@@ -131,9 +170,17 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError
     if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC || bytes[3] != CODEC_MSGPACK {
         return Err(DecodeError::Format);
     }
-    let len = match bytes[2] {
-        VERSION => HEADER_LEN,
-        VERSION_STALE if bytes.len() >= HEADER_LEN_STALE => HEADER_LEN_STALE,
+    let (len, tag_count) = match bytes[2] {
+        VERSION => (HEADER_LEN, 0),
+        VERSION_STALE if bytes.len() >= HEADER_LEN_STALE => (HEADER_LEN_STALE, 0),
+        VERSION_TAGS if bytes.len() >= TAGS_AT + 2 => {
+            let n = usize::from(u16::from_be_bytes([bytes[TAGS_AT], bytes[TAGS_AT + 1]]));
+            let len = TAGS_AT + 2 + n * DIGEST_BYTES;
+            if n == 0 || bytes.len() < len {
+                return Err(DecodeError::Format);
+            }
+            (len, n)
+        }
         _ => return Err(DecodeError::Format),
     };
     let u64_at = |at: usize| {
@@ -151,6 +198,7 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<(Header, &[u8]), DecodeError
         } else {
             u64_at(20).max(expires_at_ms)
         },
+        tag_count,
         len,
     };
     Ok((header, &bytes[len..]))
@@ -375,6 +423,7 @@ mod tests {
             1_000,
             Duration::from_secs(2),
             Some(Duration::from_secs(10)),
+            &[],
         )
         .unwrap();
         assert_eq!(bytes[2], 2);
@@ -387,13 +436,54 @@ mod tests {
         assert_eq!(header.remaining(5_000), None);
         assert_eq!(header.stale_remaining(5_000), Some(Duration::from_secs(6)));
         // Without a fallback: version 1, stale-until is expires-at.
-        let v1 = encode_entry(&hit(), 1_000, Duration::from_secs(2), None).unwrap();
+        let v1 = encode_entry(&hit(), 1_000, Duration::from_secs(2), None, &[]).unwrap();
         assert_eq!(v1, encode(&hit(), 1_000, Duration::from_secs(2)).unwrap());
         let (header, _) = decode_header(&v1).unwrap();
         assert_eq!(header, Header::v1(1_000, 3_000));
         // A version 2 header cut short is not a version 1 header with a payload.
         assert_eq!(
             decode_header(&bytes[..HEADER_LEN + 4]).unwrap_err(),
+            DecodeError::Format
+        );
+    }
+
+    #[test]
+    fn version_3_carries_tags() {
+        let tags = [[1u8; DIGEST_BYTES], [2u8; DIGEST_BYTES]];
+        let bytes = encode_entry(&hit(), 1_000, Duration::from_secs(2), None, &tags).unwrap();
+        assert_eq!(bytes[2], 3);
+        let (header, back): (Header, Hit) = decode(&bytes).unwrap();
+        assert_eq!(back, hit());
+        assert_eq!(header.tags(&bytes), tags.to_vec());
+        assert_eq!(
+            (
+                header.written_at_ms,
+                header.expires_at_ms,
+                header.stale_until_ms
+            ),
+            (1_000, 3_000, 3_000),
+            "no fallback: stale-until is expires-at"
+        );
+        assert_eq!(header.len, HEADER_LEN_STALE + 2 + 32);
+        let stale = encode_entry(
+            &hit(),
+            1_000,
+            Duration::from_secs(2),
+            Some(Duration::from_secs(10)),
+            &tags,
+        )
+        .unwrap();
+        let (header, _) = decode_header(&stale).unwrap();
+        assert_eq!(header.stale_until_ms, 11_000);
+        // Cut inside the digests, or a count of zero: not an envelope.
+        assert_eq!(
+            decode_header(&bytes[..header.len - 1]).unwrap_err(),
+            DecodeError::Format
+        );
+        let mut zero = bytes.clone();
+        zero[HEADER_LEN_STALE + 1] = 0;
+        assert_eq!(
+            decode_header(&zero[..HEADER_LEN_STALE + 2]).unwrap_err(),
             DecodeError::Format
         );
     }

@@ -17,6 +17,10 @@
 //! `{namespace}:{cache name}:invalidations` (no schema version: an invalidation is about the
 //! application's key, whatever shape its value has), naming keys by the same digest; the
 //! message format is in `src/cache/tier/replica.rs` and the README.
+//!
+//! A tag's invalidation time (`Cache::invalidate_tag`) is kept under
+//! `{namespace}:{cache name}:tag:{digest}`, the digest of the tag's bytes computed as a
+//! key's, holding decimal Unix milliseconds (see `src/cache/tags.rs`).
 
 use std::time::Duration;
 
@@ -72,6 +76,8 @@ pub(crate) struct KeyScheme {
     pattern: String,
     /// `{namespace}:{name}:invalidations`, the replicas' pub/sub channel.
     channel: String,
+    /// `{namespace}:{name}:tag:`, before a tag's digest: its invalidation time.
+    tag_prefix: String,
 }
 
 impl KeyScheme {
@@ -80,6 +86,7 @@ impl KeyScheme {
             prefix: format!("{namespace}:{name}:v{version}:"),
             pattern: format!("{namespace}:{name}:*"),
             channel: format!("{namespace}:{name}:invalidations"),
+            tag_prefix: format!("{namespace}:{name}:tag:"),
         }
     }
 
@@ -91,6 +98,16 @@ impl KeyScheme {
         let mut out = String::with_capacity(self.prefix.len() + digits.len());
         out.push_str(&self.prefix);
         out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
+        out
+    }
+
+    /// The Redis key holding the invalidation time of the tag of `digest` (no schema
+    /// version: a tag is the application's, whatever shape its entries' values have).
+    pub(crate) fn tag_key(&self, digest: &[u8; DIGEST_BYTES]) -> String {
+        let digits = hex_digits(digest);
+        let mut out = String::with_capacity(self.tag_prefix.len() + digits.len());
+        out.push_str(&self.tag_prefix);
+        out.extend(digits.iter().map(|&b| char::from(b)));
         out
     }
 

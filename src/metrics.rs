@@ -13,7 +13,7 @@
 //! | `layercake_cache_breaker_open` | gauge (0/1) | `cache` |
 //! | `layercake_cache_breaker_transitions_total` | counter | `cache`, `to` = `open` \| `closed` |
 //! | `layercake_cache_not_stored_total` | counter | `cache`, `reason` = `oversized` \| `encode` |
-//! | `layercake_cache_invalidations_received_total` | counter | `cache`, `kind` = `key` \| `clear` \| `unknown` |
+//! | `layercake_cache_invalidations_received_total` | counter | `cache`, `kind` = `key` \| `clear` \| `tag` \| `unknown` |
 //! | `layercake_cache_l1_gap_flushes_total` | counter | `cache` |
 //! | `layercake_cache_fail_safe_activations_total` | counter | `cache`, `cause` = `error` \| `hard_timeout` \| `soft_timeout` |
 //! | `layercake_cache_refreshes_total` | counter | `cache`, `trigger` = `eager` \| `soft_timeout`, `outcome` = `ok` \| `error` \| `timeout` |
@@ -110,7 +110,7 @@ fn describe_cache() {
     describe_counter!(
         CACHE_INVALIDATIONS_RECEIVED,
         Unit::Count,
-        "Invalidations received from other replicas and applied to this process' L1, by kind (key, clear, unknown: unreadable, taken as a clear)."
+        "Invalidations received from other replicas and applied to this process' L1, by kind (key, clear, tag, unknown: unreadable, taken as a clear)."
     );
     describe_counter!(
         CACHE_L1_GAP_FLUSHES,

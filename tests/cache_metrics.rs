@@ -270,7 +270,7 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
         );
     }
 
-    for (kind, n) in [("key", 1), ("clear", 0), ("unknown", 0)] {
+    for (kind, n) in [("key", 1), ("clear", 0), ("unknown", 0), ("tag", 0)] {
         let m = take(
             &mut metrics,
             "layercake_cache_invalidations_received_total",

@@ -9,6 +9,7 @@ use super::epoch::Epochs;
 use super::flight::Flights;
 use super::handle::{Cache, Inner};
 use super::stats::Instruments;
+use super::tags::TagTimes;
 use super::tier::l1::L1;
 use super::tier::l2::{L2Config, L2};
 use super::tier::replica::{FlushL1, Replica};
@@ -254,19 +255,22 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Whether `invalidate` and `clear` reach the L1 of the other replicas of this cache
-    /// (default on; it takes effect with a Redis URL). Replicas are the caches of the same
-    /// namespace and name on the same Redis, in any process.
+    /// Whether `invalidate`, `invalidate_tag` and `clear` reach the L1 of the other
+    /// replicas of this cache (default on; it takes effect with a Redis URL). Replicas are
+    /// the caches of the same namespace and name on the same Redis, in any process.
     ///
     /// On, the cache announces each `invalidate` and `clear` on the Redis pub/sub channel
     /// `{namespace}:{name}:invalidations` (the README gives the message format), and, when
-    /// it has an L1, subscribes to it on one dedicated connection, supervised in the
+    /// subscribes to it on one dedicated connection, supervised in the
     /// background: a replica drops its L1 copy of an invalidated key within a millisecond
     /// or so on loopback. An announcement missed while a replica was not subscribed (Redis
     /// restarting, a network cut) is lost, so on subscribing again the replica empties its
     /// L1 (counted in `layercake_cache_l1_gap_flushes_total`). Until then, and where the
     /// announcing replica could not reach Redis, [`l1_time_to_live`](Self::l1_time_to_live)
-    /// still bounds staleness.
+    /// still bounds staleness. Subscribed, a cache also keeps the tag invalidation times it
+    /// has read from Redis current, so a tagged L2 hit reads each tag's time once; without
+    /// a subscription (this off, or while it is lost) every tagged L2 hit reads them (one
+    /// `MGET`). A cache without L1 subscribes for the tag times alone.
     ///
     /// On by default because an `invalidate` that leaves other replicas serving the old
     /// value for a whole TTL is a surprise, and its cost is small: a connection per cache
@@ -541,9 +545,22 @@ impl<V: CacheValue> CacheBuilder<V> {
         // Shared stripes only where other replicas' invalidations are received.
         let epochs = Arc::new(Epochs::new(replicas && self.l1_enabled));
         let scheme = KeyScheme::new(&self.namespace, &self.name, self.schema_version);
-        let l1 = self
-            .l1_enabled
-            .then(|| L1::new(self.max_capacity, self.clock.clone(), Arc::clone(&epochs)));
+        // The longest a tagged entry may live (its physical life is capped by it); a tag's
+        // invalidation time is kept a minute longer (clock differences between replicas).
+        let tag_horizon = self
+            .ttl
+            .max(self.resilience.fail_safe_max.unwrap_or_default());
+        let tags = Arc::new(TagTimes::new(
+            u64::try_from(tag_marker_ttl(tag_horizon).as_millis()).unwrap_or(u64::MAX),
+        ));
+        let l1 = self.l1_enabled.then(|| {
+            L1::new(
+                self.max_capacity,
+                self.clock.clone(),
+                Arc::clone(&epochs),
+                Arc::clone(&tags),
+            )
+        });
         let l2_config = self.l2;
         // Cyclic: the replica subscriber empties this cache's L1 through a weak handle.
         let inner = Arc::new_cyclic(|me: &Weak<Inner<V>>| {
@@ -553,7 +570,7 @@ impl<V: CacheValue> CacheBuilder<V> {
                     Replica::new(
                         scheme.channel(),
                         flush,
-                        Arc::clone(&epochs),
+                        (Arc::clone(&epochs), Arc::clone(&tags), self.clock.clone()),
                         Arc::clone(&ins),
                         Arc::clone(&name),
                     )
@@ -580,6 +597,8 @@ impl<V: CacheValue> CacheBuilder<V> {
                 flights: Arc::new(Flights::default()),
                 resilience: self.resilience,
                 epochs,
+                tags,
+                tag_horizon,
                 enabled: AtomicBool::new(true),
                 ins,
             }
@@ -593,4 +612,10 @@ impl<V: CacheValue> CacheBuilder<V> {
         }
         Ok(Cache { inner })
     }
+}
+
+/// How long a tag's invalidation time is kept (in Redis and here), for entries that live at
+/// most `horizon`.
+pub(crate) fn tag_marker_ttl(horizon: Duration) -> Duration {
+    horizon.saturating_add(Duration::from_secs(60))
 }

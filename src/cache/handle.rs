@@ -12,6 +12,7 @@ use super::builder::{CacheBuilder, Resilience};
 use super::epoch::Epochs;
 use super::flight::Flights;
 use super::stats::{CacheStats, Instruments, L2State, Outcome};
+use super::tags::{TagTimes, Tags};
 use super::tier::l1::{Hit, L1};
 use super::tier::l2::{L2Error, L2};
 use super::tier::replica::{FlushL1, Notice};
@@ -66,6 +67,12 @@ use crate::key::KeyScheme;
 /// moment it takes to write it. A load already under way when its key is invalidated (or the
 /// cache cleared) still answers its own caller, but what it read is not stored, in L1 or
 /// Redis: an invalidation is never undone by a read that began before it.
+///
+/// [`invalidate_tag`](Cache::invalidate_tag) is consistent in the same way: this process at
+/// once, the other replicas when its message arrives, and any replica's Redis read of a
+/// tagged entry at once (the tag's time is in Redis). A load under way on another replica
+/// that stores in the moment before the message arrives there stores a value the tag no
+/// longer covers (the same window as for `invalidate`).
 pub struct Cache<V> {
     pub(crate) inner: Arc<Inner<V>>,
 }
@@ -91,6 +98,10 @@ pub(crate) struct Inner<V> {
     pub(crate) flights: Arc<Flights<V>>,
     pub(crate) resilience: Resilience,
     pub(crate) epochs: Arc<Epochs>,
+    /// Tags' invalidation times (`tags.rs`).
+    pub(crate) tags: Arc<TagTimes>,
+    /// The longest a tagged entry lives, fresh or as a fallback.
+    pub(crate) tag_horizon: Duration,
     pub(crate) enabled: AtomicBool,
     pub(crate) ins: Arc<Instruments>,
 }
@@ -212,6 +223,44 @@ impl<V: CacheValue> Cache<V> {
         }
         let ticket = self.inner.epochs.ticket(key);
         self.store(key, &value, ttl.into(), ticket);
+    }
+
+    /// Stores `value` under `key` with `tags`, as [`insert`](Self::insert) does: one
+    /// [`invalidate_tag`](Self::invalidate_tag) of any of them removes it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use layercake::cache::Tags;
+    /// let cache = layercake::Cache::builder("job_status").build()?;
+    /// cache.insert_tagged("job-1", "running".to_string(), Tags::new(["user:7"])).await;
+    /// cache.insert_tagged("job-2", "done".to_string(), Tags::new(["user:7"])).await;
+    /// cache.insert_tagged("job-3", "queued".to_string(), Tags::new(["user:8"])).await;
+    /// cache.invalidate_tag("user:7").await?;
+    /// assert_eq!(cache.get("job-1").await, None);
+    /// assert_eq!(cache.get("job-2").await, None);
+    /// assert_eq!(cache.get("job-3").await.as_deref(), Some("queued"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert_tagged(&self, key: impl AsRef<[u8]>, value: V, tags: Tags) {
+        self.insert_tagged_with_ttl(key, value, Ttl::Default, tags)
+            .await;
+    }
+
+    /// [`insert_tagged`](Self::insert_tagged) for `ttl`, as
+    /// [`insert_with_ttl`](Self::insert_with_ttl).
+    pub async fn insert_tagged_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: V,
+        ttl: impl Into<Ttl>,
+        tags: Tags,
+    ) {
+        let key = key.as_ref();
+        if !self.is_enabled() {
+            return;
+        }
+        let ticket = self.inner.epochs.ticket(key);
+        self.store_tagged(key, &value, ttl.into(), &tags, ticket);
     }
 
     /// The value under `key`, or, on a miss, the output of `init`, which is then stored.
@@ -589,6 +638,47 @@ impl<V: CacheValue> Cache<V> {
                 let redis_key = self.inner.scheme.redis_key(key);
                 let notice = Notice::Key(crate::key::digest(key));
                 l2.delete_now(&[redis_key], notice).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Removes every entry stored with `tag` ([`insert_tagged`](Self::insert_tagged),
+    /// [`Loaded::StoreTagged`]), in this process' L1, in Redis, and in the other replicas'
+    /// L1, however many there are: nothing is enumerated. The tag's invalidation time is
+    /// recorded here and in Redis, and announced to the replicas; from then on an entry
+    /// with the tag written at or before that time is a miss wherever it is read, and no
+    /// fail-safe fallback. A load under way (of any key) stores nothing.
+    ///
+    /// The error says the time could not be written to Redis, or the replicas told: this
+    /// process' L1 is done with regardless, and the others' copies then live at most
+    /// [`l1_time_to_live`](CacheBuilder::l1_time_to_live) (and Redis' the entries' TTL).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use layercake::cache::Tags;
+    /// let cache = layercake::Cache::builder("provider_results").build()?;
+    /// for q in ["rust", "tower", "redis"] {
+    ///     cache.insert_tagged(q, q.len(), Tags::new(["provider:acme"])).await;
+    /// }
+    /// cache.insert("local", 5).await;
+    /// cache.invalidate_tag("provider:acme").await?;
+    /// assert_eq!(cache.get("tower").await, None);
+    /// assert_eq!(cache.get("local").await, Some(5));
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: impl AsRef<[u8]>) -> Result<(), L2Error> {
+        let digest = crate::key::digest(tag.as_ref());
+        let inner = &*self.inner;
+        // First: a load under way may be of a tagged key; none stores what it read.
+        inner.epochs.bump_all();
+        let now = inner.clock.unix_ms();
+        inner.tags.record(digest, now, now);
+        match &inner.l2 {
+            Some(l2) => {
+                let key = inner.scheme.tag_key(&digest);
+                let ttl = super::builder::tag_marker_ttl(inner.tag_horizon);
+                l2.mark_tag(&key, now, ttl, Notice::Tag(digest)).await
             }
             None => Ok(()),
         }

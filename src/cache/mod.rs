@@ -47,6 +47,14 @@
 //! subscribes again. See [`CacheBuilder::replica_invalidation`] for the details and the
 //! cost, and the README for the channel's stable message format.
 //!
+//! # Tags
+//! Entries stored with [`Tags`] ([`Cache::insert_tagged`], [`Loaded::StoreTagged`], or a
+//! [`CacheLayer`] store policy returning `(decision, tags)`) are removed all at once by
+//! [`Cache::invalidate_tag`], on both tiers and every replica, at a cost that does not
+//! grow with their number: the tag's invalidation time is recorded (here, in Redis, and on
+//! the replicas), and a tagged entry written at or before it is a miss wherever it is read,
+//! never a fail-safe fallback. The README's "Tags" section gives the costs and limits.
+//!
 //! # Tower
 //! `poll_ready` is the inner service's. On a miss the service moves its ready inner service
 //! into the response future and keeps a fresh clone, so the clone that is called is always
@@ -65,6 +73,7 @@ mod layer;
 mod read;
 mod service;
 pub(crate) mod stats;
+mod tags;
 pub(crate) mod tier;
 mod value;
 
@@ -78,5 +87,6 @@ pub use service::{
     StoreDecision, StorePolicy,
 };
 pub use stats::{CacheStats, L2Cause, L2Errors, L2State};
+pub use tags::Tags;
 pub use tier::l2::L2Error;
 pub use value::{CacheValue, Loaded, Ttl};

@@ -24,15 +24,16 @@ use super::epoch::Ticket;
 use super::flight::{self, End, Leader, Role, SharedError, State};
 use super::handle::Cache;
 use super::stats::{FailSafe, Outcome, Refreshed, Trigger};
+use super::tags::{TagStamp, Tags};
 use super::tier::l1::Life;
 use super::tier::l2::Write;
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::codec;
 use crate::key;
 
-/// An expired entry a failing or slow load may be answered with, and how much longer it
-/// may serve.
-pub(crate) type Fallback<V> = (V, Duration);
+/// An expired entry a failing or slow load may be answered with, how much longer it may
+/// serve, and its tags (kept on the throttle's copy, so a tag invalidation still reaches it).
+pub(crate) type Fallback<V> = (V, Duration, Option<Arc<TagStamp>>);
 
 /// What Redis had under a key.
 pub(crate) enum L2Found<V> {
@@ -223,8 +224,8 @@ impl<V: CacheValue> Cache<V> {
             ins.fail_safe(cause);
             tracing::debug!(cache = %self.inner.name, cause = ?cause, "load failed: an expired entry served instead (fail-safe)");
         }
-        let (value, left) = fallback;
-        self.throttle(leader.key(), &value, left, ticket);
+        let (value, left, tags) = fallback;
+        self.throttle(leader.key(), &value, left, tags, ticket);
         leader.finish(|| State::Stale(value.clone()));
         (value, true)
     }
@@ -232,7 +233,14 @@ impl<V: CacheValue> Cache<V> {
     /// Keeps serving `value` (a fallback) for the fail-safe throttle, so that the backend
     /// is not asked again for the key until it has passed: an L1 entry marked stale, or,
     /// without L1, the entry rewritten to Redis with a fresh life of the throttle's length.
-    fn throttle(&self, key: &[u8], value: &V, left: Duration, ticket: Ticket) {
+    fn throttle(
+        &self,
+        key: &[u8],
+        value: &V,
+        left: Duration,
+        tags: Option<Arc<TagStamp>>,
+        ticket: Ticket,
+    ) {
         let inner = &*self.inner;
         if !inner.epochs.is_current(ticket) {
             return;
@@ -245,10 +253,12 @@ impl<V: CacheValue> Cache<V> {
                 stale_for: left,
                 stale: true,
             };
-            l1.insert(key.into(), value.clone(), life, ticket.stamp);
+            l1.insert(key.into(), value.clone(), life, ticket.stamp, tags);
             inner.ins.set_l1_entries(l1.len());
         } else {
-            self.write_l2(key, value, ttl, Some(left), ticket);
+            let digests = tags.as_ref().map_or(&[][..], |t| t.tags.digests());
+            let now = inner.clock.unix_ms();
+            self.write_l2(key, value, (now, ttl, Some(left)), digests, ticket);
         }
     }
 
@@ -325,6 +335,11 @@ impl<V: CacheValue> Cache<V> {
                 // Shared even when it was too large to store: it was meant for everybody.
                 (v, true)
             }
+            Loaded::StoreTagged(v, ttl, tags) => {
+                self.store_tagged(key, &v, ttl, &tags, ticket);
+                // Shared even when it was too large to store: it was meant for everybody.
+                (v, true)
+            }
             Loaded::Share(v) => (v, true),
             // Without a fallback, a failure's value is its caller's alone.
             Loaded::Private(v) | Loaded::Failed(v) => (v, false),
@@ -346,6 +361,35 @@ impl<V: CacheValue> Cache<V> {
         }
     }
 
+    /// Whether an L2 entry with `tags`, written at `written_ms`, survived every invalidation
+    /// of its tags: those this process does not know are read from Redis first (and kept).
+    /// `None`: invalidated, or the tags' times could not be read (a miss, not a fallback);
+    /// else the stamp its L1 copy carries.
+    async fn tags_check(
+        &self,
+        l2: &Arc<super::tier::l2::L2>,
+        tags: Vec<[u8; key::DIGEST_BYTES]>,
+        written_ms: u64,
+    ) -> Option<Option<Arc<TagStamp>>> {
+        let inner = &*self.inner;
+        let tags = Tags::from_digests(tags);
+        // Taken before the check: a reset meanwhile makes the L1 copy a miss.
+        let stamp = inner.tags.stamp(&tags, written_ms);
+        let unknown = inner.tags.unknown(tags.digests());
+        if !unknown.is_empty() {
+            let keys: Vec<String> = unknown.iter().map(|t| inner.scheme.tag_key(t)).collect();
+            let now = inner.clock.unix_ms();
+            let times = l2.tag_times(&keys, now).await.ok()?;
+            for (tag, at) in unknown.into_iter().zip(times) {
+                inner.tags.record(tag, at, now);
+            }
+        }
+        inner
+            .tags
+            .fresh(tags.digests(), written_ms)
+            .then_some(stamp)
+    }
+
     /// Reads `key` from Redis: a live entry (backfilled into L1 with its remaining TTL), an
     /// expired one still within its physical life (with fail-safe on), or a miss. Every
     /// failure is a logged, counted miss.
@@ -364,14 +408,24 @@ impl<V: CacheValue> Cache<V> {
             l2.discard(redis_key);
             return L2Found::Miss;
         };
-        let now = inner.clock.unix_ms();
         let header = stored.header;
+        let tags = match header.tag_count {
+            0 => None,
+            _ => match self
+                .tags_check(l2, stored.tags(), header.written_at_ms)
+                .await
+            {
+                Some(stamp) => stamp,
+                None => return L2Found::Miss,
+            },
+        };
+        let now = inner.clock.unix_ms();
         // Whether an entry may serve as a fallback was decided when it was written (by a
         // replica with fail-safe on, or for the entry alone): a version 2 envelope.
         let stale_for = header.stale_remaining(now);
         let Some(remaining) = header.remaining(now) else {
             return match stale_for {
-                Some(left) => L2Found::Stale((value, left)),
+                Some(left) => L2Found::Stale((value, left, tags)),
                 None => L2Found::Miss,
             };
         };
@@ -395,7 +449,7 @@ impl<V: CacheValue> Cache<V> {
                 stale_for: stale_for.unwrap_or(l1_ttl),
                 stale: false,
             };
-            l1.insert(key.into(), value.clone(), life, ticket.stamp);
+            l1.insert(key.into(), value.clone(), life, ticket.stamp, tags);
             inner.ins.set_l1_entries(l1.len());
         }
         L2Found::Fresh(value)
@@ -406,6 +460,19 @@ impl<V: CacheValue> Cache<V> {
     /// serialize). With fail-safe, the entry lives on as a fallback until
     /// `fail_safe_max_duration` after now (in L1, and as the Redis key's TTL).
     pub(crate) fn store(&self, key: &[u8], value: &V, ttl: Ttl, ticket: Ticket) -> bool {
+        self.store_tagged(key, value, ttl, &Tags::none(), ticket)
+    }
+
+    /// [`store`](Self::store) with tags. A tagged entry's physical life is capped by the
+    /// tag horizon (how long a tag's invalidation time is kept).
+    pub(crate) fn store_tagged(
+        &self,
+        key: &[u8],
+        value: &V,
+        ttl: Ttl,
+        tags: &Tags,
+        ticket: Ticket,
+    ) -> bool {
         let inner = &*self.inner;
         if !inner.epochs.is_current(ticket) {
             tracing::debug!(cache = %inner.name, "value not cached: the key was invalidated while it loaded");
@@ -423,9 +490,15 @@ impl<V: CacheValue> Cache<V> {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        let stale_for = match tags.is_empty() {
+            true => stale_for,
+            false => stale_for.map(|s| s.min(inner.tag_horizon).max(ttl)),
+        };
+        let now = inner.clock.unix_ms();
         // Encoded only for Redis: an L1 entry is the value itself, and an L1-only cache
         // bounds entries by count, not size.
-        if inner.l2.is_some() && !self.write_l2(key, value, ttl, stale_for, ticket) {
+        let life = (now, ttl, stale_for);
+        if inner.l2.is_some() && !self.write_l2(key, value, life, tags.digests(), ticket) {
             return false;
         }
         if let Some(l1) = &inner.l1 {
@@ -436,25 +509,27 @@ impl<V: CacheValue> Cache<V> {
                 stale_for: stale_for.unwrap_or(l1_ttl),
                 stale: false,
             };
-            l1.insert(key.into(), value.clone(), life, ticket.stamp);
+            let stamp = inner.tags.stamp(tags, now);
+            l1.insert(key.into(), value.clone(), life, ticket.stamp, stamp);
             inner.ins.set_l1_entries(l1.len());
         }
         true
     }
 
-    /// Queues `value` for Redis, fresh for `ttl` and a fallback for `stale_for` (the Redis
-    /// key's TTL); `false` when it does not serialize or is too large (counted).
+    /// Queues `value` for Redis, written at `now` (Unix ms), fresh for `ttl` and a fallback
+    /// for `stale_for` (the Redis key's TTL), with `tags`; `false` when it does not
+    /// serialize or is too large (counted).
     fn write_l2(
         &self,
         key: &[u8],
         value: &V,
-        ttl: Duration,
-        stale_for: Option<Duration>,
+        (now, ttl, stale_for): (u64, Duration, Option<Duration>),
+        tags: &[[u8; key::DIGEST_BYTES]],
         ticket: Ticket,
     ) -> bool {
         let inner = &*self.inner;
         let Some(l2) = &inner.l2 else { return true };
-        let bytes = match codec::encode_entry(value, inner.clock.unix_ms(), ttl, stale_for) {
+        let bytes = match codec::encode_entry(value, now, ttl, stale_for, tags) {
             Ok(bytes) => bytes,
             Err(e) => {
                 inner.ins.not_stored_encode();
@@ -462,9 +537,10 @@ impl<V: CacheValue> Cache<V> {
                 return false;
             }
         };
-        let header_len = match stale_for {
-            Some(_) => codec::HEADER_LEN_STALE,
-            None => codec::HEADER_LEN,
+        let header_len = match (stale_for, tags.len()) {
+            (None, 0) => codec::HEADER_LEN,
+            (Some(_), 0) => codec::HEADER_LEN_STALE,
+            (_, n) => codec::HEADER_LEN_STALE + 2 + n * key::DIGEST_BYTES,
         };
         if bytes.len() - header_len > inner.max_entry_size {
             inner.ins.not_stored_oversized();

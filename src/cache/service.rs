@@ -6,6 +6,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
+use super::tags::Tags;
 use super::value::{CacheValue, Loaded, Ttl};
 use super::Cache;
 
@@ -53,9 +54,42 @@ where
 /// let policy = |q: &Quote| (q.price > 0.0).then(|| Duration::from_secs(q.stale_after_secs));
 /// # let _ = policy;
 /// ```
+///
+/// A decision paired with [`Tags`] stores the response with them, for
+/// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag):
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::convert::Infallible;
+/// use layercake::cache::Tags;
+/// use layercake::{Cache, CacheLayer};
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+/// struct Answer { provider: String, text: String }
+///
+/// let cache = Cache::<Answer>::builder("provider_results").build()?;
+/// let svc = CacheLayer::new(cache.clone(), |q: &String| Some(q.clone()))
+///     // Every result stored under its provider's tag.
+///     .store_when(|a: &Answer| (true, Tags::new([format!("provider:{}", a.provider)])))
+///     .layer(service_fn(|q: String| async move {
+///         Ok::<_, Infallible>(Answer { provider: "acme".into(), text: q })
+///     }));
+/// svc.clone().oneshot("rust".to_string()).await?;
+/// assert!(cache.get("rust").await.is_some());
+/// cache.invalidate_tag("provider:acme").await?;
+/// assert!(cache.get("rust").await.is_none());
+/// # Ok(()) }
+/// ```
 pub trait StorePolicy<Res> {
     /// How long to store `res`; `None`: not stored.
     fn ttl(&self, res: &Res) -> Option<Ttl>;
+
+    /// How long to store `res`, and with which tags; `None`: not stored. By default,
+    /// [`ttl`](Self::ttl) without tags.
+    fn store(&self, res: &Res) -> Option<(Ttl, Tags)> {
+        self.ttl(res).map(|ttl| (ttl, Tags::none()))
+    }
 }
 
 impl<Res, F, D> StorePolicy<Res> for F
@@ -66,12 +100,36 @@ where
     fn ttl(&self, res: &Res) -> Option<Ttl> {
         self(res).into_ttl()
     }
+
+    fn store(&self, res: &Res) -> Option<(Ttl, Tags)> {
+        self(res).into_stored()
+    }
 }
 
-/// What a [`StorePolicy`] closure may return.
+/// What a [`StorePolicy`] closure may return: any of these alone, or paired with
+/// [`Tags`] (`(decision, tags)`) to store the response with them.
 pub trait StoreDecision {
     /// How long to store; `None`: not stored.
     fn into_ttl(self) -> Option<Ttl>;
+
+    /// How long to store and with which tags; `None`: not stored. By default, no tags.
+    fn into_stored(self) -> Option<(Ttl, Tags)>
+    where
+        Self: Sized,
+    {
+        self.into_ttl().map(|ttl| (ttl, Tags::none()))
+    }
+}
+
+impl<D: StoreDecision> StoreDecision for (D, Tags) {
+    fn into_ttl(self) -> Option<Ttl> {
+        self.0.into_ttl()
+    }
+
+    fn into_stored(self) -> Option<(Ttl, Tags)> {
+        let (decision, tags) = self;
+        decision.into_ttl().map(|ttl| (ttl, tags))
+    }
 }
 
 impl StoreDecision for bool {
@@ -95,6 +153,10 @@ impl StoreDecision for Duration {
 impl<T: StoreDecision> StoreDecision for Option<T> {
     fn into_ttl(self) -> Option<Ttl> {
         self.and_then(StoreDecision::into_ttl)
+    }
+
+    fn into_stored(self) -> Option<(Ttl, Tags)> {
+        self.and_then(StoreDecision::into_stored)
     }
 }
 
@@ -283,8 +345,9 @@ where
 
 /// What a store policy makes of a response.
 fn loaded<V, P: StorePolicy<V>>(policy: &P, res: V) -> Loaded<V> {
-    match policy.ttl(&res) {
-        Some(ttl) => Loaded::Store(res, ttl),
+    match policy.store(&res) {
+        Some((ttl, tags)) if tags.is_empty() => Loaded::Store(res, ttl),
+        Some((ttl, tags)) => Loaded::StoreTagged(res, ttl, tags),
         // Not for storing: nor for handing to other requests.
         None => Loaded::Private(res),
     }

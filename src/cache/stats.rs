@@ -92,16 +92,24 @@ pub(crate) enum Received {
     Clear = 1,
     /// A message this build cannot read (another format version): taken as a clear.
     Unknown = 2,
+    /// One tag's.
+    Tag = 3,
 }
 
 impl Received {
-    const ALL: [Received; 3] = [Received::Key, Received::Clear, Received::Unknown];
+    const ALL: [Received; 4] = [
+        Received::Key,
+        Received::Clear,
+        Received::Unknown,
+        Received::Tag,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Received::Key => "key",
             Received::Clear => "clear",
             Received::Unknown => "unknown",
+            Received::Tag => "tag",
         }
     }
 }

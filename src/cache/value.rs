@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::tags::Tags;
+
 /// What a [`Cache`](crate::Cache) can hold: a value that clones (L1 hands out clones),
 /// serializes (Redis holds it as MessagePack in the envelope of the README's format) and
 /// moves between threads. Implemented for every such type.
@@ -98,6 +100,24 @@ pub enum Loaded<V> {
     /// Store it (both tiers) for this long, and hand it to the requests waiting on the
     /// same key.
     Store(V, Ttl),
+    /// [`Store`](Loaded::Store) it with these tags: one
+    /// [`invalidate_tag`](crate::Cache::invalidate_tag) of any of them removes it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use layercake::cache::{Loaded, Tags, Ttl};
+    ///
+    /// let cache = layercake::Cache::builder("provider_results").build()?;
+    /// let fetch = |q: &'static str| move || async move {
+    ///     Ok::<_, String>(Loaded::StoreTagged(q.len(), Ttl::Default, Tags::new(["provider:acme"])))
+    /// };
+    /// cache.load("q=rust", |e: &String| Some(e.clone()), fetch("rust")).await?;
+    /// assert_eq!(cache.get("q=rust").await, Some(4));
+    /// cache.invalidate_tag("provider:acme").await?;
+    /// assert_eq!(cache.get("q=rust").await, None);
+    /// # Ok(()) }
+    /// ```
+    StoreTagged(V, Ttl, Tags),
     /// Do not store it, but hand it to the requests already waiting on the same key (an
     /// error page that is the same for everybody: they get it instead of each asking a
     /// failing backend again).
@@ -116,7 +136,11 @@ impl<V> Loaded<V> {
     /// The value.
     pub fn into_value(self) -> V {
         match self {
-            Loaded::Store(v, _) | Loaded::Share(v) | Loaded::Private(v) | Loaded::Failed(v) => v,
+            Loaded::Store(v, _)
+            | Loaded::StoreTagged(v, _, _)
+            | Loaded::Share(v)
+            | Loaded::Private(v)
+            | Loaded::Failed(v) => v,
         }
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::epoch::{Epochs, Stamp};
+use crate::cache::tags::{TagStamp, TagTimes};
 use crate::clock::Clock;
 
 #[derive(Clone)]
@@ -35,6 +36,16 @@ struct Entry<V> {
     stamp: Stamp,
     /// An expired value kept in use for the fail-safe throttle: its hits count as `stale`.
     stale: bool,
+    /// A tagged entry's tags and written-at (`tags.rs`); untagged entries pay one check.
+    tags: Option<Arc<TagStamp>>,
+}
+
+impl<V> Entry<V> {
+    /// Whether another replica invalidated its key, or one of its tags was invalidated.
+    #[inline]
+    fn is_outdated(&self, epochs: &Epochs, tags: &TagTimes) -> bool {
+        !epochs.is_fresh(self.stamp) || self.tags.as_ref().is_some_and(|t| !tags.is_valid(t))
+    }
 }
 
 /// How long an entry lives, from now.
@@ -76,6 +87,7 @@ pub(crate) struct L1<V> {
     map: quick_cache::sync::Cache<Box<[u8]>, Entry<V>>,
     clock: Clock,
     epochs: Arc<Epochs>,
+    tags: Arc<TagTimes>,
 }
 
 impl<V: Clone> std::fmt::Debug for L1<V> {
@@ -88,12 +100,18 @@ impl<V: Clone> std::fmt::Debug for L1<V> {
 }
 
 impl<V: Clone> L1<V> {
-    pub(crate) fn new(capacity: u64, clock: Clock, epochs: Arc<Epochs>) -> Self {
+    pub(crate) fn new(
+        capacity: u64,
+        clock: Clock,
+        epochs: Arc<Epochs>,
+        tags: Arc<TagTimes>,
+    ) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         Self {
             map: quick_cache::sync::Cache::new(capacity),
             clock,
             epochs,
+            tags,
         }
     }
 
@@ -102,8 +120,9 @@ impl<V: Clone> L1<V> {
     pub(crate) fn get(&self, key: &[u8]) -> Option<Hit<V>> {
         let entry = self.map.get(key)?;
         let now = self.clock.coarse_now();
-        if now >= entry.expires_at || !self.epochs.is_fresh(entry.stamp) {
-            if now >= entry.stale_until || !self.epochs.is_fresh(entry.stamp) {
+        let outdated = entry.is_outdated(&self.epochs, &self.tags);
+        if now >= entry.expires_at || outdated {
+            if now >= entry.stale_until || outdated {
                 // Only remove what we saw expire, not a fresh entry written meanwhile.
                 self.map.remove_if(key, |e| {
                     e.expires_at == entry.expires_at && e.stamp == entry.stamp
@@ -119,18 +138,27 @@ impl<V: Clone> L1<V> {
     }
 
     /// The value under `key`, expired or not, while it may serve as a fallback (fail-safe),
-    /// with the time it has left for that. Never one another replica invalidated.
-    pub(crate) fn get_stale(&self, key: &[u8]) -> Option<(V, Duration)> {
+    /// with the time it has left for that and its tags. Never one another replica
+    /// invalidated, nor one whose tag was invalidated.
+    pub(crate) fn get_stale(&self, key: &[u8]) -> Option<(V, Duration, Option<Arc<TagStamp>>)> {
         let entry = self.map.get(key)?;
         let now = self.clock.coarse_now();
-        if now >= entry.stale_until || !self.epochs.is_fresh(entry.stamp) {
+        if now >= entry.stale_until || entry.is_outdated(&self.epochs, &self.tags) {
             return None;
         }
-        Some((entry.value, entry.stale_until - now))
+        Some((entry.value, entry.stale_until - now, entry.tags))
     }
 
-    /// Stores `value` for `life`; `stamp` is the one its load took when it began.
-    pub(crate) fn insert(&self, key: Box<[u8]>, value: V, life: Life, stamp: Stamp) {
+    /// Stores `value` for `life`; `stamp` is the one its load took when it began; `tags`,
+    /// a tagged entry's.
+    pub(crate) fn insert(
+        &self,
+        key: Box<[u8]>,
+        value: V,
+        life: Life,
+        stamp: Stamp,
+        tags: Option<Arc<TagStamp>>,
+    ) {
         let now = self.clock.coarse_now();
         let expires_at = now.saturating_add(life.ttl);
         self.map.insert(
@@ -144,6 +172,7 @@ impl<V: Clone> L1<V> {
                 stale_until: now.saturating_add(life.stale_for).max(expires_at),
                 stamp,
                 stale: life.stale,
+                tags,
             },
         );
     }
@@ -182,13 +211,19 @@ mod tests {
     fn expiry_follows_the_clock() {
         let mock = MockClock::new();
         let epochs = Arc::new(Epochs::default());
-        let l1 = L1::new(10, mock.clone().into(), Arc::clone(&epochs));
+        let l1 = L1::new(
+            10,
+            mock.clone().into(),
+            Arc::clone(&epochs),
+            Arc::new(TagTimes::new(0)),
+        );
         let stamp = epochs.ticket(b"k").stamp;
         l1.insert(
             b"k".to_vec().into(),
             7u32,
             Life::fresh(Duration::from_secs(10)),
             stamp,
+            None,
         );
         assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         mock.advance(Duration::from_secs(9));
@@ -201,7 +236,12 @@ mod tests {
     #[test]
     fn bounded() {
         let epochs = Arc::new(Epochs::default());
-        let l1 = L1::new(100, Clock::system(), Arc::clone(&epochs));
+        let l1 = L1::new(
+            100,
+            Clock::system(),
+            Arc::clone(&epochs),
+            Arc::new(TagTimes::new(0)),
+        );
         for i in 0..10_000u32 {
             let key = i.to_be_bytes();
             let stamp = epochs.ticket(&key).stamp;
@@ -210,6 +250,7 @@ mod tests {
                 i,
                 Life::fresh(Duration::from_secs(60)),
                 stamp,
+                None,
             );
         }
         assert!(l1.len() <= 100, "len {}", l1.len());
@@ -218,13 +259,19 @@ mod tests {
     #[test]
     fn a_replica_invalidation_of_the_stripe_is_a_miss() {
         let epochs = Arc::new(Epochs::new(true));
-        let l1 = L1::new(10, Clock::system(), Arc::clone(&epochs));
+        let l1 = L1::new(
+            10,
+            Clock::system(),
+            Arc::clone(&epochs),
+            Arc::new(TagTimes::new(0)),
+        );
         let stamp = epochs.ticket(b"k").stamp;
         l1.insert(
             b"k".to_vec().into(),
             7u32,
             Life::fresh(Duration::from_secs(10)),
             stamp,
+            None,
         );
         assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         epochs.bump_digest(&crate::key::digest(b"k"));
@@ -236,7 +283,12 @@ mod tests {
     fn an_expired_entry_stays_a_fallback_until_stale_until() {
         let mock = MockClock::new();
         let epochs = Arc::new(Epochs::new(true));
-        let l1 = L1::new(10, mock.clone().into(), Arc::clone(&epochs));
+        let l1 = L1::new(
+            10,
+            mock.clone().into(),
+            Arc::clone(&epochs),
+            Arc::new(TagTimes::new(0)),
+        );
         let stamp = epochs.ticket(b"k").stamp;
         let life = Life {
             ttl: Duration::from_secs(10),
@@ -244,7 +296,7 @@ mod tests {
             stale_for: Duration::from_secs(100),
             stale: false,
         };
-        l1.insert(b"k".to_vec().into(), 7u32, life, stamp);
+        l1.insert(b"k".to_vec().into(), 7u32, life, stamp, None);
         assert!(!l1.get(b"k").unwrap().refresh);
         mock.advance(Duration::from_secs(8));
         assert!(l1.get(b"k").unwrap().refresh, "past the refresh point");
@@ -252,15 +304,61 @@ mod tests {
         assert!(!l1.get(b"k").unwrap().refresh, "postponed");
         mock.advance(Duration::from_secs(2));
         assert!(l1.get(b"k").is_none(), "expired");
-        assert_eq!(l1.get_stale(b"k").map(|(v, _)| v), Some(7));
+        assert_eq!(l1.get_stale(b"k").map(|(v, _, _)| v), Some(7));
         assert_eq!(l1.len(), 1, "kept as a fallback");
         mock.advance(Duration::from_secs(90));
         assert!(l1.get(b"k").is_none());
-        assert_eq!(l1.get_stale(b"k"), None);
+        assert!(l1.get_stale(b"k").is_none());
         assert_eq!(l1.len(), 0, "gone past stale_until");
         // An invalidated entry is no fallback.
-        l1.insert(b"k".to_vec().into(), 8u32, life, epochs.ticket(b"k").stamp);
+        l1.insert(
+            b"k".to_vec().into(),
+            8u32,
+            life,
+            epochs.ticket(b"k").stamp,
+            None,
+        );
         epochs.bump_digest(&crate::key::digest(b"k"));
-        assert_eq!(l1.get_stale(b"k"), None);
+        assert!(l1.get_stale(b"k").is_none());
+    }
+
+    #[test]
+    fn a_tag_invalidation_is_a_miss_and_no_fallback() {
+        let mock = MockClock::new();
+        let epochs = Arc::new(Epochs::new(true));
+        let tags = Arc::new(TagTimes::new(60_000));
+        let l1 = L1::new(
+            10,
+            mock.clone().into(),
+            Arc::clone(&epochs),
+            Arc::clone(&tags),
+        );
+        let life = Life {
+            ttl: Duration::from_secs(10),
+            refresh_after: None,
+            stale_for: Duration::from_secs(100),
+            stale: false,
+        };
+        let tagged = crate::cache::tags::Tags::new(["t"]);
+        for key in [&b"a"[..], b"b"] {
+            let stamp = tags.stamp(&tagged, 1_000);
+            l1.insert(key.into(), 1u32, life, epochs.ticket(key).stamp, stamp);
+        }
+        l1.insert(
+            b"c".to_vec().into(),
+            2u32,
+            life,
+            epochs.ticket(b"c").stamp,
+            None,
+        );
+        mock.advance(Duration::from_secs(20));
+        assert!(
+            l1.get_stale(b"a").is_some(),
+            "a fallback before the invalidation"
+        );
+        tags.record(crate::key::digest(b"t"), 1_000, 1_000);
+        assert!(l1.get_stale(b"a").is_none(), "no fallback after it");
+        assert!(l1.get(b"b").is_none());
+        assert!(l1.get_stale(b"c").is_some(), "untagged: untouched");
     }
 }

@@ -209,6 +209,11 @@ impl Stored {
     pub(crate) fn payload(&self) -> &[u8] {
         &self.bytes[self.header.len..]
     }
+
+    /// The entry's tag digests (none below version 3).
+    pub(crate) fn tags(&self) -> Vec<[u8; crate::key::DIGEST_BYTES]> {
+        self.header.tags(&self.bytes)
+    }
 }
 
 impl L2 {
@@ -415,6 +420,88 @@ impl L2 {
             .run_on(gen, self.write_timeout(), pipe.query_async::<()>(&mut conn))
             .await;
         self.admin_outcome(outcome, "UNLINK")
+    }
+
+    /// Records a tag's invalidation for `invalidate_tag`: `SET`s its key to `at_ms` for
+    /// `ttl` (longer than any entry it covers lives) and announces `notice` in the same
+    /// pipeline, after the `SET`: a replica that hears of it reads the new time.
+    pub(crate) async fn mark_tag(
+        self: &Arc<Self>,
+        tag_key: &str,
+        at_ms: u64,
+        ttl: Duration,
+        notice: Notice,
+    ) -> Result<(), L2Error> {
+        self.ensure_started();
+        let (mut conn, gen) = self.admin_connection().await?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(tag_key)
+            .arg(at_ms)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
+        if let Some(replica) = &self.replica {
+            pipe.cmd("PUBLISH")
+                .arg(replica.channel())
+                .arg(replica.message(notice))
+                .ignore();
+        }
+        let outcome = self
+            .link
+            .run_on(gen, self.write_timeout(), pipe.query_async::<()>(&mut conn))
+            .await;
+        self.admin_outcome(outcome, "SET")
+    }
+
+    /// Reads tags' invalidation times (one `MGET`, under the read budget, as a read):
+    /// `0` for a tag never invalidated (or whose marker expired), and, for a value that is
+    /// not a time (not ours), `unreadable_as`: taken as invalidated then.
+    pub(crate) async fn tag_times(
+        self: &Arc<Self>,
+        tag_keys: &[String],
+        unreadable_as: u64,
+    ) -> Result<Vec<u64>, L2Cause> {
+        self.ensure_started();
+        if self.link.is_down() {
+            return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen));
+        }
+        let Some(_slot) = self.bulkhead() else {
+            return Err(self.skipped(L2Op::Get, L2Cause::Bulkhead));
+        };
+        let result = self
+            .link
+            .run(
+                self.cfg.read_timeout,
+                Wait::UnlessDown,
+                |mut conn| async move {
+                    redis::cmd("MGET")
+                        .arg(tag_keys)
+                        .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                        .await
+                },
+            )
+            .await;
+        match result {
+            Ok(values) => {
+                self.succeeded();
+                Ok(values
+                    .into_iter()
+                    .map(|v| match v {
+                        None => 0,
+                        Some(bytes) => std::str::from_utf8(&bytes)
+                            .ok()
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(unreadable_as),
+                    })
+                    .collect())
+            }
+            Err(f) if f.fault == Fault::NotConnected => {
+                Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen))
+            }
+            Err(f) => Err(self.failed(L2Op::Get, f)),
+        }
     }
 
     /// Counts and converts the outcome of one admin step (`invalidate`, `clear`).

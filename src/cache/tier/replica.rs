@@ -4,13 +4,16 @@
 //! - **Channel.** Redis pub/sub on `{namespace}:{cache name}:invalidations`
 //!   ([`KeyScheme::channel`](crate::key::KeyScheme::channel)). The sender publishes on its
 //!   shared connection, in one pipeline after the `UNLINK` (so that a replica told of it can
-//!   no longer read the old value from Redis); every replica with an L1 subscribes on a
-//!   dedicated connection of its own.
+//!   no longer read the old value from Redis); every replica subscribes on a dedicated
+//!   connection of its own (one without L1 applies only `tag` messages, for its tag
+//!   times).
 //! - **Messages** (a stable format, in the README): ASCII, space-separated,
-//!   `lc1 {origin} key {digest}` or `lc1 {origin} clear`, where `lc1` is the format and its
+//!   `lc1 {origin} key {digest}`, `lc1 {origin} tag {digest}` or `lc1 {origin} clear`, where `lc1` is the format and its
 //!   version, `origin` the sending cache's random 64-bit id as 16 lowercase hex digits (a
-//!   replica ignores its own), and `digest` the key's digest as in its Redis key. A
-//!   receiver applies them to its L1 only: the sender already removed the Redis entries.
+//!   replica ignores its own), and `digest` the key's (or tag's) digest as in its Redis key.
+//!   A receiver applies them to its L1 only: the sender already removed the Redis entries
+//!   (or, for a tag, wrote its invalidation time, which a receiver records as its own now,
+//!   `tags.rs`). A build without tags takes a `tag` message for junk, hence a `clear`.
 //!   Anything else on the channel (another version, junk) is taken as a `clear`: a replica
 //!   that cannot read an invalidation must not trust its L1.
 //! - **Gaps.** A message published while a replica is not subscribed is lost, so every
@@ -42,6 +45,8 @@ use tokio::sync::oneshot;
 use super::l2::L2;
 use crate::cache::epoch::Epochs;
 use crate::cache::stats::{Instruments, Received};
+use crate::cache::tags::TagTimes;
+use crate::clock::Clock;
 use crate::key::{hex_digits, parse_hex_digest, DIGEST_BYTES};
 use crate::queue::Backoff;
 use crate::redis::error::describe;
@@ -58,6 +63,8 @@ pub(crate) enum Notice {
     Key([u8; DIGEST_BYTES]),
     /// The cache was cleared.
     Clear,
+    /// The tag of this digest was invalidated (`invalidate_tag`).
+    Tag([u8; DIGEST_BYTES]),
 }
 
 /// A message as a receiver reads it.
@@ -71,12 +78,13 @@ enum Parsed {
 }
 
 fn encode(origin: u64, notice: Notice) -> String {
+    let hex = |digest: &[u8; DIGEST_BYTES]| {
+        let digits = hex_digits(digest);
+        digits.iter().map(|&b| char::from(b)).collect::<String>()
+    };
     match notice {
-        Notice::Key(digest) => {
-            let digits = hex_digits(&digest);
-            let digits = std::str::from_utf8(&digits).unwrap_or_default();
-            format!("{FORMAT} {origin:016x} key {digits}")
-        }
+        Notice::Key(digest) => format!("{FORMAT} {origin:016x} key {}", hex(&digest)),
+        Notice::Tag(digest) => format!("{FORMAT} {origin:016x} tag {}", hex(&digest)),
         Notice::Clear => format!("{FORMAT} {origin:016x} clear"),
     }
 }
@@ -100,6 +108,10 @@ fn parse(message: &[u8], own: u64) -> Parsed {
             Some(digest) => Notice::Key(digest),
             None => return Parsed::Unknown,
         },
+        (Some("tag"), Some(digest), None) => match parse_hex_digest(digest) {
+            Some(digest) => Notice::Tag(digest),
+            None => return Parsed::Unknown,
+        },
         (Some("clear"), None, None) => Notice::Clear,
         _ => return Parsed::Unknown,
     };
@@ -120,9 +132,11 @@ pub(crate) trait FlushL1: Send + Sync + 'static {
 pub(crate) struct Replica {
     origin: u64,
     channel: Arc<str>,
-    /// The cache's L1, to keep coherent (`None`: no L1; this cache only announces).
+    /// The cache's L1, to keep coherent (`None`: no L1; only tag times are kept).
     flush: Option<Weak<dyn FlushL1>>,
     epochs: Arc<Epochs>,
+    tags: Arc<TagTimes>,
+    clock: Clock,
     ins: Arc<Instruments>,
     cache: Arc<str>,
     /// Dropped with the cache, which ends the subscriber.
@@ -135,7 +149,7 @@ impl fmt::Debug for Replica {
         f.debug_struct("Replica")
             .field("origin", &format_args!("{:016x}", self.origin))
             .field("channel", &self.channel)
-            .field("subscribes", &self.flush.is_some())
+            .field("keeps_l1", &self.flush.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +158,7 @@ impl Replica {
     pub(crate) fn new(
         channel: &str,
         flush: Option<Weak<dyn FlushL1>>,
-        epochs: Arc<Epochs>,
+        (epochs, tags, clock): (Arc<Epochs>, Arc<TagTimes>, Clock),
         ins: Arc<Instruments>,
         cache: Arc<str>,
     ) -> Self {
@@ -156,6 +170,8 @@ impl Replica {
             channel: Arc::from(channel),
             flush,
             epochs,
+            tags,
+            clock,
             ins,
             cache,
             _stop: stop,
@@ -172,11 +188,10 @@ impl Replica {
         encode(self.origin, notice)
     }
 
-    /// Starts the subscriber on `rt`, once, if this cache has an L1 to keep coherent.
+    /// Starts the subscriber on `rt`, once: for an L1 to keep coherent, and for the tag
+    /// times (without L1, only `tag` messages are applied).
     pub(crate) fn start(&self, rt: &tokio::runtime::Handle, l2: Weak<L2>) {
-        let Some(flush) = self.flush.clone() else {
-            return;
-        };
+        let flush = self.flush.clone();
         let stop = self.stop_rx.lock().ok().and_then(|mut rx| rx.take());
         let Some(stop) = stop else { return };
         let listener = Listener {
@@ -184,6 +199,8 @@ impl Replica {
             channel: Arc::clone(&self.channel),
             flush,
             epochs: Arc::clone(&self.epochs),
+            tags: Arc::clone(&self.tags),
+            clock: self.clock.clone(),
             ins: Arc::clone(&self.ins),
             cache: Arc::clone(&self.cache),
         };
@@ -195,23 +212,46 @@ impl Replica {
 struct Listener {
     origin: u64,
     channel: Arc<str>,
-    flush: Weak<dyn FlushL1>,
+    /// `None`: no L1; only the tag times are kept.
+    flush: Option<Weak<dyn FlushL1>>,
     epochs: Arc<Epochs>,
+    tags: Arc<TagTimes>,
+    clock: Clock,
     ins: Arc<Instruments>,
     cache: Arc<str>,
 }
 
 impl Listener {
     fn flush(&self) -> usize {
-        self.flush.upgrade().map_or(0, |l1| l1.flush_l1())
+        self.flush
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map_or(0, |l1| l1.flush_l1())
     }
 
     fn receive(&self, payload: &[u8]) {
-        match parse(payload, self.origin) {
+        let parsed = parse(payload, self.origin);
+        if self.flush.is_none() {
+            // No L1: Redis is all this cache reads, and the sender already changed it; only
+            // the tag times need keeping (an unreadable message may have been a tag's).
+            match parsed {
+                Parsed::Notice(Notice::Tag(_)) => {}
+                Parsed::Unknown => return self.tags.forget(),
+                _ => return,
+            }
+        }
+        match parsed {
             Parsed::Own => {}
             Parsed::Notice(Notice::Key(digest)) => {
                 self.epochs.bump_digest(&digest);
                 self.ins.received(Received::Key);
+            }
+            Parsed::Notice(Notice::Tag(digest)) => {
+                // Loads under way store nothing (their keys' tags are not known here).
+                self.epochs.bump_all();
+                let now = self.clock.unix_ms();
+                self.tags.record(digest, now, now);
+                self.ins.received(Received::Tag);
             }
             Parsed::Notice(Notice::Clear) => {
                 self.epochs.bump_shared_all();
@@ -236,6 +276,13 @@ impl Listener {
     /// and it would otherwise all be dropped, in Redis too, on every start, for a race
     /// that needs another replica to invalidate the same key in that moment.
     fn subscribed(&self, again: bool, url: &str) {
+        // Tag times heard of so far may have missed some: read them from Redis again.
+        self.tags.subscribed();
+        self.ins.set_subscribed(true);
+        if self.flush.is_none() {
+            tracing::info!(cache = %self.cache, redis = %url, channel = %self.channel, "replica invalidations subscribed (tags only: no L1)");
+            return;
+        }
         if again {
             self.epochs.bump_shared_all();
         }
@@ -243,7 +290,6 @@ impl Listener {
         if again || dropped > 0 {
             self.ins.l1_gap_flush();
         }
-        self.ins.set_subscribed(true);
         if again {
             tracing::warn!(cache = %self.cache, redis = %url, channel = %self.channel, dropped, "replica invalidations subscribed again: L1 emptied, since invalidations sent meanwhile were missed");
         } else {
@@ -296,6 +342,7 @@ async fn subscribe_loop(l2: Weak<L2>, listener: Listener, mut stop: oneshot::Rec
                     why = listen(&listener, &mut sink, &mut stream, probe, connect_timeout, (&target, &addr)) => why,
                 };
                 listener.ins.set_subscribed(false);
+                listener.tags.unsubscribed();
                 format!("subscription lost: {why}")
             }
             Ok(Err(e)) => {
@@ -385,6 +432,18 @@ mod tests {
             Parsed::Notice(Notice::Key(digest))
         );
         assert_eq!(parse(key.as_bytes(), 0xfeed), Parsed::Own);
+        let tag = encode(0xfeed, Notice::Tag(digest));
+        assert_eq!(
+            tag,
+            format!(
+                "lc1 000000000000feed tag {}",
+                &blake3::hash(b"query=rust").to_hex()[..32]
+            )
+        );
+        assert_eq!(
+            parse(tag.as_bytes(), 1),
+            Parsed::Notice(Notice::Tag(digest))
+        );
         let clear = encode(u64::MAX, Notice::Clear);
         assert_eq!(clear, "lc1 ffffffffffffffff clear");
         assert_eq!(parse(clear.as_bytes(), 1), Parsed::Notice(Notice::Clear));
@@ -400,6 +459,8 @@ mod tests {
             "lc1 feed clear".into(),
             "lc1 000000000000feed clear extra".into(),
             "lc1 000000000000feed key".into(),
+            "lc1 000000000000feed tag".into(),
+            format!("lc1 000000000000feed tag {digest} extra"),
             format!("lc1 000000000000feed key {digest} extra"),
             format!("lc1 000000000000feed key {}", &digest[1..]),
             "lc1 000000000000feed flush".into(),
