@@ -37,7 +37,9 @@ use layercake::queue::store::{
     JobRecord, Lease, LeaseState, MemoryStore, NewJob, Recovered, RedisStore, Settled, Settlement,
     Store, StoreError,
 };
-use layercake::queue::{CancelOutcome, JobId, JobStatus, Progress, Queue, QueueLayer};
+use layercake::queue::{
+    CancelOutcome, JobId, JobStatus, Progress, Queue, QueueLayer, QueueService,
+};
 use layercake::BoxError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -117,6 +119,30 @@ impl Completions {
     }
 }
 
+/// A queue on `store` with 64 workers over the no-op service, whose completions are
+/// counted in `completions`.
+async fn counted_queue<St: Store>(
+    name: &str,
+    store: St,
+    result_ttl: Duration,
+    completions: Arc<Completions>,
+) -> (Queue<Req, u64, St>, QueueService<Req, u64, St>) {
+    let queue: Queue<Req, u64, St> = Queue::builder(name)
+        .store(store)
+        .workers(64)
+        .capacity(1024)
+        .result_ttl(result_ttl)
+        .on_change(move |_: &JobId, status| {
+            if status == JobStatus::Completed {
+                completions.completed();
+            }
+        })
+        .build()
+        .expect("queue");
+    let svc = QueueLayer::new(queue.clone()).layer(noop());
+    (queue, svc)
+}
+
 fn throughput(c: &mut Criterion) {
     let jobs = jobs();
     let rt = runtime();
@@ -149,24 +175,12 @@ fn throughput(c: &mut Criterion) {
     // few thousand. The difference is what keeping the records costs.
     for (label, ttl) in [("queue", RESULT_TTL), ("queue_ttl_20ms", SHORT_RESULT_TTL)] {
         let completions = Arc::new(Completions::default());
-        let (queue, svc) = rt.block_on(async {
-            let queue: Queue<Req, u64> = Queue::builder("bench")
-                .workers(64)
-                .capacity(1024)
-                .result_ttl(ttl)
-                .on_change({
-                    let completions = completions.clone();
-                    move |_: &JobId, status| {
-                        if status == JobStatus::Completed {
-                            completions.completed();
-                        }
-                    }
-                })
-                .build()
-                .expect("queue");
-            let svc = QueueLayer::new(queue.clone()).layer(noop());
-            (queue, svc)
-        });
+        let (queue, svc) = rt.block_on(counted_queue(
+            "bench",
+            MemoryStore::new(),
+            ttl,
+            completions.clone(),
+        ));
         group.bench_function(label, |b| {
             b.to_async(&rt).iter(|| {
                 let mut svc = svc.clone();
@@ -352,25 +366,7 @@ fn redis_throughput<St: Store + Clone>(
 ) {
     let jobs = jobs();
     let completions = Arc::new(Completions::default());
-    let (_queue, svc) = rt.block_on(async {
-        let queue: Queue<Req, u64, St> = Queue::builder(label)
-            .store(store)
-            .workers(64)
-            .capacity(1024)
-            .result_ttl(RESULT_TTL)
-            .on_change({
-                let completions = completions.clone();
-                move |_: &JobId, status| {
-                    if status == JobStatus::Completed {
-                        completions.completed();
-                    }
-                }
-            })
-            .build()
-            .expect("queue");
-        let svc = QueueLayer::new(queue.clone()).layer(noop());
-        (queue, svc)
-    });
+    let (_queue, svc) = rt.block_on(counted_queue(label, store, RESULT_TTL, completions.clone()));
     group.throughput(Throughput::Elements(jobs as u64));
     group.bench_function(label, |b| {
         b.to_async(rt).iter(|| {

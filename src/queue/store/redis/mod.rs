@@ -152,6 +152,21 @@ impl Keys {
         }
     }
 
+    /// The keys a settlement touches besides the job's, in the order the settle scripts
+    /// take them: active, wait, delayed, signal, expiry, and the three done indexes.
+    fn settling(&self) -> [&str; 8] {
+        [
+            &self.active,
+            &self.wait,
+            &self.delayed,
+            &self.signal,
+            &self.expiry,
+            &self.completed,
+            &self.failed,
+            &self.cancelled,
+        ]
+    }
+
     fn job(&self, id: &JobId) -> String {
         format!("{}{}", self.job, id.as_str())
     }
@@ -596,16 +611,11 @@ impl Store for RedisStore {
         let keys = &self.inner.keys;
         let (kind, data, delay) = settlement_args(&settlement);
         let mut invocation = self.inner.scripts.settle.prepare_invoke();
+        invocation.key(keys.job(lease.id()));
+        for key in keys.settling() {
+            invocation.key(key);
+        }
         invocation
-            .key(keys.job(lease.id()))
-            .key(&keys.active)
-            .key(&keys.wait)
-            .key(&keys.delayed)
-            .key(&keys.signal)
-            .key(&keys.expiry)
-            .key(&keys.completed)
-            .key(&keys.failed)
-            .key(&keys.cancelled)
             .arg(lease.id().as_str())
             .arg(lease.token())
             .arg(lease.generation())
@@ -626,15 +636,10 @@ impl Store for RedisStore {
         let keys = &self.inner.keys;
         let tokens: Vec<u64> = (0..max).map(|_| fastrand::u64(1..)).collect();
         let mut invocation = self.inner.scripts.settle_take.prepare_invoke();
+        for key in keys.settling() {
+            invocation.key(key);
+        }
         invocation
-            .key(&keys.active)
-            .key(&keys.wait)
-            .key(&keys.delayed)
-            .key(&keys.signal)
-            .key(&keys.expiry)
-            .key(&keys.completed)
-            .key(&keys.failed)
-            .key(&keys.cancelled)
             .arg(&keys.job)
             .arg(millis(self.inner.lease))
             .arg(millis(result_ttl).max(1))
