@@ -81,7 +81,14 @@ fn l1_hit_failsafe(c: &mut Criterion) {
     let req = search();
     let _ = call_now(&mut plain, req.clone());
     let _ = call_now(&mut layered, req.clone());
-    paired_layers(c, "l1_hit_failsafe", plain, &mut layered, || req.clone());
+    paired_group(
+        c,
+        "l1_hit_failsafe",
+        "plain_cache",
+        plain,
+        &mut layered,
+        || req.clone(),
+    );
     assert_eq!(
         plain_cache.stats().misses,
         1,
@@ -150,22 +157,7 @@ fn paired_in_memory<R, S, L>(
     paired_group(c, name, "bare_service", bare, layered, request)
 }
 
-/// [`paired_in_memory`] with another layer as the baseline (`plain_cache`).
-fn paired_layers<R, S, L>(
-    c: &mut Criterion,
-    name: &str,
-    baseline: S,
-    layered: &mut L,
-    request: impl FnMut() -> R,
-) where
-    S: tower::Service<R> + Clone,
-    S::Error: std::fmt::Debug,
-    L: tower::Service<R>,
-    L::Error: std::fmt::Debug,
-{
-    paired_group(c, name, "plain_cache", baseline, layered, request)
-}
-
+/// An interleaved pair: the baseline `bare` (reported as `baseline_name`) against `layered`.
 fn paired_group<R, S, L>(
     c: &mut Criterion,
     name: &str,

@@ -409,17 +409,8 @@ impl L2 {
         let (mut conn, gen) = self.admin_connection().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("UNLINK").arg(keys).ignore();
-        if let Some(replica) = &self.replica {
-            pipe.cmd("PUBLISH")
-                .arg(replica.channel())
-                .arg(replica.message(notice))
-                .ignore();
-        }
-        let outcome = self
-            .link
-            .run_on(gen, self.write_timeout(), pipe.query_async::<()>(&mut conn))
-            .await;
-        self.admin_outcome(outcome, "UNLINK")
+        self.announce(&mut pipe, notice);
+        self.run_admin(&mut conn, gen, &pipe, "UNLINK").await
     }
 
     /// Records a tag's invalidation for `invalidate_tag`: `SET`s its key to `at_ms` for
@@ -442,17 +433,35 @@ impl L2 {
             .arg("PX")
             .arg(ms)
             .ignore();
+        self.announce(&mut pipe, notice);
+        self.run_admin(&mut conn, gen, &pipe, "SET").await
+    }
+
+    /// Appends to `pipe`, after what it holds, the announcement of `notice` to the other
+    /// replicas (when they are told at all).
+    fn announce(&self, pipe: &mut redis::Pipeline, notice: Notice) {
         if let Some(replica) = &self.replica {
             pipe.cmd("PUBLISH")
                 .arg(replica.channel())
                 .arg(replica.message(notice))
                 .ignore();
         }
+    }
+
+    /// Runs `pipe` as one admin step on `conn` (of generation `gen`), within the write
+    /// budget.
+    async fn run_admin(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        gen: u64,
+        pipe: &redis::Pipeline,
+        what: &str,
+    ) -> Result<(), L2Error> {
         let outcome = self
             .link
-            .run_on(gen, self.write_timeout(), pipe.query_async::<()>(&mut conn))
+            .run_on(gen, self.write_timeout(), pipe.query_async::<()>(conn))
             .await;
-        self.admin_outcome(outcome, "SET")
+        self.admin_outcome(outcome, what)
     }
 
     /// Reads tags' invalidation times (one `MGET`, under the read budget, as a read):
@@ -559,20 +568,10 @@ impl L2 {
             }
         }
         // Once every entry is gone from Redis, so that no replica reads one back.
-        if let Some(replica) = &self.replica {
-            let mut publish = redis::cmd("PUBLISH");
-            publish
-                .arg(replica.channel())
-                .arg(replica.message(Notice::Clear));
-            let outcome = self
-                .link
-                .run_on(
-                    gen,
-                    self.write_timeout(),
-                    publish.query_async::<()>(&mut conn),
-                )
-                .await;
-            self.admin_outcome(outcome, "PUBLISH")?;
+        if self.replica.is_some() {
+            let mut pipe = redis::pipe();
+            self.announce(&mut pipe, Notice::Clear);
+            self.run_admin(&mut conn, gen, &pipe, "PUBLISH").await?;
         }
         Ok(removed)
     }
