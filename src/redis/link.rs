@@ -1,7 +1,7 @@
 //! `Link`: one supervised, shared connection to Redis, and the budgeted command runner.
 //!
 //! - A background *supervisor* task owns a small bb8 pool. It checks out a validated
-//!   (`PING`ed) `MultiplexedConnection`, publishes a clone of it with a new *generation*,
+//!   (`PING`ed) `Conn`, publishes a clone of it with a new *generation*,
 //!   and returns the pooled one at once. Callers share that clone: a multiplexed connection
 //!   pipelines every caller's commands, while a pooled connection per command would
 //!   serialize them (measured: a pool of 10 gave a quarter of one multiplexed connection's
@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult};
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::conn::Conn;
 use super::error::{describe, is_dead, Failure};
 use super::manager::{ForwardErrors, Manager};
 use super::options::Endpoint;
@@ -67,10 +67,7 @@ pub(crate) enum Status {
 
 enum State {
     Connecting,
-    Ready {
-        conn: MultiplexedConnection,
-        gen: u64,
-    },
+    Ready { conn: Conn, gen: u64 },
     Down,
 }
 
@@ -128,7 +125,7 @@ impl Link {
     }
 
     /// Whether `conn` answers a `PING` within the admission budget; `Err` says how not.
-    async fn admit(&self, conn: &MultiplexedConnection) -> Result<(), String> {
+    async fn admit(&self, conn: &Conn) -> Result<(), String> {
         let Some(budget) = self.admit_within else {
             return Ok(());
         };
@@ -182,10 +179,7 @@ impl Link {
 
     /// The published connection and its generation, waiting for one as `wait` says. Not
     /// bounded by itself: callers put it under their deadline (as [`Link::run`] does).
-    pub(crate) async fn connection(
-        &self,
-        wait: Wait,
-    ) -> Result<(MultiplexedConnection, u64), Failure> {
+    pub(crate) async fn connection(&self, wait: Wait) -> Result<(Conn, u64), Failure> {
         // The common case, connected, takes one read of the state and no subscription.
         if let State::Ready { conn, gen } = &*self.state.borrow() {
             return Ok((conn.clone(), *gen));
@@ -214,7 +208,7 @@ impl Link {
         command: F,
     ) -> Result<T, Failure>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let mut ran_on = None;
@@ -350,7 +344,8 @@ impl Link {
         let ep = &self.endpoint;
         let manager = Manager::new(
             ep.target().clone(),
-            ep.connection_config(Some(ep.shared_response_timeout())),
+            ep.connect_timeout,
+            ep.shared_response_timeout(),
         );
         bb8::Pool::builder()
             .max_size(ep.pool_size)
@@ -367,7 +362,7 @@ impl Link {
     }
 
     /// Publishes `conn` as a new generation.
-    fn publish(&self, conn: MultiplexedConnection) {
+    fn publish(&self, conn: Conn) {
         let gen = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.state.send_replace(State::Ready { conn, gen });
     }

@@ -1,43 +1,52 @@
 //! The bb8 connection manager: bb8-redis' manager builds its client from a URL alone, so it
 //! can carry neither TLS root certificates nor connection settings; this one takes both.
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError};
+use std::time::Duration;
 
+use redis::RedisError;
+
+use super::conn::Conn;
 use super::target::Target;
 
 pub(crate) struct Manager {
     target: Target,
-    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    response_timeout: Duration,
 }
 
 impl Manager {
-    pub(crate) fn new(target: Target, config: AsyncConnectionConfig) -> Self {
-        Self { target, config }
+    pub(crate) fn new(
+        target: Target,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        Self {
+            target,
+            connect_timeout,
+            response_timeout,
+        }
     }
 }
 
 impl bb8::ManageConnection for Manager {
-    type Connection = MultiplexedConnection;
+    type Connection = Conn;
     type Error = RedisError;
 
-    async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connect(&self) -> Result<Conn, RedisError> {
         // With Sentinels, each new connection asks them for the primary anew.
-        let client = self.target.client().await?;
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        self.target.note_connected(&client);
-        Ok(conn)
+        self.target
+            .connect(self.connect_timeout, Some(self.response_timeout))
+            .await
     }
 
     /// Checkouts happen only when (re)connecting, so a PING there is cheap, and it is what
-    /// tells a live connection from one to a dead or restarted server.
-    async fn is_valid(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    /// tells a live connection from one to a dead or restarted server (on a cluster, every
+    /// primary answers it).
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
         redis::cmd("PING").query_async::<()>(conn).await
     }
 
-    fn has_broken(&self, _: &mut MultiplexedConnection) -> bool {
+    fn has_broken(&self, _: &mut Conn) -> bool {
         false
     }
 }

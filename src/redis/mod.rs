@@ -6,7 +6,10 @@
 //! - [`link`]: `Link`, one supervised multiplexed connection with a generation, and the
 //!   budgeted command runner (`Link::run`), whose deadline covers waiting for a connection.
 //! - [`error`]: `Failure` and `Fault`, Redis errors sorted into what callers act on.
-//! - [`target`]: what connections are made to: a Redis, or the primary its Sentinels name.
+//! - [`conn`]: `Conn`, a connection to one Redis or to a cluster, and how to run a batch on
+//!   either.
+//! - [`target`]: what connections are made to: a Redis, the primary its Sentinels name, or a
+//!   cluster.
 //! - [`url`]: URL parsing and redaction; [`throttle`]: the log-line rate limit.
 //!
 //! The base has no policy: it never skips, counts or logs a failed command. Its owner does:
@@ -14,6 +17,7 @@
 //! errors. Named `redis` after what it talks to; inside this module the `redis` crate is
 //! still `redis::` (a module does not shadow an extern crate outside the crate root).
 
+pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod link;
 mod manager;

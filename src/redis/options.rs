@@ -4,10 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult};
+use redis::RedisResult;
 
-use super::target::{is_sentinel, SentinelUrl, Target};
+use super::conn::Conn;
+use super::target::{cluster_scheme, is_sentinel, Cluster, ClusterUrl, SentinelUrl, Target};
 use super::url::{is_tls, parse, redact_url};
 use crate::ConfigError;
 
@@ -108,7 +108,8 @@ impl RedisOptions {
     /// (`redis[s]://[user[:password]@]host[:port][/db]`, or `unix://` / `redis+unix://`),
     /// for the primary that Redis Sentinels name
     /// (`redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/service[/db]`, port
-    /// 26379 by default), or for no Redis at all when `url` is `None`.
+    /// 26379 by default), for a Redis Cluster (`redis+cluster://host:port,...`, below), or
+    /// for no Redis at all when `url` is `None`.
     ///
     /// With Sentinels, each connection asks them for the primary; a connection whose
     /// server stopped being the primary (the Sentinels name another at a health check, or
@@ -118,10 +119,22 @@ impl RedisOptions {
     /// spelling follows the `redis+sentinel://` form other clients (Lettuce, redis-py
     /// wrappers) use, with the service name as the path.
     ///
+    /// A Redis Cluster is named by its seed nodes,
+    /// `redis+cluster://[user[:password]@]host[:port][,host[:port]...]` (`rediss+cluster://`
+    /// for TLS; port 6379 by default). The connection learns the cluster's layout from
+    /// whichever seed answers, routes each command to its slot's primary, and follows
+    /// `MOVED` / `ASK` redirections (a resharding) and failovers by itself. redis-rs takes a
+    /// cluster as a list of node URLs (`ClusterClient::new`), which no single `redis://` URL
+    /// can carry: the `+cluster` scheme carries the list in one string, so that one
+    /// `REDIS_URL` variable still configures every deployment. The cache's keys spread over
+    /// the slots; each queue keeps all its keys in one slot (a `{queue}` hash tag), so its
+    /// scripts never see `CROSSSLOT`, while different queues spread over the shards.
+    ///
     /// ```
     /// use layercake::RedisOptions;
-    /// let options = RedisOptions::new("redis+sentinel://10.0.0.1,10.0.0.2:26380/mymaster/0");
-    /// # let _ = options;
+    /// let sentinels = RedisOptions::new("redis+sentinel://10.0.0.1,10.0.0.2:26380/mymaster/0");
+    /// let cluster = RedisOptions::new("redis+cluster://:s3cr3t@10.0.0.1:7000,10.0.0.2:7000");
+    /// # let _ = (sentinels, cluster);
     /// ```
     pub fn new(url: impl IntoRedisUrl) -> Self {
         Self {
@@ -230,6 +243,9 @@ impl RedisOptions {
             }
             let parsed = SentinelUrl::parse("redis_url", url)?;
             (parsed.target("redis_url")?, parsed.password.clone())
+        } else if cluster_scheme(url).is_some() {
+            let parsed = ClusterUrl::parse("redis_url", url)?;
+            (self.cluster(url, &parsed)?, parsed.password)
         } else {
             let info = parse("redis_url", url)?;
             let secret = info.redis_settings().password().map(str::to_owned);
@@ -244,6 +260,41 @@ impl RedisOptions {
             probe_interval: self.probe_interval,
             pool_size: self.pool_size,
         }))
+    }
+
+    /// The cluster client for `parsed`, and a client per seed node (for subscribers).
+    fn cluster(&self, url: &str, parsed: &ClusterUrl) -> Result<Target, ConfigError> {
+        let no_client = |e: redis::RedisError| {
+            ConfigError::new(
+                "redis_url",
+                format!(
+                    "`{}`: a cluster client: {}",
+                    redact_url(url),
+                    super::error::describe(&e)
+                ),
+            )
+        };
+        let mut seeds = Vec::with_capacity(parsed.nodes.len());
+        for node in &parsed.nodes {
+            seeds.push(self.client(node, parse("redis_url", node)?)?);
+        }
+        #[allow(unused_mut)]
+        let mut builder = redis::cluster::ClusterClientBuilder::new(parsed.nodes.clone())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout.max(self.connect_timeout));
+        #[cfg(feature = "tls")]
+        if let Some(pem) = &self.tls_root_ca {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        let client = builder.build().map_err(no_client)?;
+        Ok(Target::Cluster(std::sync::Arc::new(Cluster {
+            client,
+            seeds,
+            next_seed: std::sync::atomic::AtomicUsize::new(0),
+        })))
     }
 
     fn client(&self, url: &str, info: redis::ConnectionInfo) -> Result<redis::Client, ConfigError> {
@@ -357,18 +408,6 @@ impl Endpoint {
         &self.url
     }
 
-    /// Settings of a connection: connect within `connect_timeout`, and give up on an answer
-    /// after `response_timeout` (`None`: wait as long as the caller does, for blocking
-    /// commands).
-    pub(crate) fn connection_config(
-        &self,
-        response_timeout: Option<Duration>,
-    ) -> AsyncConnectionConfig {
-        AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(response_timeout)
-    }
-
     /// The response timeout of shared connections: longer than any budget a caller gives a
     /// command, so that the caller's own deadline is what fires, while a reply lost for
     /// good still frees its slot in the connection's pipeline.
@@ -381,15 +420,11 @@ impl Endpoint {
         &self.target
     }
 
-    /// A connection of its own, outside the pool (for blocking commands).
-    pub(crate) async fn dedicated(
-        &self,
-        response_timeout: Option<Duration>,
-    ) -> RedisResult<MultiplexedConnection> {
+    /// A connection of its own, outside the pool (for blocking commands): it gives up on
+    /// an answer after `response_timeout` (`None`: waits as long as the caller does).
+    pub(crate) async fn dedicated(&self, response_timeout: Option<Duration>) -> RedisResult<Conn> {
         self.target
-            .client()
-            .await?
-            .get_multiplexed_async_connection_with_config(&self.connection_config(response_timeout))
+            .connect(self.connect_timeout, response_timeout)
             .await
     }
 

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::cache::epoch::{Epochs, Ticket};
 use crate::cache::stats::{Instruments, L2Cause, L2Op, L2State};
 use crate::codec;
+use crate::redis::conn::Conn;
 use crate::redis::error::{Failure, Fault};
 use crate::redis::link::{Events, Link, Status, Wait};
 use crate::redis::options::Endpoint;
@@ -452,14 +453,14 @@ impl L2 {
     /// budget.
     async fn run_admin(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut Conn,
         gen: u64,
         pipe: &redis::Pipeline,
         what: &str,
     ) -> Result<(), L2Error> {
         let outcome = self
             .link
-            .run_on(gen, self.write_timeout(), pipe.query_async::<()>(conn))
+            .run_on(gen, self.write_timeout(), conn.run_in_order(pipe))
             .await;
         self.admin_outcome(outcome, what)
     }
@@ -532,39 +533,50 @@ impl L2 {
         }
     }
 
-    /// Removes every key matching `pattern` with SCAN + UNLINK in batches (never KEYS).
-    /// Returns how many keys were unlinked.
+    /// Removes every key matching `pattern` with SCAN + UNLINK in batches (never KEYS), on
+    /// every primary of a cluster in turn. Returns how many keys were unlinked.
     pub(crate) async fn delete_matching(self: &Arc<Self>, pattern: &str) -> Result<u64, L2Error> {
         self.ensure_started();
         let (mut conn, gen) = self.admin_connection().await?;
-        let mut cursor: u64 = 0;
+        let primaries = self
+            .link
+            .run_on(gen, self.write_timeout(), conn.primaries())
+            .await;
+        let primaries = self.admin_outcome(primaries, "CLUSTER SLOTS")?;
+        let nodes: Vec<Option<&(String, u16)>> = match &primaries {
+            Some(primaries) => primaries.iter().map(Some).collect(),
+            None => vec![None],
+        };
         let mut removed = 0u64;
-        loop {
-            let step = async {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await?;
-                let n = if keys.is_empty() {
-                    0
-                } else {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<u64>(&mut conn)
-                        .await?
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let step = async {
+                    let mut scan = redis::cmd("SCAN");
+                    scan.arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500);
+                    let (next, keys): (u64, Vec<String>) = conn.query_on(node, &scan).await?;
+                    // Routed by slot: on a cluster, split over the slots' nodes.
+                    let n = if keys.is_empty() {
+                        0
+                    } else {
+                        redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<u64>(&mut conn)
+                            .await?
+                    };
+                    Ok((next, n))
                 };
-                Ok((next, n))
-            };
-            let outcome = self.link.run_on(gen, self.write_timeout(), step).await;
-            let (next, n) = self.admin_outcome(outcome, "SCAN/UNLINK")?;
-            removed += n;
-            cursor = next;
-            if cursor == 0 {
-                break;
+                let outcome = self.link.run_on(gen, self.write_timeout(), step).await;
+                let (next, n) = self.admin_outcome(outcome, "SCAN/UNLINK")?;
+                removed += n;
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         // Once every entry is gone from Redis, so that no replica reads one back.
@@ -578,7 +590,7 @@ impl L2 {
 
     /// The connection for an admin operation, waiting up to the connect timeout for a first
     /// one.
-    async fn admin_connection(&self) -> Result<(redis::aio::MultiplexedConnection, u64), L2Error> {
+    async fn admin_connection(&self) -> Result<(Conn, u64), L2Error> {
         let wait = self.link.endpoint().connect_timeout;
         match tokio::time::timeout(wait, self.link.connection(Wait::UnlessDown)).await {
             Ok(Ok(c)) => Ok(c),
@@ -690,10 +702,7 @@ impl L2 {
         if sent == 0 {
             return;
         }
-        let outcome = self
-            .link
-            .run_on(gen, budget, pipe.query_async::<()>(&mut conn))
-            .await;
+        let outcome = self.link.run_on(gen, budget, conn.run_each(&pipe)).await;
         match outcome {
             Ok(()) => self.succeeded(),
             Err(f) => {

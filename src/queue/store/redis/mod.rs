@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 
 use super::{
@@ -26,6 +25,7 @@ use crate::clock::{from_unix_ms, to_unix_ms};
 use crate::error::ConfigError;
 use crate::queue::error::StoreError;
 use crate::queue::job::{CancelOutcome, JobId, JobStatus, Progress};
+use crate::redis::conn::Conn;
 use crate::redis::link::{Events, Link, Wait};
 use crate::redis::options::RedisOptions;
 use crate::redis::IntoRedisUrl;
@@ -81,7 +81,7 @@ struct Inner {
     connect_timeout: Duration,
     /// Connections for blocking takes, each used by one `dequeue` at a time; one blocked
     /// in a dropped `dequeue` is dropped with it.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<Conn>>,
     /// Whether the `maxmemory-policy` check has been started.
     checked_policy: AtomicBool,
     scripts: Scripts,
@@ -352,7 +352,7 @@ impl Inner {
     /// is used at once).
     async fn run<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         self.link.start();
