@@ -6,7 +6,9 @@ use std::net::TcpStream as StdTcpStream;
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use support::{eventually, free_port, Fault, FaultProxy, LogCapture, RedisServer};
+use support::{
+    eventually, free_port, Fault, FaultProxy, LogCapture, RedisCluster, RedisServer, NODES, SLOTS,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn ping(con: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<String> {
@@ -330,4 +332,154 @@ async fn log_capture_across_threads() {
     .await
     .unwrap();
     assert!(logs.contains("from a spawned task"), "{}", logs.contents());
+}
+
+#[test]
+fn cluster_slot_of_follows_crc16_and_hashtags() {
+    // CRC16/XMODEM's check value, and Redis' own examples.
+    assert_eq!(RedisCluster::slot_of("123456789"), 0x31C3);
+    assert_eq!(RedisCluster::slot_of("foo"), 12182);
+    assert_eq!(
+        RedisCluster::slot_of("{user1000}.following"),
+        RedisCluster::slot_of("{user1000}.followers")
+    );
+    assert_eq!(
+        RedisCluster::slot_of("foo{{bar}}zap"),
+        RedisCluster::slot_of("{bar")
+    );
+    assert_eq!(
+        RedisCluster::slot_of("foo{bar}{zap}"),
+        RedisCluster::slot_of("bar")
+    );
+}
+
+/// GET `key` on node `i`: the value, or the error reply's text (`MOVED ...`, `ASK ...`).
+fn get_on(cluster: &RedisCluster, i: usize, key: &str) -> Result<Option<String>, String> {
+    cluster
+        .try_cmd(i, &["GET", key])
+        .map(|v| redis::from_redis_value(v).expect("GET answers a string or nil"))
+}
+
+#[test]
+fn cluster_starts_and_migrates_a_slot_live() {
+    let cluster = RedisCluster::start();
+    assert_eq!(cluster.nodes().len(), NODES);
+    assert_eq!(cluster.url(), cluster.nodes()[0]);
+    for i in 0..NODES {
+        let info = cluster.node(i).query::<String>(&["CLUSTER", "INFO"]);
+        assert!(info.contains("cluster_state:ok"), "node {i}: {info}");
+        assert!(info.contains("cluster_slots_ok:16384"), "node {i}: {info}");
+        assert_eq!(
+            cluster.node(i).query::<String>(&["CLUSTER", "MYID"]),
+            cluster.node_id(i)
+        );
+    }
+    let total: usize = (0..NODES).map(|i| cluster.slots_of(i).len()).sum();
+    assert_eq!(total, usize::from(SLOTS));
+
+    // Keys land on their owners; the pure slot function agrees with the server.
+    for key in ["foo{}{bar}", "{}", "{", "}{x}", "a{b}c{d}", ""] {
+        let served = cluster.node(0).query::<u16>(&["CLUSTER", "KEYSLOT", key]);
+        assert_eq!(RedisCluster::slot_of(key), served, "slot of {key:?}");
+    }
+    for n in 0..50 {
+        let key = format!("k{n}");
+        let slot = RedisCluster::slot_of(&key);
+        let served = cluster.node(0).query::<u16>(&["CLUSTER", "KEYSLOT", &key]);
+        assert_eq!(slot, served, "slot of {key}");
+        let owner = cluster.owner_of_slot(slot);
+        cluster.node(owner).cmd(&["SET", &key, "v"]);
+        let other = (owner + 1) % NODES;
+        let moved = get_on(&cluster, other, &key).expect_err("a non-owner redirects");
+        assert!(moved.starts_with(&format!("MOVED {slot} ")), "{moved}");
+    }
+
+    // A slot with more keys than one MIGRATE batch, moved while requests run.
+    let key = "user:1";
+    let slot = RedisCluster::slot_of(key);
+    let from = cluster.owner_of_key(key);
+    let to = (from + 1) % NODES;
+    cluster.node(from).cmd(&["SET", key, "one"]);
+    for n in 0..250 {
+        cluster
+            .node(from)
+            .cmd(&["SET", &format!("{{user:1}}:{n}"), "x"]);
+    }
+    let migration = cluster.begin_migration(slot, to);
+    assert_eq!(
+        (migration.slot(), migration.from(), migration.to()),
+        (slot, from, to)
+    );
+    // Half-migrated, keys not moved yet: the source serves what it holds, ASKs for the rest.
+    assert_eq!(get_on(&cluster, from, key), Ok(Some("one".into())));
+    let ask = get_on(&cluster, from, "{user:1}:missing").expect_err("ASK for a missing key");
+    assert!(
+        ask.starts_with(&format!("ASK {slot} 127.0.0.1:{}", cluster.node(to).port())),
+        "{ask}"
+    );
+    let moved = get_on(&cluster, to, key).expect_err("the target redirects without ASKING");
+    assert!(moved.starts_with("MOVED"), "{moved}");
+
+    assert_eq!(migration.move_keys(), 251);
+    let ask = get_on(&cluster, from, key).expect_err("the key has left the source");
+    assert!(ask.starts_with("ASK"), "{ask}");
+    let mut con = cluster.node(to).client().get_connection().unwrap();
+    let ((), value): ((), String) = redis::pipe()
+        .cmd("ASKING")
+        .cmd("GET")
+        .arg(key)
+        .query(&mut con)
+        .expect("the target serves the key after ASKING");
+    assert_eq!(value, "one");
+
+    migration.finish();
+    assert_eq!(cluster.owner_of_slot(slot), to);
+    assert_eq!(get_on(&cluster, to, key), Ok(Some("one".into())));
+    assert_eq!(
+        cluster
+            .node(to)
+            .query::<usize>(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]),
+        251
+    );
+    for old in (0..NODES).filter(|&i| i != to) {
+        let moved = get_on(&cluster, old, key).expect_err("the others redirect");
+        let expected = format!("MOVED {slot} 127.0.0.1:{}", cluster.node(to).port());
+        assert_eq!(moved, expected, "node {old}");
+    }
+    // And back, in one call.
+    cluster.migrate_slot(slot, from);
+    assert_eq!(get_on(&cluster, from, key), Ok(Some("one".into())));
+}
+
+#[test]
+fn cluster_reshards_many_slots() {
+    let cluster = RedisCluster::start();
+    let owners = cluster.slot_owners();
+    for n in 0..300 {
+        let key = format!("r{n}");
+        let owner = owners[usize::from(RedisCluster::slot_of(&key))];
+        cluster.node(owner).cmd(&["SET", &key, "v"]);
+    }
+    let before = cluster.slots_of(1).len();
+    let moved = cluster.reshard(0, 1, 300);
+    assert_eq!(moved.len(), 300);
+    assert_eq!(cluster.slots_of(1).len(), before + 300);
+    // A range from whoever owns it, one slot at a time.
+    cluster.migrate_slots(16_000..16_010, 0);
+    assert!((16_000..16_010).all(|s| cluster.owner_of_slot(s) == 0));
+
+    let keys: usize = (0..NODES)
+        .map(|i| cluster.node(i).query::<usize>(&["DBSIZE"]))
+        .sum();
+    assert_eq!(keys, 300, "no key lost or duplicated");
+    let owners = cluster.slot_owners();
+    for n in 0..300 {
+        let key = format!("r{n}");
+        let owner = owners[usize::from(RedisCluster::slot_of(&key))];
+        assert_eq!(
+            get_on(&cluster, owner, &key),
+            Ok(Some("v".into())),
+            "{key} on node {owner}"
+        );
+    }
 }

@@ -5,6 +5,8 @@
 //! * [`FaultProxy`] / [`Fault`]: a TCP proxy whose behaviour (pass, delay, black-hole,
 //!   reset) a test switches at run time.
 //! * [`eventually`]: wait for a condition with a deadline instead of sleeping and hoping.
+//! * [`RedisCluster`]: three cluster-enabled `redis-server`s joined into a Redis Cluster,
+//!   with live slot migrations ([`RedisCluster::begin_migration`], [`RedisCluster::reshard`]).
 //! * [`LogCapture`]: capture formatted `tracing` output to assert on it.
 //! * `TlsRedisServer` / `TestCa` (feature `tls`): a TLS-only `redis-server` with a
 //!   certificate generated for it.
@@ -12,11 +14,14 @@
 //! Each test file uses only part of this module, hence the `allow` below.
 #![allow(dead_code)]
 
+mod cluster;
 mod proxy;
 mod sentinel;
 #[cfg(feature = "tls")]
 mod tls;
 
+#[allow(unused_imports)]
+pub use cluster::{RedisCluster, SlotMigration, NODES, SLOTS};
 // Not every test file uses the proxy.
 #[allow(unused_imports)]
 pub use proxy::{Fault, FaultProxy};
