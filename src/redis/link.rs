@@ -208,14 +208,28 @@ impl Link {
         command: F,
     ) -> Result<T, Failure>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let mut ran_on = None;
+        let mut command = command;
         let outcome = tokio::time::timeout(budget, async {
             let (conn, gen) = self.connection(wait).await?;
             ran_on = Some(gen);
-            command(conn).await.map_err(|e| self.failure(&e, Some(gen)))
+            loop {
+                match command(conn.clone()).await {
+                    Ok(value) => return Ok(value),
+                    // A cluster connection follows redirections itself, but gives up after
+                    // its retries: when a slot moves under load, its `ASKING` and the
+                    // redirected command go out separately on a connection other callers
+                    // share, so another caller's command can take the `ASKING` and the two
+                    // nodes bounce the command between them. Within the budget, again.
+                    Err(e) if is_redirect(&e) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => return Err(self.failure(&e, Some(gen))),
+                }
+            }
         })
         .await;
         // Before the first connection, a timeout says nothing about a connection.
@@ -378,6 +392,17 @@ impl Link {
             }
         });
     }
+}
+
+/// Whether `e` is a cluster's redirection or request to retry that redis-rs gave up on.
+fn is_redirect(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain
+        )
+    )
 }
 
 /// Keeps one connection published while Redis is healthy, and connects again when not.

@@ -350,9 +350,11 @@ impl Inner {
     /// Runs `command` on the shared connection within the command budget, waiting through
     /// an outage for the supervisor's next connection (so a Redis back within the budget
     /// is used at once).
+    /// `command` may run more than once: again after a cluster's redirection that the
+    /// connection gave up following, which the server answered without running it.
     async fn run<T, F, Fut>(&self, command: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         self.link.start();
@@ -364,16 +366,19 @@ impl Inner {
     }
 
     async fn eval(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let invocation = &invocation;
         self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let cmd = &cmd;
         self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
     }
 
     async fn pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, StoreError> {
+        let pipe = &pipe;
         self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await
     }

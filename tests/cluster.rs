@@ -1,0 +1,490 @@
+//! The cache and the queue on a real three-primary Redis Cluster (`support::RedisCluster`):
+//! hits and misses across slots, `clear` over 10,000 keys on every shard, invalidations and
+//! tags reaching another replica across shards, and a slot migration (half-migrated, then a
+//! reshard) under load with no failed request and no lost or repeated job.
+//!
+//! One cluster serves every test of this binary but the migration test, which moves slots
+//! and gets a cluster of its own; tests share it through distinct cache and queue names.
+
+#[macro_use]
+mod queue_suite;
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use layercake::cache::Tags;
+use layercake::queue::Queue;
+use layercake::Cache;
+use support::{eventually, RedisCluster, NODES};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The cluster this binary's tests share: started by the first test that asks, stopped
+/// when the last one holding it ends (statics are never dropped, so a plain static would
+/// leave the servers running).
+fn shared() -> Arc<RedisCluster> {
+    static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cluster) = slot.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(RedisCluster::start());
+    *slot = Arc::downgrade(&cluster);
+    cluster
+}
+
+/// The crate's URL for `cluster`: every node as a seed.
+fn url(cluster: &RedisCluster) -> String {
+    let hosts: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    format!("redis+cluster://{}", hosts.join(","))
+}
+
+/// How many keys matching `pattern` each node holds (`SCAN` on each, as the node sees it).
+fn keys_per_node(cluster: &RedisCluster, pattern: &str) -> Vec<usize> {
+    (0..NODES)
+        .map(|i| {
+            let mut cursor = "0".to_owned();
+            let mut n = 0;
+            loop {
+                let (next, keys): (String, Vec<String>) = cluster
+                    .node(i)
+                    .query(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"]);
+                n += keys.len();
+                if next == "0" {
+                    return n;
+                }
+                cursor = next;
+            }
+        })
+        .collect()
+}
+
+fn l2_errors<V: Clone>(cache: &Cache<V>) -> u64 {
+    let e = cache.stats().l2_errors;
+    e.timeout + e.io + e.server + e.decode + e.oversized + e.breaker_open + e.bulkhead + e.dropped
+}
+
+async fn until_connected<V: Clone>(cache: &Cache<V>) {
+    eventually(WAIT, "the cache connected to the cluster", || async {
+        cache.stats().l2_connected()
+    })
+    .await;
+}
+
+/// The queue conformance suite on the shared cluster, each test with a queue of its own
+/// (so its keys sit in a slot of their own, on whichever shard owns it).
+mod conformance {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use layercake::queue::store::RedisStore;
+
+    use super::{shared, url};
+    use crate::queue_suite;
+
+    fn store(cluster: &super::RedisCluster) -> RedisStore {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("conformance-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        RedisStore::builder(name)
+            .redis_url(url(cluster))
+            .lease(Duration::from_secs(2))
+            .build()
+            .expect("a valid store")
+    }
+
+    queue_conformance!(fixture: shared(), |cluster| store(&cluster), paused_time: false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_and_misses_across_slots_on_every_shard() {
+    let cluster = shared();
+    let writer: Cache<String> = Cache::builder("slots")
+        .namespace("hits")
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    // No L1: every read below is a read from the cluster.
+    let reader: Cache<String> = Cache::builder("slots")
+        .namespace("hits")
+        .l1_enabled(false)
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    until_connected(&writer).await;
+    for i in 0..300 {
+        writer.insert(format!("k{i}"), format!("v{i}")).await;
+    }
+    eventually(WAIT, "300 entries written to the cluster", || async {
+        keys_per_node(&cluster, "hits:slots:*")
+            .iter()
+            .sum::<usize>()
+            == 300
+    })
+    .await;
+    let spread = keys_per_node(&cluster, "hits:slots:*");
+    assert!(spread.iter().all(|&n| n > 50), "keys per node: {spread:?}");
+
+    for i in 0..300 {
+        assert_eq!(
+            reader.get(format!("k{i}")).await,
+            Some(format!("v{i}")),
+            "k{i}"
+        );
+    }
+    for i in 0..100 {
+        assert_eq!(reader.get(format!("absent{i}")).await, None);
+    }
+    let stats = reader.stats();
+    assert_eq!((stats.hits_l2, stats.misses), (300, 100), "{stats:?}");
+    assert_eq!(l2_errors(&reader), 0, "{stats:?}");
+    assert_eq!(l2_errors(&writer), 0, "{:?}", writer.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_removes_10000_keys_from_every_shard_and_nothing_else() {
+    let cluster = shared();
+    let cache: Cache<u32> = Cache::builder("clear")
+        .namespace("tenk")
+        .l1_enabled(false)
+        .l2_write_queue(20_000)
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    until_connected(&cache).await;
+    // Another cache's key, in the same cluster: `clear` must leave it.
+    let other: Cache<u32> = Cache::builder("other")
+        .namespace("tenk")
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    other.insert("keep", 7).await;
+    for i in 0..10_000u32 {
+        cache.insert(format!("k{i}"), i).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "10,000 entries written",
+        || async {
+            keys_per_node(&cluster, "tenk:clear:*")
+                .iter()
+                .sum::<usize>()
+                == 10_000
+        },
+    )
+    .await;
+    let before = keys_per_node(&cluster, "tenk:clear:*");
+    assert!(
+        before.iter().all(|&n| n > 3_000),
+        "keys per node: {before:?}"
+    );
+    eventually(WAIT, "the other cache's entry written", || async {
+        keys_per_node(&cluster, "tenk:other:*")
+            .iter()
+            .sum::<usize>()
+            == 1
+    })
+    .await;
+
+    let removed = cache.clear().await.expect("clear over every primary");
+    assert_eq!(removed, 10_000);
+    assert_eq!(keys_per_node(&cluster, "tenk:clear:*"), vec![0; NODES]);
+    assert_eq!(
+        keys_per_node(&cluster, "tenk:other:*")
+            .iter()
+            .sum::<usize>(),
+        1
+    );
+    assert_eq!(cache.get("k1").await, None);
+    assert_eq!(l2_errors(&cache), 0, "{:?}", cache.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_and_tags_reach_another_replica_across_shards() {
+    let cluster = shared();
+    let build = || {
+        Cache::<String>::builder("replicas")
+            .namespace("inval")
+            .redis_url(url(&cluster))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    until_connected(&a).await;
+    eventually(WAIT, "both replicas subscribed", || async {
+        a.stats().invalidations_subscribed && b.stats().invalidations_subscribed
+    })
+    .await;
+
+    // One key: B holds it in L1, A invalidates it.
+    a.insert("k", "old".to_owned()).await;
+    eventually(WAIT, "B reads k from the cluster into L1", || async {
+        b.get("k").await.is_some() && b.get_l1("k").is_some()
+    })
+    .await;
+    a.invalidate("k").await.expect("invalidate");
+    eventually(WAIT, "B's L1 copy of k dropped", || async {
+        b.get_l1("k").is_none()
+    })
+    .await;
+    assert_eq!(b.get("k").await, None, "gone from the cluster too");
+
+    // Tags: 100 entries under each of two tags, on every shard, all in B's L1.
+    for i in 0..100 {
+        a.insert_tagged(format!("x{i}"), "x".to_owned(), Tags::new(["provider-x"]))
+            .await;
+        a.insert_tagged(format!("y{i}"), "y".to_owned(), Tags::new(["provider-y"]))
+            .await;
+    }
+    eventually(WAIT, "200 tagged entries written", || async {
+        keys_per_node(&cluster, "inval:replicas:v*")
+            .iter()
+            .sum::<usize>()
+            == 200
+    })
+    .await;
+    let spread = keys_per_node(&cluster, "inval:replicas:v*");
+    assert!(
+        spread.iter().all(|&n| n > 20),
+        "entries per node: {spread:?}"
+    );
+    for i in 0..100 {
+        assert!(b.get(format!("x{i}")).await.is_some(), "x{i}");
+        assert!(b.get(format!("y{i}")).await.is_some(), "y{i}");
+    }
+
+    a.invalidate_tag("provider-x")
+        .await
+        .expect("invalidate_tag");
+    eventually(WAIT, "B sees provider-x invalidated", || async {
+        b.get_l1("x0").is_none() && b.get_l1("x99").is_none()
+    })
+    .await;
+    for i in 0..100 {
+        assert_eq!(b.get(format!("x{i}")).await, None, "x{i} after its tag");
+        assert_eq!(b.get(format!("y{i}")).await.as_deref(), Some("y"), "y{i}");
+    }
+    assert_eq!(l2_errors(&a) + l2_errors(&b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_queue_keeps_its_keys_in_one_slot_and_queues_spread_over_shards() {
+    let cluster = shared();
+    let mut owners = HashMap::new();
+    for name in ["render", "translate", "embed", "mail", "thumbs", "reports"] {
+        let queue = Queue::<String, String>::builder(name)
+            .redis_url(url(&cluster))
+            .build()
+            .unwrap();
+        for i in 0..3 {
+            queue
+                .enqueue_in(format!("{name}{i}"), Duration::from_secs(60))
+                .await
+                .expect("enqueue on the cluster");
+        }
+        let pattern = format!("layercake:queue:{{{name}}}:*");
+        let per_node = keys_per_node(&cluster, &pattern);
+        let holding: Vec<usize> = (0..NODES).filter(|&i| per_node[i] > 0).collect();
+        assert_eq!(holding.len(), 1, "{name}'s keys per node: {per_node:?}");
+        assert!(per_node[holding[0]] >= 4, "{name}: {per_node:?}");
+        assert_eq!(holding[0], cluster.owner_of_key(&format!("{{{name}}}")));
+        owners.insert(name, holding[0]);
+    }
+    let mut distinct: Vec<usize> = owners.values().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() > 1, "every queue on one shard: {owners:?}");
+}
+
+/// Serves the cache and the queue while slot moves run on a blocking thread: the slot of a
+/// hot key and the queue's slot, each held half-migrated (`ASK`) for a while and then
+/// finished (`MOVED`), then 1,000 slots resharded with `redis-cli --cluster reshard`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
+    let cluster = Arc::new(RedisCluster::start());
+    let cache: Cache<String> = Cache::builder("hot")
+        .namespace("moving")
+        // Every read goes to the cluster: L1 would hide the redirections.
+        .l1_enabled(false)
+        .l2_timeout(Duration::from_millis(500))
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    until_connected(&cache).await;
+    const KEYS: usize = 200;
+    for i in 0..KEYS {
+        cache.insert(format!("k{i}"), format!("v{i}")).await;
+    }
+    eventually(WAIT, "the hot keys written", || async {
+        keys_per_node(&cluster, "moving:hot:*")
+            .iter()
+            .sum::<usize>()
+            == KEYS
+    })
+    .await;
+
+    // While a slot is half-migrated, Redis answers a script whose keys are partly on each
+    // node with TRYAGAIN, which redis-rs retries: the budget must outlast the hold below.
+    let queue = Queue::<u32, u32>::builder("moving")
+        .redis(layercake::RedisOptions::new(url(&cluster)).command_timeout(Duration::from_secs(3)))
+        .lease(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let runs = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
+    let worker = {
+        let runs = Arc::clone(&runs);
+        let queue = queue.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            queue
+                .serve(tower::service_fn(move |n: u32| {
+                    let runs = Arc::clone(&runs);
+                    async move {
+                        *runs.lock().unwrap().entry(n).or_default() += 1;
+                        Ok::<_, Infallible>(n)
+                    }
+                }))
+                .until(async {
+                    stop_rx.await.ok();
+                })
+                .await
+        });
+        (stop_tx, task)
+    };
+
+    let moving = Arc::new(AtomicBool::new(true));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let loaders = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (cache, moving, wrong, reads, loaders) = (
+            cache.clone(),
+            Arc::clone(&moving),
+            Arc::clone(&wrong),
+            Arc::clone(&reads),
+            Arc::clone(&loaders),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = c;
+            while moving.load(Ordering::Relaxed) {
+                let key = format!("k{}", i % KEYS);
+                let want = format!("v{}", i % KEYS);
+                let got = cache
+                    .get_with(&key, async {
+                        loaders.fetch_add(1, Ordering::Relaxed);
+                        want.clone()
+                    })
+                    .await;
+                if got != want {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+                i += 16;
+            }
+        }));
+    }
+    let producer = {
+        let (queue, moving) = (queue.clone(), Arc::clone(&moving));
+        tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), 0usize);
+            let mut n = 0u32;
+            while moving.load(Ordering::Relaxed) {
+                match queue.enqueue(n).await {
+                    Ok(_) => acked.push(n),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("enqueue {n} failed: {e:?}");
+                    }
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (acked, failed)
+        })
+    };
+
+    let moves = {
+        let cluster = Arc::clone(&cluster);
+        let hot_key = cache.redis_key("k0");
+        tokio::task::spawn_blocking(move || {
+            let hold = || std::thread::sleep(Duration::from_millis(500));
+            let mut moved = Vec::new();
+            for key in [hot_key.as_str(), "{moving}"] {
+                let slot = RedisCluster::slot_of(key);
+                let to = (cluster.owner_of_slot(slot) + 1) % NODES;
+                let migration = cluster.begin_migration(slot, to);
+                hold();
+                let keys = migration.move_keys();
+                // Every key of the slot is on the target: the source answers ASK.
+                hold();
+                migration.finish();
+                hold();
+                moved.push((slot, keys));
+            }
+            let resharded = cluster.reshard(0, 1, 1_000).len();
+            hold();
+            (moved, resharded)
+        })
+    };
+    let (moved, resharded) = moves.await.expect("the slot moves ran");
+    moving.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("a client");
+    }
+    let (acked, failed) = producer.await.expect("the producer");
+
+    eventually(
+        Duration::from_secs(30),
+        "every acknowledged job completed",
+        || async {
+            let runs = runs.lock().unwrap();
+            acked.iter().all(|n| runs.contains_key(n))
+        },
+    )
+    .await;
+    let (stop, task) = worker;
+    stop.send(()).ok();
+    task.await.expect("the worker");
+
+    let stats = cache.stats();
+    let reads = reads.load(Ordering::Relaxed);
+    eprintln!(
+        "moved {moved:?} (slot, keys) and resharded {resharded} slots; {reads} reads, {} loads, {} jobs; cache {stats:?}",
+        loaders.load(Ordering::Relaxed),
+        acked.len()
+    );
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "a read answered a wrong value"
+    );
+    assert_eq!(failed, 0, "an enqueue failed during the moves");
+    assert!(
+        moved.iter().all(|&(_, keys)| keys > 0),
+        "the moved slots held keys: {moved:?}"
+    );
+    assert_eq!(resharded, 1_000);
+    assert!(
+        reads > 1_000 && acked.len() > 100,
+        "{reads} reads, {} jobs",
+        acked.len()
+    );
+    // Redirections were followed, never turned into misses.
+    assert_eq!(l2_errors(&cache), 0, "{stats:?}");
+    assert_eq!(stats.misses, 0, "{stats:?}");
+    let runs = runs.lock().unwrap();
+    let twice: Vec<_> = runs.iter().filter(|(_, &r)| r != 1).collect();
+    assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
+}
