@@ -17,7 +17,10 @@
 //!   (capacity 1, keys read in turn) misses (`tagged_subscribed`: a map read, then the L1
 //!   backfill).
 //!
-//! The L2 benchmarks start their own `redis-server` on a free loopback port.
+//! - `cluster_l2_hit`: `Cache::get` answered by a three-primary Redis Cluster (L1 off),
+//!   against a raw `GET` of the same key on a redis-rs cluster connection, interleaved.
+//!
+//! The L2 benchmarks start their own `redis-server` (or cluster) on free loopback ports.
 //!
 //! ```text
 //! cargo bench --bench cache
@@ -562,10 +565,100 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(6))
 }
 
+/// An L2 hit on a Redis Cluster against a raw cluster `GET`, on one thread.
+fn cluster_l2_hit(c: &mut Criterion) {
+    let cluster = support::RedisCluster::start();
+    let hosts: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let url = format!("redis+cluster://{}", hosts.join(","));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (cache, conn) = rt.block_on(async {
+        let cache: Cache<Hits> = Cache::builder("bench-cluster")
+            .l1_enabled(false)
+            .redis_url(url)
+            .time_to_live(Duration::from_secs(3600))
+            .l2_timeout(Duration::from_millis(500))
+            .build()
+            .expect("valid config");
+        support::eventually(Duration::from_secs(10), "connected", || {
+            let cache = cache.clone();
+            async move { cache.stats().l2_connected() }
+        })
+        .await;
+        cache.insert("q0", hits("q0")).await;
+        let conn = redis::cluster::ClusterClient::new(cluster.nodes())
+            .expect("a cluster client")
+            .get_async_connection()
+            .await
+            .expect("a cluster connection");
+        let redis_key = cache.redis_key("q0");
+        support::eventually(Duration::from_secs(10), "q0 written", || {
+            let (mut conn, k) = (conn.clone(), redis_key.clone());
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(&k)
+                    .query_async::<bool>(&mut conn)
+                    .await
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        (cache, conn)
+    });
+    let redis_key = cache.redis_key("q0");
+    let mut group = c.benchmark_group("cluster_l2_hit");
+    for side in [Side::Baseline, Side::Layer] {
+        let name = match side {
+            Side::Baseline => "raw_cluster_get",
+            Side::Layer => "cache_get",
+        };
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (conn, cache, k) = (conn.clone(), cache.clone(), redis_key.clone());
+                async move {
+                    let mut timed = Duration::ZERO;
+                    for i in 0..iters {
+                        let (raw, layered) = paired(
+                            i,
+                            || {
+                                let (mut conn, k) = (conn.clone(), k.clone());
+                                async move {
+                                    let v: Vec<u8> = redis::cmd("GET")
+                                        .arg(&k)
+                                        .query_async(&mut conn)
+                                        .await
+                                        .expect("GET");
+                                    v
+                                }
+                            },
+                            || async { cache.get("q0").await.expect("an L2 hit") },
+                        )
+                        .await;
+                        timed += side.pick(raw, layered);
+                    }
+                    timed
+                }
+            })
+        });
+    }
+    group.finish();
+    assert_eq!(cache.stats().misses, 0, "the cluster benchmark missed");
+}
+
 criterion_group! {
     name = benches;
     config = config();
     // `l1_hit_prometheus` last: it installs a global recorder.
-    targets = l1_hit, l1_hit_failsafe, http_l1_hit, l2_hit, l2_hit_tagged, l1_hit_prometheus
+    targets = l1_hit, l1_hit_failsafe, http_l1_hit, l2_hit, l2_hit_tagged, cluster_l2_hit, l1_hit_prometheus
 }
 criterion_main!(benches);

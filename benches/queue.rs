@@ -22,6 +22,9 @@
 //!   `HSET` of the result, one round trip each on one multiplexed connection, the least a
 //!   Redis queue with a tracked result does per job. The difference is what the scripts'
 //!   bookkeeping (leases, generation, indexes, expiry) costs.
+//! - `cluster_store/cluster_throughput` beside `cluster_store/single_node_throughput`: the
+//!   same 1,000-job throughput on a three-primary Redis Cluster (the queue's keys in one
+//!   slot) and on one redis-server, in one run.
 //!
 //! ```text
 //! cargo bench --bench queue
@@ -454,5 +457,45 @@ impl Store for OneByOne {
     }
 }
 
-criterion_group!(benches, throughput, latency, store, redis_store);
+/// Queue throughput on a three-primary Redis Cluster against one redis-server, in one run.
+fn cluster_store(c: &mut Criterion) {
+    let rt = runtime();
+    let server = support::RedisServer::start();
+    let cluster = support::RedisCluster::start();
+    let hosts: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let cluster_url = format!("redis+cluster://{}", hosts.join(","));
+    let mut group = c.benchmark_group("cluster_store");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for (label, url) in [
+        ("single_node_throughput", server.url()),
+        ("cluster_throughput", cluster_url),
+    ] {
+        let store = RedisStore::builder(label)
+            .redis_url(url)
+            .build()
+            .expect("a valid store");
+        redis_throughput(&mut group, &rt, label, store);
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    throughput,
+    latency,
+    store,
+    redis_store,
+    cluster_store
+);
 criterion_main!(benches);

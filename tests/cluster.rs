@@ -488,3 +488,202 @@ async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
     let twice: Vec<_> = runs.iter().filter(|(_, &r)| r != 1).collect();
     assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
 }
+
+/// SIGKILLs the primary that holds a queue's slot under load from 16 cache clients and a
+/// producer, then restarts it (it comes back as itself, empty: no AOF here): the cache
+/// answers every read, never waits past the read budget by much, and is back on Redis soon
+/// after the node; the workers take new jobs again by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_means_misses_then_redis_again() {
+    let mut cluster = RedisCluster::start();
+    let cache: Cache<String> = Cache::builder("down")
+        .namespace("killed")
+        .l1_enabled(false)
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    until_connected(&cache).await;
+    const KEYS: usize = 200;
+    for i in 0..KEYS {
+        cache.insert(format!("k{i}"), format!("v{i}")).await;
+    }
+    eventually(WAIT, "the keys written", || async {
+        keys_per_node(&cluster, "killed:down:*")
+            .iter()
+            .sum::<usize>()
+            == KEYS
+    })
+    .await;
+    let queue = Queue::<u32, u32>::builder("killed")
+        .redis_url(url(&cluster))
+        .lease(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let runs = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
+    let (stop_worker, worker) = {
+        let (runs, queue) = (Arc::clone(&runs), queue.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            queue
+                .serve(tower::service_fn(move |n: u32| {
+                    let runs = Arc::clone(&runs);
+                    async move {
+                        *runs.lock().unwrap().entry(n).or_default() += 1;
+                        Ok::<_, Infallible>(n)
+                    }
+                }))
+                .until(async {
+                    rx.await.ok();
+                })
+                .await
+        });
+        (tx, task)
+    };
+
+    let running = Arc::new(AtomicBool::new(true));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (cache, running, wrong, slowest) = (
+            cache.clone(),
+            Arc::clone(&running),
+            Arc::clone(&wrong),
+            Arc::clone(&slowest),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = c;
+            while running.load(Ordering::Relaxed) {
+                let want = format!("v{}", i % KEYS);
+                let started = tokio::time::Instant::now();
+                let got = cache
+                    .get_with(format!("k{}", i % KEYS), async { want.clone() })
+                    .await;
+                let took = started.elapsed();
+                if got != want {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+                {
+                    let mut slowest = slowest.lock().unwrap();
+                    *slowest = (*slowest).max(took);
+                }
+                i += 16;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+    }
+    // Enqueues from now on, each with the time it took and whether it was acknowledged.
+    let enqueued = Arc::new(Mutex::new(
+        Vec::<(u32, Duration, bool, tokio::time::Instant)>::new(),
+    ));
+    let producer = {
+        let (queue, running, enqueued) =
+            (queue.clone(), Arc::clone(&running), Arc::clone(&enqueued));
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while running.load(Ordering::Relaxed) {
+                let started = tokio::time::Instant::now();
+                let acked = queue.enqueue(n).await.is_ok();
+                enqueued
+                    .lock()
+                    .unwrap()
+                    .push((n, started.elapsed(), acked, started));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    eventually(WAIT, "jobs running before the kill", || async {
+        runs.lock().unwrap().len() > 20
+    })
+    .await;
+
+    let victim = cluster.owner_of_key("{killed}");
+    cluster.node_mut(victim).kill();
+    let killed_at = tokio::time::Instant::now();
+    eventually(WAIT, "the cache sees the dead node", || async {
+        !cache.stats().l2_connected()
+    })
+    .await;
+    let noticed = killed_at.elapsed();
+    // Down for a while under load.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| {
+        cluster.node_mut(victim).restart();
+        cluster.until_ok();
+    });
+    let restarted_at = tokio::time::Instant::now();
+    let hits_then = cache.stats().hits_l2;
+    eventually(
+        Duration::from_secs(20),
+        "the cache back on Redis",
+        || async { cache.stats().hits_l2 > hits_then + 100 },
+    )
+    .await;
+    let cache_back = restarted_at.elapsed();
+    eventually(
+        Duration::from_secs(20),
+        "a job enqueued after the restart ran",
+        || async {
+            let first = enqueued
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, _, acked, at)| *acked && *at >= restarted_at)
+                .map(|(n, ..)| *n);
+            first.is_some_and(|n| runs.lock().unwrap().contains_key(&n))
+        },
+    )
+    .await;
+    let jobs_back = restarted_at.elapsed();
+    running.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("a client");
+    }
+    producer.await.expect("the producer");
+    let enqueued = enqueued.lock().unwrap().clone();
+    let after: Vec<u32> = enqueued
+        .iter()
+        .filter(|(_, _, acked, at)| *acked && *at >= restarted_at)
+        .map(|(n, ..)| *n)
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "every job enqueued after the restart ran",
+        || async {
+            let runs = runs.lock().unwrap();
+            after.iter().all(|n| runs.contains_key(n))
+        },
+    )
+    .await;
+    stop_worker.send(()).ok();
+    worker.await.expect("the worker");
+
+    let failed = enqueued.iter().filter(|(_, _, acked, _)| !acked).count();
+    let slowest_enqueue = enqueued
+        .iter()
+        .map(|(_, took, ..)| *took)
+        .max()
+        .unwrap_or_default();
+    let slowest = *slowest.lock().unwrap();
+    eprintln!(
+        "dead node noticed after {noticed:?}; cache back on Redis {cache_back:?} and a new job run {jobs_back:?} after the restart; slowest read {slowest:?}; {failed} of {} enqueues failed (slowest {slowest_enqueue:?}); cache {:?}",
+        enqueued.len(),
+        cache.stats()
+    );
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "a read answered a wrong value"
+    );
+    // The read budget is 50 ms; a second is "never a stall", with room for a loaded box.
+    assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
+    assert!(
+        slowest_enqueue < Duration::from_secs(3),
+        "an enqueue took {slowest_enqueue:?}"
+    );
+    assert!(failed > 0, "no enqueue noticed the dead node");
+    let runs = runs.lock().unwrap();
+    let twice: Vec<_> = runs.iter().filter(|(_, &r)| r != 1).collect();
+    assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
+}

@@ -93,7 +93,17 @@ impl RedisCluster {
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
         cluster.cli("create", &args);
 
-        cluster.until(CLUSTER_DEADLINE, "cluster_state:ok on every node", |c| {
+        cluster.until_ok();
+        cluster
+    }
+
+    /// Waits (up to 20 s) until every node reports `cluster_state:ok` with all 16384
+    /// slots served and every node known, and the nodes agree on the slots' owners: after
+    /// [`RedisCluster::start`], or after a killed node was restarted with
+    /// [`node_mut`](Self::node_mut)`(i).restart()` (it keeps its `nodes.conf`, so it comes
+    /// back as itself, owning its slots, empty).
+    pub fn until_ok(&self) {
+        self.until(CLUSTER_DEADLINE, "cluster_state:ok on every node", |c| {
             c.nodes.iter().all(|n| {
                 let info = n.query::<String>(&["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok")
@@ -101,10 +111,14 @@ impl RedisCluster {
                     && info.contains(&format!("cluster_known_nodes:{NODES}"))
             })
         });
-        cluster.until(AGREE_DEADLINE, "the nodes to agree on the slots", |c| {
+        self.until(AGREE_DEADLINE, "the nodes to agree on the slots", |c| {
             c.agreed_owners().is_some()
         });
-        cluster
+    }
+
+    /// Node `i`, to [`kill`](RedisServer::kill) and [`restart`](RedisServer::restart).
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
     }
 
     /// Node `i` (`0..NODES`), for `cmd`, `query`, `kill`, `freeze` and so on. Its commands
