@@ -337,18 +337,7 @@ fn l2_hit(c: &mut Criterion) {
     // tasks run there.
     let (single_conn, single_layered) = env.single.block_on(async {
         let conn = pooled_connection(&env.server.url()).await;
-        let cache = Cache::builder("bench-l2")
-            .l1_enabled(false)
-            .redis_url(env.server.url())
-            .time_to_live(Duration::from_secs(3600))
-            .l2_timeout(Duration::from_millis(500))
-            .build()
-            .expect("valid config");
-        support::eventually(Duration::from_secs(10), "connected", || {
-            let cache = cache.clone();
-            async move { cache.stats().l2_connected() }
-        })
-        .await;
+        let cache = connected_l2_cache("bench-l2", env.server.url()).await;
         let svc = CacheLayer::new(cache, key).layer(service_fn(|_: Search| async {
             panic!("the L2 benchmarks must never miss");
             #[allow(unreachable_code)]
@@ -565,36 +554,34 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(6))
 }
 
+/// A cache without L1 on the Redis at `url`, once connected; a generous read budget keeps
+/// scheduler hiccups from turning into misses.
+async fn connected_l2_cache(name: &str, url: String) -> Cache<Hits> {
+    let cache = Cache::builder(name)
+        .l1_enabled(false)
+        .redis_url(url)
+        .time_to_live(Duration::from_secs(3600))
+        .l2_timeout(Duration::from_millis(500))
+        .build()
+        .expect("valid config");
+    support::eventually(Duration::from_secs(10), "connected", || {
+        let cache = cache.clone();
+        async move { cache.stats().l2_connected() }
+    })
+    .await;
+    cache
+}
+
 /// An L2 hit on a Redis Cluster against a raw cluster `GET`, on one thread.
 fn cluster_l2_hit(c: &mut Criterion) {
     let cluster = support::RedisCluster::start();
-    let hosts: Vec<String> = cluster
-        .nodes()
-        .iter()
-        .map(|u| {
-            u.trim_start_matches("redis://")
-                .trim_end_matches('/')
-                .to_owned()
-        })
-        .collect();
-    let url = format!("redis+cluster://{}", hosts.join(","));
+    let url = cluster.crate_url();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let (cache, conn) = rt.block_on(async {
-        let cache: Cache<Hits> = Cache::builder("bench-cluster")
-            .l1_enabled(false)
-            .redis_url(url)
-            .time_to_live(Duration::from_secs(3600))
-            .l2_timeout(Duration::from_millis(500))
-            .build()
-            .expect("valid config");
-        support::eventually(Duration::from_secs(10), "connected", || {
-            let cache = cache.clone();
-            async move { cache.stats().l2_connected() }
-        })
-        .await;
+        let cache = connected_l2_cache("bench-cluster", url).await;
         cache.insert("q0", hits("q0")).await;
         let conn = redis::cluster::ClusterClient::new(cluster.nodes())
             .expect("a cluster client")

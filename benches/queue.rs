@@ -462,16 +462,7 @@ fn cluster_store(c: &mut Criterion) {
     let rt = runtime();
     let server = support::RedisServer::start();
     let cluster = support::RedisCluster::start();
-    let hosts: Vec<String> = cluster
-        .nodes()
-        .iter()
-        .map(|u| {
-            u.trim_start_matches("redis://")
-                .trim_end_matches('/')
-                .to_owned()
-        })
-        .collect();
-    let cluster_url = format!("redis+cluster://{}", hosts.join(","));
+    let cluster_url = cluster.crate_url();
     let mut group = c.benchmark_group("cluster_store");
     group
         .sample_size(30)

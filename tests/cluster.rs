@@ -39,16 +39,7 @@ fn shared() -> Arc<RedisCluster> {
 
 /// The crate's URL for `cluster`: every node as a seed.
 fn url(cluster: &RedisCluster) -> String {
-    let hosts: Vec<String> = cluster
-        .nodes()
-        .iter()
-        .map(|u| {
-            u.trim_start_matches("redis://")
-                .trim_end_matches('/')
-                .to_owned()
-        })
-        .collect();
-    format!("redis+cluster://{}", hosts.join(","))
+    cluster.crate_url()
 }
 
 /// How many keys matching `pattern` each node holds (`SCAN` on each, as the node sees it).
@@ -74,6 +65,70 @@ fn keys_per_node(cluster: &RedisCluster, pattern: &str) -> Vec<usize> {
 fn l2_errors<V: Clone>(cache: &Cache<V>) -> u64 {
     let e = cache.stats().l2_errors;
     e.timeout + e.io + e.server + e.decode + e.oversized + e.breaker_open + e.bulkhead + e.dropped
+}
+
+/// Entries the load tests read: `k{i}` holds `v{i}`.
+const KEYS: usize = 200;
+
+/// A cache `namespace:name` without L1 (every read goes to the cluster), with read budget
+/// `l2_timeout`, holding [`KEYS`] entries once they are all in the cluster.
+async fn preloaded(
+    cluster: &RedisCluster,
+    namespace: &str,
+    name: &str,
+    l2_timeout: Duration,
+) -> Cache<String> {
+    let cache: Cache<String> = Cache::builder(name)
+        .namespace(namespace)
+        .l1_enabled(false)
+        .l2_timeout(l2_timeout)
+        .redis_url(url(cluster))
+        .build()
+        .unwrap();
+    until_connected(&cache).await;
+    for i in 0..KEYS {
+        cache.insert(format!("k{i}"), format!("v{i}")).await;
+    }
+    let pattern = format!("{namespace}:{name}:*");
+    eventually(WAIT, "the entries written", || async {
+        keys_per_node(cluster, &pattern).iter().sum::<usize>() == KEYS
+    })
+    .await;
+    cache
+}
+
+/// How often each job ran, by its number.
+type Runs = Arc<Mutex<HashMap<u32, usize>>>;
+
+/// A worker on `queue` that counts each job's runs, and how to stop it.
+fn counting_worker(
+    queue: &Queue<u32, u32, layercake::queue::store::AnyStore>,
+) -> (
+    Runs,
+    (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<layercake::queue::ShutdownReport>,
+    ),
+) {
+    let runs = Runs::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let counted = Arc::clone(&runs);
+    let queue = queue.clone();
+    let task = tokio::spawn(async move {
+        queue
+            .serve(tower::service_fn(move |n: u32| {
+                let runs = Arc::clone(&counted);
+                async move {
+                    *runs.lock().unwrap().entry(n).or_default() += 1;
+                    Ok::<_, Infallible>(n)
+                }
+            }))
+            .until(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    (runs, (stop, task))
 }
 
 async fn until_connected<V: Clone>(cache: &Cache<V>) {
@@ -313,26 +368,8 @@ async fn each_queue_keeps_its_keys_in_one_slot_and_queues_spread_over_shards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
     let cluster = Arc::new(RedisCluster::start());
-    let cache: Cache<String> = Cache::builder("hot")
-        .namespace("moving")
-        // Every read goes to the cluster: L1 would hide the redirections.
-        .l1_enabled(false)
-        .l2_timeout(Duration::from_millis(500))
-        .redis_url(url(&cluster))
-        .build()
-        .unwrap();
-    until_connected(&cache).await;
-    const KEYS: usize = 200;
-    for i in 0..KEYS {
-        cache.insert(format!("k{i}"), format!("v{i}")).await;
-    }
-    eventually(WAIT, "the hot keys written", || async {
-        keys_per_node(&cluster, "moving:hot:*")
-            .iter()
-            .sum::<usize>()
-            == KEYS
-    })
-    .await;
+    // Every read goes to the cluster: L1 would hide the redirections.
+    let cache = preloaded(&cluster, "moving", "hot", Duration::from_millis(500)).await;
 
     // While a slot is half-migrated, Redis answers a script whose keys are partly on each
     // node with TRYAGAIN, which redis-rs retries: the budget must outlast the hold below.
@@ -341,27 +378,7 @@ async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
         .lease(Duration::from_secs(5))
         .build()
         .unwrap();
-    let runs = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
-    let worker = {
-        let runs = Arc::clone(&runs);
-        let queue = queue.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            queue
-                .serve(tower::service_fn(move |n: u32| {
-                    let runs = Arc::clone(&runs);
-                    async move {
-                        *runs.lock().unwrap().entry(n).or_default() += 1;
-                        Ok::<_, Infallible>(n)
-                    }
-                }))
-                .until(async {
-                    stop_rx.await.ok();
-                })
-                .await
-        });
-        (stop_tx, task)
-    };
+    let (runs, worker) = counting_worker(&queue);
 
     let moving = Arc::new(AtomicBool::new(true));
     let wrong = Arc::new(AtomicUsize::new(0));
@@ -496,49 +513,13 @@ async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_means_misses_then_redis_again() {
     let mut cluster = RedisCluster::start();
-    let cache: Cache<String> = Cache::builder("down")
-        .namespace("killed")
-        .l1_enabled(false)
-        .redis_url(url(&cluster))
-        .build()
-        .unwrap();
-    until_connected(&cache).await;
-    const KEYS: usize = 200;
-    for i in 0..KEYS {
-        cache.insert(format!("k{i}"), format!("v{i}")).await;
-    }
-    eventually(WAIT, "the keys written", || async {
-        keys_per_node(&cluster, "killed:down:*")
-            .iter()
-            .sum::<usize>()
-            == KEYS
-    })
-    .await;
+    let cache = preloaded(&cluster, "killed", "down", Duration::from_millis(50)).await;
     let queue = Queue::<u32, u32>::builder("killed")
         .redis_url(url(&cluster))
         .lease(Duration::from_secs(2))
         .build()
         .unwrap();
-    let runs = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
-    let (stop_worker, worker) = {
-        let (runs, queue) = (Arc::clone(&runs), queue.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            queue
-                .serve(tower::service_fn(move |n: u32| {
-                    let runs = Arc::clone(&runs);
-                    async move {
-                        *runs.lock().unwrap().entry(n).or_default() += 1;
-                        Ok::<_, Infallible>(n)
-                    }
-                }))
-                .until(async {
-                    rx.await.ok();
-                })
-                .await
-        });
-        (tx, task)
-    };
+    let (runs, (stop_worker, worker)) = counting_worker(&queue);
 
     let running = Arc::new(AtomicBool::new(true));
     let wrong = Arc::new(AtomicUsize::new(0));

@@ -138,6 +138,17 @@ impl RedisCluster {
         self.nodes[0].url()
     }
 
+    /// The crate's URL for this cluster, every node a seed:
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn crate_url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
     /// Node `i`'s cluster node id (`CLUSTER MYID`).
     pub fn node_id(&self, i: usize) -> &str {
         &self.ids[i]
