@@ -540,8 +540,9 @@ fn l2_hit_tagged(c: &mut Criterion) {
     }
     group.finish();
     let s = subscribed.stats();
+    // Checked only when the group ran (a filter on another benchmark skips it).
     assert!(
-        s.hits_l2 > 100 * s.hits_l1.max(1),
+        s.hits_l2 + s.hits_l1 == 0 || s.hits_l2 > 100 * s.hits_l1.max(1),
         "the subscribed side read Redis: {s:?}"
     );
     assert_eq!(no_l1.stats().l2_errors.total(), 0);

@@ -205,19 +205,18 @@ impl Link {
         &self,
         budget: Duration,
         wait: Wait,
-        command: F,
+        mut command: F,
     ) -> Result<T, Failure>
     where
         F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let mut ran_on = None;
-        let mut command = command;
         let outcome = tokio::time::timeout(budget, async {
-            let (conn, gen) = self.connection(wait).await?;
-            ran_on = Some(gen);
             loop {
-                match command(conn.clone()).await {
+                let (conn, gen) = self.connection(wait).await?;
+                ran_on = Some(gen);
+                match command(conn).await {
                     Ok(value) => return Ok(value),
                     // A cluster connection follows redirections itself, but gives up after
                     // its retries: when a slot moves under load, its `ASKING` and the
