@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use layercake::cache::http::CachedResponse;
 use layercake::cache::http::{HttpCacheLayer, QueryKey};
 use layercake::{Cache, MockClock};
 use support::{eventually, RedisServer};
+use tokio::sync::Semaphore;
 
 /// How many times each path (with its query) reached the handlers, behind the cache.
 #[derive(Clone, Default)]
@@ -796,4 +798,190 @@ async fn redis_going_away_never_fails_a_request() {
         app.cache.stats().l2_errors.total() > 0
     })
     .await;
+}
+
+// ---- Background loads: stale-while-revalidate, eager refresh, soft timeout -------------
+
+/// A route whose first call answers at once and whose later calls each wait for a permit
+/// of `gate`, so that a test holds a background load while it looks at what clients get.
+#[derive(Clone)]
+struct Gated {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Answers `gated #{n}` with `Cache-Control: {cc}` (none when empty).
+    fn route(&self, cc: &'static str) -> axum::routing::MethodRouter {
+        let this = self.clone();
+        get(move || {
+            let this = this.clone();
+            async move {
+                let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n > 1 {
+                    this.gate.acquire().await.unwrap().forget();
+                }
+                let mut res = format!("gated #{n}").into_response();
+                if !cc.is_empty() {
+                    res.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+                }
+                res
+            }
+        })
+    }
+}
+
+async fn gated_app(
+    cache: Cache<CachedResponse>,
+    clock: MockClock,
+    cc: &'static str,
+) -> (App, Gated) {
+    let gated = Gated::new();
+    let route = gated.route(cc);
+    let app = serve(cache, clock, move |r, c| {
+        r.route("/gated", route).layer(layer(c))
+    })
+    .await;
+    (app, gated)
+}
+
+/// `fut`, which must not wait for the gate: a test that would hang fails instead.
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("the response waited for the backend")
+}
+
+/// Waits until `/gated` answers `body` with `x-cache: HIT`.
+async fn wait_for_body(app: &App, body: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a HIT with {body}"),
+        || async {
+            let got = app.get("/gated").await;
+            got.x_cache() == "HIT" && got.text() == body
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_the_expired_response_and_revalidates_once() {
+    let clock = MockClock::new();
+    let cache = test_cache("swr", &clock, None); // no fail-safe: the response's own window
+    let (app, gated) = gated_app(cache, clock, "max-age=10, stale-while-revalidate=60").await;
+    let first = app.get("/gated").await;
+    assert_eq!(
+        (first.x_cache(), first.text().as_str()),
+        ("MISS", "gated #1")
+    );
+
+    app.clock.advance(Duration::from_secs(30)); // expired, within the window
+                                                // Many concurrent requests, while the revalidation waits at the gate: every one gets
+                                                // the expired response at once, and the backend sees one call.
+    let stale = within(futures::future::join_all(
+        (0..50).map(|_| app.get("/gated")),
+    ))
+    .await;
+    for got in &stale {
+        assert_eq!(
+            (got.status, got.x_cache(), got.text().as_str()),
+            (StatusCode::OK, "STALE", "gated #1")
+        );
+        assert_eq!(got.header("age"), Some("30"));
+    }
+    assert_eq!(gated.calls(), 2, "one revalidation for 50 requests");
+
+    gated.gate.add_permits(1);
+    wait_for_body(&app, "gated #2").await;
+    assert_eq!(
+        gated.calls(),
+        2,
+        "the revalidated response is served from the cache"
+    );
+    let s = app.cache.stats();
+    assert_eq!((s.refreshes, s.refresh_failures), (1, 0), "{s:?}");
+    assert_eq!(
+        s.fail_safe_activations, 0,
+        "a revalidation is no fail-safe activation"
+    );
+
+    // Past the window, an expired response is a plain miss.
+    app.clock.advance(Duration::from_secs(80));
+    gated.gate.add_permits(1);
+    let got = app.get("/gated").await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("MISS", "gated #3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_runs_through_the_http_layer() {
+    let clock = MockClock::new();
+    let cache = Cache::builder("http_eager")
+        .time_to_live(Duration::from_secs(60))
+        .ttl_jitter(0.0)
+        .eager_refresh(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (app, gated) = gated_app(cache, clock, "").await;
+    assert_eq!(app.get("/gated").await.text(), "gated #1");
+
+    app.clock.advance(Duration::from_secs(40)); // past the refresh point, still fresh
+    let hits = within(futures::future::join_all(
+        (0..50).map(|_| app.get("/gated")),
+    ))
+    .await;
+    for got in &hits {
+        assert_eq!((got.x_cache(), got.text().as_str()), ("HIT", "gated #1"));
+    }
+    assert_eq!(gated.calls(), 2, "one refresh for 50 hits");
+    gated.gate.add_permits(1);
+    wait_for_body(&app, "gated #2").await;
+    assert_eq!(gated.calls(), 2);
+    assert_eq!(app.cache.stats().refreshes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_runs_through_the_http_layer() {
+    let clock = MockClock::new();
+    let cache = Cache::builder("http_soft")
+        .time_to_live(Duration::from_secs(60))
+        .ttl_jitter(0.0)
+        .fail_safe_max_duration(Duration::from_secs(3600))
+        .soft_timeout(Duration::from_millis(50))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (app, gated) = gated_app(cache, clock, "").await;
+    assert_eq!(app.get("/gated").await.text(), "gated #1");
+
+    app.clock.advance(Duration::from_secs(120)); // expired
+                                                 // The load waits at the gate: past the soft timeout, the expired response.
+    let got = within(app.get("/gated")).await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("STALE", "gated #1"));
+    let got = within(app.get("/gated")).await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("STALE", "gated #1"));
+    assert_eq!(
+        gated.calls(),
+        2,
+        "the second request joined the load under way"
+    );
+    // The load completes in the background and updates the cache.
+    gated.gate.add_permits(1);
+    wait_for_body(&app, "gated #2").await;
+    assert_eq!(gated.calls(), 2);
+    let s = app.cache.stats();
+    assert_eq!((s.refreshes, s.fail_safe_activations), (1, 1), "{s:?}");
 }

@@ -25,7 +25,7 @@ use super::flight::{self, End, Leader, Role, SharedError, State};
 use super::handle::Cache;
 use super::stats::{FailSafe, Outcome, Refreshed, Trigger};
 use super::tags::{TagStamp, Tags};
-use super::tier::l1::Life;
+use super::tier::l1::{Hit, Life};
 use super::tier::l2::Write;
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::codec;
@@ -165,15 +165,16 @@ impl<V: CacheValue> Cache<V> {
     /// The leader's load with a fallback: never fails. Bounded by `hard_timeout`; a failure
     /// or a timeout is answered with the fallback, re-used for the throttle period. With
     /// `soft` (a spawned load), the fallback is also sent to the caller at the soft timeout,
-    /// handed to the flight's waiters, and the load goes on. The `bool`: whether the value
-    /// is the fallback.
+    /// handed to the flight's waiters, and the load goes on; its [`Trigger`] says why it
+    /// goes on (a soft timeout, or HTTP's `stale-while-revalidate`, whose "timeout" is
+    /// zero and is no fail-safe activation). The `bool`: whether the value is the fallback.
     pub(crate) async fn load_with_fallback<E, Fut>(
         &self,
         leader: Leader<V>,
         ticket: Ticket,
         fallback: Fallback<V>,
         init: Fut,
-        soft: Option<(Duration, oneshot::Sender<V>)>,
+        soft: Option<(Duration, Trigger, oneshot::Sender<V>)>,
     ) -> (V, bool)
     where
         Fut: Future<Output = Result<Loaded<V>, E>>,
@@ -185,19 +186,30 @@ impl<V: CacheValue> Cache<V> {
                 None => Some(init.await),
             }
         });
-        let mut background = false;
+        let mut background = None;
         let result = match soft {
             None => load.await,
-            Some((soft, tx)) => {
-                tokio::select! {
-                    biased;
-                    result = &mut load => result,
-                    () = tokio::time::sleep(soft) => {
+            Some((soft, trigger, tx)) => {
+                // Zero (`stale-while-revalidate`): the fallback at once, even for a load
+                // that would be ready at its first poll.
+                let on_time = match soft.is_zero() {
+                    true => None,
+                    false => tokio::select! {
+                        biased;
+                        result = &mut load => Some(result),
+                        () = tokio::time::sleep(soft) => None,
+                    },
+                };
+                match on_time {
+                    Some(result) => result,
+                    None => {
                         self.count(Outcome::Stale);
-                        self.inner.ins.fail_safe(FailSafe::SoftTimeout);
+                        if trigger == Trigger::SoftTimeout {
+                            self.inner.ins.fail_safe(FailSafe::SoftTimeout);
+                        }
                         leader.publish_stale(fallback.0.clone());
                         let _ = tx.send(fallback.0.clone());
-                        background = true;
+                        background = Some(trigger);
                         load.await
                     }
                 }
@@ -207,8 +219,8 @@ impl<V: CacheValue> Cache<V> {
         let (cause, outcome) = match result {
             Some(Ok(Loaded::Failed(_))) => (FailSafe::Error, Refreshed::Error),
             Some(Ok(loaded)) => {
-                if background {
-                    ins.refreshed(Trigger::SoftTimeout, Refreshed::Ok);
+                if let Some(trigger) = background {
+                    ins.refreshed(trigger, Refreshed::Ok);
                 } else {
                     self.count(Outcome::Miss);
                 }
@@ -217,8 +229,8 @@ impl<V: CacheValue> Cache<V> {
             Some(Err(_)) => (FailSafe::Error, Refreshed::Error),
             None => (FailSafe::HardTimeout, Refreshed::Timeout),
         };
-        if background {
-            ins.refreshed(Trigger::SoftTimeout, outcome);
+        if let Some(trigger) = background {
+            ins.refreshed(trigger, outcome);
         } else {
             self.count(Outcome::Stale);
             ins.fail_safe(cause);
@@ -275,6 +287,23 @@ impl<V: CacheValue> Cache<V> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
     {
+        self.refresh_when(key, |hit| hit.refresh, share_error, init);
+    }
+
+    /// [`refresh`](Self::refresh) for a hit that `due` says is due for one: when it leads
+    /// the key's flight, it looks at L1 again and refreshes only if the entry there (if
+    /// any) is still due, so that a refresh that ended meanwhile is not repeated.
+    pub(crate) fn refresh_when<E, F, Fut>(
+        &self,
+        key: &[u8],
+        due: impl FnOnce(&Hit<V>) -> bool,
+        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
+        init: F,
+    ) where
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -284,7 +313,7 @@ impl<V: CacheValue> Cache<V> {
         let ticket = self.inner.epochs.ticket(key);
         // A refresh that ended between this hit and our lead has stored a new entry.
         let l1 = self.inner.l1.as_ref().and_then(|l1| l1.get(key));
-        if l1.is_some_and(|hit| !hit.refresh) {
+        if l1.is_some_and(|hit| !due(&hit)) {
             // Nobody joined a flight that loaded nothing; any waiter looks again.
             drop(leader);
             return;

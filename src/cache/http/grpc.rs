@@ -20,7 +20,7 @@ use super::key;
 use super::policy::{self, VaryList};
 use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::{NoUser, UserKey};
-use crate::cache::{Cache, Ttl};
+use crate::cache::{Cache, Tags, Ttl};
 
 /// The settings of a [`GrpcCacheLayer`].
 #[derive(Debug, Clone)]
@@ -390,7 +390,7 @@ where
         now_ms,
         0,
         VaryList::from([]),
-        Ttl::Default,
+        (Ttl::Default, None, Tags::none()),
     ))
 }
 

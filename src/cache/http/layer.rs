@@ -142,8 +142,9 @@ impl<U> HttpCacheLayer<U> {
     /// Adds an `x-cache` response header (default off): `HIT` for a response from the
     /// cache (either tier, or shared from a concurrent miss), `STALE` for an expired one
     /// served by fail-safe ([`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration):
-    /// the inner service returned an error, or ran past `hard_timeout`, or the throttle
-    /// re-uses such an answer), `MISS` for any other.
+    /// the inner service returned an error, or ran past `hard_timeout` or `soft_timeout`,
+    /// or the throttle re-uses such an answer) or within its `stale-while-revalidate`
+    /// window while it is revalidated, `MISS` for any other.
     pub fn x_cache_header(mut self, on: bool) -> Self {
         self.config_mut().x_cache = on;
         self
