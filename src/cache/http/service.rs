@@ -260,14 +260,14 @@ impl<S, U> HttpCacheService<S, U> {
 }
 
 /// A value shared with a load that may run on in the background.
-type Slot<T> = Arc<Mutex<Option<T>>>;
+pub(super) type Slot<T> = Arc<Mutex<Option<T>>>;
 
-fn take<T>(slot: &Slot<T>) -> Option<T> {
+pub(super) fn take<T>(slot: &Slot<T>) -> Option<T> {
     slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 /// The `x-cache` of a response from the cache.
-fn source(stale: bool) -> Source {
+pub(super) fn source(stale: bool) -> Source {
     if stale {
         Source::Stale
     } else {
