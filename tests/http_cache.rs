@@ -985,3 +985,97 @@ async fn soft_timeout_runs_through_the_http_layer() {
     let s = app.cache.stats();
     assert_eq!((s.refreshes, s.fail_safe_activations), (1, 1), "{s:?}");
 }
+
+// ---- Tags ------------------------------------------------------------------------------
+
+/// Two replicas on one Redis whose layer tags each response with its `cache-tag` header;
+/// `/tagged/{tags}` answers `{tags} #{n}` with `cache-tag: {tags}`, `n` counting the calls
+/// of both replicas' handlers.
+async fn tagged_replicas(name: &str, redis: &RedisServer) -> (App, App) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wrap = |r: Router, c: Cache<CachedResponse>| {
+        let calls = Arc::clone(&calls);
+        r.route(
+            "/tagged/{tags}",
+            get(move |Path(tags): Path<String>| async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut res = format!("{tags} #{n}").into_response();
+                res.headers_mut()
+                    .insert("cache-tag", HeaderValue::from_str(&tags).unwrap());
+                res
+            }),
+        )
+        .layer(
+            layer(c)
+                .host_in_key(false)
+                .tag_header(HeaderName::from_static("cache-tag")),
+        )
+    };
+    let (a, b) = (MockClock::new(), MockClock::new());
+    let a = serve(test_cache(name, &a, Some(redis.url())), a, wrap).await;
+    let b = serve(test_cache(name, &b, Some(redis.url())), b, wrap).await;
+    eventually(
+        Duration::from_secs(5),
+        "both replicas connected and subscribed",
+        || async {
+            let (sa, sb) = (a.cache.stats(), b.cache.stats());
+            sa.l2_connected() && sb.l2_connected() && sb.invalidations_subscribed
+        },
+    )
+    .await;
+    (a, b)
+}
+
+/// `x-cache` and body of a `GET`.
+async fn got(app: &App, path: &str) -> (String, String) {
+    let got = app.get(path).await;
+    (got.x_cache().to_owned(), got.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_removes_http_responses_from_both_tiers_and_replicas() {
+    let redis = Arc::new(RedisServer::start());
+    let (a, b) = tagged_replicas("http_tags", &redis).await;
+    let (user7, user8) = ("/tagged/user:7,team:1", "/tagged/user:8%20team:1");
+    let hit = |body: &str| ("HIT".to_owned(), body.to_owned());
+    let miss = |body: &str| ("MISS".to_owned(), body.to_owned());
+    assert_eq!(got(&a, user7).await, miss("user:7,team:1 #1"));
+    assert_eq!(got(&a, user8).await, miss("user:8 team:1 #2"));
+    wait_for_keys(&redis, "http_tags", 2).await;
+    // B reads both from Redis, then has them in its L1.
+    for _ in 0..2 {
+        assert_eq!(got(&b, user7).await, hit("user:7,team:1 #1"));
+        assert_eq!(got(&b, user8).await, hit("user:8 team:1 #2"));
+    }
+    assert_eq!(b.cache.stats().hits_l2, 2);
+
+    a.cache.invalidate_tag("user:7").await.unwrap();
+    // A's own L1 at once, and the Redis entry for any reader: loaded again.
+    assert_eq!(got(&a, user7).await, miss("user:7,team:1 #3"));
+    wait_for_keys(&redis, "http_tags", 2).await;
+    // B drops its L1 copy once the message arrives, and reads A's new response.
+    eventually(
+        Duration::from_secs(5),
+        "B serves the new response",
+        || async { got(&b, user7).await == hit("user:7,team:1 #3") },
+    )
+    .await;
+    // Another tag's entry stays, on both.
+    assert_eq!(got(&a, user8).await, hit("user:8 team:1 #2"));
+    assert_eq!(got(&b, user8).await, hit("user:8 team:1 #2"));
+
+    // A tag both share: both go. B, invalidating this time, loads them again itself.
+    b.cache.invalidate_tag("team:1").await.unwrap();
+    assert_eq!(got(&b, user8).await, miss("user:8 team:1 #4"));
+    assert_eq!(got(&b, user7).await, miss("user:7,team:1 #5"));
+    eventually(
+        Duration::from_secs(5),
+        "A serves B's new responses",
+        || async {
+            got(&a, user8).await == hit("user:8 team:1 #4")
+                && got(&a, user7).await == hit("user:7,team:1 #5")
+        },
+    )
+    .await;
+    assert_eq!(a.cache.stats().misses, 3, "{:?}", a.cache.stats());
+}

@@ -151,6 +151,13 @@
 //! is stored. A response that is not stored (`private`, `Set-Cookie`, too large, an error
 //! status...) is never shared: each waiting request then calls the service itself.
 //!
+//! # Tags
+//! [`tags`](HttpCacheLayer::tags) (a function of the request's and the response's heads)
+//! or [`tag_header`](HttpCacheLayer::tag_header) (a response header listing them) give each
+//! stored response its [`Tags`](crate::cache::Tags), so that
+//! [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) removes it from both tiers and
+//! every replica.
+//!
 //! # gRPC
 //! See [`GrpcCacheLayer`]: unary methods named in its configuration, keyed by method path
 //! and request message, only `grpc-status: 0` stored.

@@ -148,6 +148,11 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let plan = self.plan(&parts);
+        // What a tag rule reads of the request; only copied where there is one.
+        let tag_req = match (&plan, &self.config.tags) {
+            (Plan::Lookup { .. }, Some(_)) => Some(Arc::new(parts.clone())),
+            _ => None,
+        };
         let req = Request::from_parts(parts, body);
         let x_cache = self.config.x_cache;
         let (base, head, refresh) = match plan {
@@ -194,7 +199,7 @@ where
                 // Past its eager-refresh point: one refresh in the background (not for a
                 // `HEAD`, whose answer is not stored).
                 if due && !head {
-                    self.refresh_in_background(base, key, vary, req);
+                    self.refresh_in_background(base, key, vary, req, tag_req);
                 }
                 let now = now_ms(&self.cache);
                 return ResponseFuture::ready(stored.render(render, source, now));
@@ -208,6 +213,7 @@ where
             config: Arc::clone(&self.config),
             base,
             render,
+            tag_req,
         };
         if refresh {
             ResponseFuture::boxed(Box::pin(miss.refresh(inner, req)))
@@ -227,6 +233,7 @@ impl<S, U> HttpCacheService<S, U> {
         key: Key,
         vary: Option<VaryList>,
         req: Request<ReqB>,
+        tag_req: Option<Arc<Parts>>,
     ) where
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -246,6 +253,7 @@ impl<S, U> HttpCacheService<S, U> {
                 age: true,
                 x_cache: self.config.x_cache,
             },
+            tag_req,
         };
         self.cache.refresh(
             key.as_ref(),
@@ -290,6 +298,8 @@ struct Miss {
     config: Arc<Config>,
     base: Key,
     render: Render,
+    /// The request's head, for the layer's tag rule (`None` without one).
+    tag_req: Option<Arc<Parts>>,
 }
 
 impl Miss {
@@ -471,6 +481,10 @@ impl Miss {
                 Admitted::Pass(Response::from_parts(parts, body))
             }
             Collected::Complete { data, trailers } => {
+                let tags = match (&config.tags, &self.tag_req) {
+                    (Some(rule), Some(req)) => rule.tags(req, &parts),
+                    _ => Tags::none(),
+                };
                 parts.headers.remove(header::AGE);
                 policy::strip_hop_by_hop(&mut parts.headers);
                 let bodiless = parts.status.is_informational()
@@ -497,7 +511,7 @@ impl Miss {
                     now,
                     age,
                     vary,
-                    (ttl, revalidate_until, Tags::none()),
+                    (ttl, revalidate_until, tags),
                 ))
             }
         }
