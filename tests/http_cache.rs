@@ -1079,3 +1079,50 @@ async fn invalidate_tag_removes_http_responses_from_both_tiers_and_replicas() {
     .await;
     assert_eq!(a.cache.stats().misses, 3, "{:?}", a.cache.stats());
 }
+
+/// A replica that reads a response past its refresh point from Redis refreshes it in the
+/// background, as an L1 hit would (B has no L1: every hit is a Redis hit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_hit_past_the_refresh_point_refreshes_the_response() {
+    let redis = Arc::new(RedisServer::start());
+    let name = "http_eager_l2";
+    let eager = |clock: &MockClock, l1: bool| {
+        Cache::builder(name)
+            .time_to_live(Duration::from_secs(60))
+            .ttl_jitter(0.0)
+            .eager_refresh(0.5)
+            .l1_enabled(l1)
+            .clock(clock.clone())
+            .redis_url(redis.url())
+            .build()
+            .unwrap()
+    };
+    let wrap = |r: Router, c: Cache<CachedResponse>| r.layer(layer(c).host_in_key(false));
+    let (clock_a, clock_b) = (MockClock::new(), MockClock::new());
+    let a = serve(eager(&clock_a, true), clock_a, wrap).await;
+    let b = serve(eager(&clock_b, false), clock_b, wrap).await;
+    eventually(Duration::from_secs(5), "both connected", || async {
+        a.cache.stats().l2_connected() && b.cache.stats().l2_connected()
+    })
+    .await;
+    assert_eq!(a.get("/plain").await.x_cache(), "MISS");
+    wait_for_keys(&redis, name, 1).await;
+
+    b.clock.advance(Duration::from_secs(40)); // past the refresh point, still fresh
+    let got = b.get("/plain").await;
+    assert_eq!((got.x_cache(), got.header("age")), ("HIT", Some("40")));
+    assert_eq!(b.cache.stats().hits_l2, 1);
+    // B's own handler refreshes it: stored now, so its age starts again.
+    eventually(
+        Duration::from_secs(10),
+        "B's refreshed response",
+        || async {
+            let got = b.get("/plain").await;
+            got.x_cache() == "HIT" && got.header("age") == Some("0")
+        },
+    )
+    .await;
+    assert_eq!(b.calls.get("/plain"), 1, "one refresh");
+    let s = b.cache.stats();
+    assert_eq!((s.refreshes, s.misses), (1, 0), "{s:?}");
+}

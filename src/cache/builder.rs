@@ -385,10 +385,12 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Refreshes an entry in the background when it is hit in L1 after `fraction` of its
-    /// time to live (default off; `0 < fraction < 1`, for example 0.8): the hit is served the
+    /// Refreshes an entry in the background when it is hit after `fraction` of its time to
+    /// live (default off; `0 < fraction < 1`, for example 0.8), in L1 or read from Redis
+    /// (by a replica that did not have it, or a cache without L1): the hit is served the
     /// current value, and one load (single flight: however many hits) replaces the entry
-    /// before it expires, so that a hot key never expires under load. Applies where the
+    /// before it expires, so that a hot key never expires under load. Requests that miss
+    /// L1 while a refresh started by a Redis hit runs get the value it started from. Applies where the
     /// load can run in the background: the services of
     /// [`CacheLayer::new`](crate::CacheLayer::new), `CacheLayer::http` and
     /// `CacheLayer::grpc` (feature `http`), and the `*_owned` methods of

@@ -401,10 +401,12 @@ impl<V: CacheValue> Cache<V> {
         if let Some(hit) = self.l1_hit(key) {
             return Ok((hit.value, hit.stale));
         }
-        self.load_miss(key, &share_error, init, |leader, ticket, fallback, init| {
+        let in_place = |leader, ticket, fallback, init: F| {
             self.load_with_fallback(leader, ticket, fallback, init(), None)
-        })
-        .await
+        };
+        // `init` borrows: no refresh in the background.
+        self.load_miss(key, &share_error, init, in_place, |_, _| {})
+            .await
     }
 
     /// [`get_with`](Self::get_with) for an `init` future that borrows nothing
@@ -547,7 +549,13 @@ impl<V: CacheValue> Cache<V> {
             }
             return Ok(hit.value);
         }
-        self.load_miss_owned(key, &share_error, init, |_| Background::SoftTimeout)
+        // One copy for the load, one for a refresh of a Redis hit past its refresh point.
+        let share_error = Arc::new(share_error);
+        let shared = Arc::clone(&share_error);
+        let refresh =
+            |init, current| self.refresh_serving(key, current, move |e: &E| shared(e), init);
+        let background = |_: &V| Background::SoftTimeout;
+        self.load_miss_owned(key, &*share_error, init, background, refresh)
             .await
             .map(|(v, _)| v)
     }
@@ -555,13 +563,15 @@ impl<V: CacheValue> Cache<V> {
     /// [`load_owned`](Self::load_owned) without the eager refresh of a hit (the HTTP
     /// layers start their own), saying whether the value is a fallback (for
     /// `x-cache: STALE`). `background` says, from the fallback, whether the load may go on
-    /// in the background (see [`Background`]).
+    /// in the background (see [`Background`]); `on_due` is handed the unused `init` when
+    /// the value is a Redis hit past its eager-refresh point.
     pub(crate) async fn load_owned_served<E, S, F, Fut>(
         &self,
         key: &[u8],
         share_error: S,
         init: F,
         background: impl FnOnce(&V) -> Background,
+        on_due: impl FnOnce(F, V),
     ) -> Result<(V, bool), E>
     where
         E: Send + 'static,
@@ -576,18 +586,20 @@ impl<V: CacheValue> Cache<V> {
         if let Some(hit) = self.l1_hit(key) {
             return Ok((hit.value, hit.stale));
         }
-        self.load_miss_owned(key, &share_error, init, background)
+        self.load_miss_owned(key, &share_error, init, background, on_due)
             .await
     }
 
     /// An L1 miss of an owned load: a load with a fallback is spawned where `background`
-    /// lets it outlive its caller.
+    /// lets it outlive its caller; `on_due` gets `init` back for a Redis hit past its
+    /// eager-refresh point.
     async fn load_miss_owned<E, S, F, Fut>(
         &self,
         key: &[u8],
         share_error: &S,
         init: F,
         background: impl FnOnce(&V) -> Background,
+        on_due: impl FnOnce(F, V),
     ) -> Result<(V, bool), E>
     where
         E: Send + 'static,
@@ -633,6 +645,7 @@ impl<V: CacheValue> Cache<V> {
                     },
                 }
             },
+            on_due,
         )
         .await
     }

@@ -37,7 +37,8 @@ pub(crate) type Fallback<V> = (V, Duration, Option<Arc<TagStamp>>);
 
 /// What Redis had under a key.
 pub(crate) enum L2Found<V> {
-    Fresh(V),
+    /// Live; the `bool`: past its eager-refresh point.
+    Fresh(V, bool),
     /// Expired, within its physical life (fail-safe on).
     Stale(Fallback<V>),
     Miss,
@@ -53,13 +54,16 @@ impl<V: CacheValue> Cache<V> {
     /// A miss in L1: joins or leads the key's flight. See [`Cache::load`] for what waiters
     /// get. `with_fallback` runs the leader's load when a fallback exists (awaited in place,
     /// or spawned where the load is `'static`). The `bool`: whether the value is a fallback
-    /// (for the HTTP layer's `x-cache: STALE`).
+    /// (for the HTTP layer's `x-cache: STALE`). `on_due` is handed the unused `init` and
+    /// the value when it is a Redis hit past its eager-refresh point (L1 hits are the
+    /// callers'), to refresh it where the load can run in the background.
     pub(crate) async fn load_miss<E, F, Fut, W, WF>(
         &self,
         key: &[u8],
         share_error: &impl Fn(&E) -> Option<E>,
         init: F,
         with_fallback: W,
+        on_due: impl FnOnce(F, V),
     ) -> Result<(V, bool), E>
     where
         E: Send + 'static,
@@ -83,9 +87,12 @@ impl<V: CacheValue> Cache<V> {
                     }
                     let l1_stale = self.l1_fallback(key);
                     let fallback = match self.l2_lookup(key, ticket).await {
-                        L2Found::Fresh(v) => {
+                        L2Found::Fresh(v, due) => {
                             self.count(Outcome::HitL2);
                             leader.finish(|| State::Value(v.clone()));
+                            if due {
+                                on_due(init, v.clone());
+                            }
                             return Ok((v, false));
                         }
                         L2Found::Stale(stale) => l1_stale.or(Some(stale)),
@@ -287,7 +294,25 @@ impl<V: CacheValue> Cache<V> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
     {
-        self.refresh_when(key, |hit| hit.refresh, share_error, init);
+        self.refresh_when(key, |hit| hit.refresh, None, share_error, init);
+    }
+
+    /// [`refresh`](Self::refresh) of a Redis hit past its refresh point: `current`, the
+    /// value read, answers the requests that miss L1 while the refresh runs (a Redis-only
+    /// cache's, all of them) instead of making them wait for it. It was live when read;
+    /// it may expire during a refresh longer than the time it had left.
+    pub(crate) fn refresh_serving<E, F, Fut>(
+        &self,
+        key: &[u8],
+        current: V,
+        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
+        init: F,
+    ) where
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
+        self.refresh_when(key, |hit| hit.refresh, Some(current), share_error, init);
     }
 
     /// [`refresh`](Self::refresh) for a hit that `due` says is due for one: when it leads
@@ -297,6 +322,7 @@ impl<V: CacheValue> Cache<V> {
         &self,
         key: &[u8],
         due: impl FnOnce(&Hit<V>) -> bool,
+        current: Option<V>,
         share_error: impl Fn(&E) -> Option<E> + Send + 'static,
         init: F,
     ) where
@@ -317,6 +343,9 @@ impl<V: CacheValue> Cache<V> {
             // Nobody joined a flight that loaded nothing; any waiter looks again.
             drop(leader);
             return;
+        }
+        if let Some(current) = current {
+            leader.publish_current(current);
         }
         let cache = self.clone();
         rt.spawn(async move {
@@ -385,7 +414,7 @@ impl<V: CacheValue> Cache<V> {
     /// into L1 with the entry's remaining TTL.
     pub(crate) async fn l2_get(&self, key: &[u8], ticket: Ticket) -> Option<V> {
         match self.l2_lookup(key, ticket).await {
-            L2Found::Fresh(v) => Some(v),
+            L2Found::Fresh(v, _) => Some(v),
             L2Found::Stale(_) | L2Found::Miss => None,
         }
     }
@@ -458,6 +487,12 @@ impl<V: CacheValue> Cache<V> {
                 None => L2Found::Miss,
             };
         };
+        // The refresh point of the entry's own life, not of what is left of it.
+        let refresh_at = inner.resilience.eager_refresh.map(|f| {
+            let life = header.expires_at_ms.saturating_sub(header.written_at_ms);
+            header.written_at_ms + (life as f64 * f) as u64
+        });
+        let due = refresh_at.is_some_and(|at| now >= at);
         // Read before an invalidation that has since happened: serve it to this caller,
         // but do not put it back into L1.
         if let Some(l1) = inner
@@ -465,12 +500,7 @@ impl<V: CacheValue> Cache<V> {
             .as_ref()
             .filter(|_| inner.epochs.is_current(ticket))
         {
-            // The refresh point of the entry's own life, not of what is left of it.
-            let refresh_after = inner.resilience.eager_refresh.map(|f| {
-                let life = header.expires_at_ms.saturating_sub(header.written_at_ms);
-                let at = header.written_at_ms + (life as f64 * f) as u64;
-                Duration::from_millis(at.saturating_sub(now))
-            });
+            let refresh_after = refresh_at.map(|at| Duration::from_millis(at.saturating_sub(now)));
             let l1_ttl = self.l1_ttl(remaining);
             let life = Life {
                 ttl: l1_ttl,
@@ -481,7 +511,7 @@ impl<V: CacheValue> Cache<V> {
             l1.insert(key.into(), value.clone(), life, ticket.stamp, tags);
             inner.ins.set_l1_entries(l1.len());
         }
-        L2Found::Fresh(value)
+        L2Found::Fresh(value, due)
     }
 
     /// Stores `value` in L1 now and in Redis through the background writer; `false` when

@@ -328,17 +328,7 @@ where
         if let Entry::Response(stored) = &hit.value.0 {
             if hit.refresh {
                 // The ready service is not needed here any more: the refresh calls it.
-                let (config, clock) = (Arc::clone(&config), cache.clone());
-                cache.refresh(
-                    key.as_ref(),
-                    |_: &S::Error| None,
-                    move || async move {
-                        let res = inner.call(req).await?;
-                        Ok(admit(res, &config, now_ms(&clock))
-                            .await
-                            .into_loaded(&mut None, |_| true))
-                    },
-                );
+                refresh(&cache, config, (&key, None), inner, req);
             }
             return Ok(stored.render(render, source(hit.stale), 0));
         }
@@ -364,8 +354,12 @@ where
         Entry::Response(_) => Background::SoftTimeout,
         _ => Background::Never,
     };
+    // A Redis hit past its eager-refresh point: refreshed below, with the service the load
+    // did not use.
+    let mut due = false;
+    let on_due = |_, _| due = true;
     let (entry, stale) = cache
-        .load_owned_served(key.as_ref(), |_: &S::Error| None, load, background)
+        .load_owned_served(key.as_ref(), |_: &S::Error| None, load, background, on_due)
         .await?;
     match (entry.0, take(&fresh)) {
         // An expired response: it answered the service's error or its 5xx (fail-safe), or
@@ -375,13 +369,56 @@ where
         (Entry::Response(stored), Some(Fresh::Loaded)) => {
             Ok(stored.render(render, Source::Miss, 0))
         }
-        (Entry::Response(stored), None) => Ok(stored.render(render, Source::Hit, 0)),
+        (Entry::Response(stored), None) => {
+            let res = stored.render(render, Source::Hit, 0);
+            if let Some((svc, req)) = take(&call).filter(|_| due) {
+                refresh(&cache, config, (&key, Some(stored)), svc, req);
+            }
+            Ok(res)
+        }
         // Not something this layer stores under a gRPC key: ask the service.
         (_, None) => match take(&call) {
             Some((mut svc, req)) => Ok(passthrough(svc.call(req).await?, x_cache)),
             None => unreachable!("the loader did not run"),
         },
         (_, Some(Fresh::Loaded)) => unreachable!("a loaded entry is a response"),
+    }
+}
+
+/// An eager refresh of `key` in the background, on `svc` (ready: the call's own, which
+/// the hit did not need). One at a time per key. With the response a Redis hit read, for
+/// the requests that miss L1 meanwhile.
+fn refresh<S, ReqB, ResB>(
+    cache: &Cache<CachedResponse>,
+    config: Arc<Config>,
+    (key, current): (&[u8], Option<Stored>),
+    mut svc: S,
+    req: Request<CacheBody<ReqB>>,
+) where
+    S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Body + Send + 'static,
+    ReqB::Data: Buf + Send,
+    ReqB::Error: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Buf + Send,
+    ResB::Error: Send + 'static,
+{
+    let clock = cache.clone();
+    let load = move || async move {
+        let res = svc.call(req).await?;
+        Ok(admit(res, &config, now_ms(&clock))
+            .await
+            .into_loaded(&mut None, |_| true))
+    };
+    let no_share = |_: &S::Error| None;
+    match current {
+        Some(stored) => {
+            let current = CachedResponse(Entry::Response(stored));
+            cache.refresh_serving(key, current, no_share, load);
+        }
+        None => cache.refresh(key, no_share, load),
     }
 }
 

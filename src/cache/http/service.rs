@@ -199,7 +199,14 @@ where
                 // Past its eager-refresh point: one refresh in the background (not for a
                 // `HEAD`, whose answer is not stored).
                 if due && !head {
-                    self.refresh_in_background(base, key, vary, req, tag_req);
+                    let miss = Miss {
+                        cache: self.cache.clone(),
+                        config: Arc::clone(&self.config),
+                        base,
+                        render,
+                        tag_req,
+                    };
+                    miss.refresh_in_background((key, vary), None, self.inner.clone(), req);
                 }
                 let now = now_ms(&self.cache);
                 return ResponseFuture::ready(stored.render(render, source, now));
@@ -220,50 +227,6 @@ where
         } else {
             ResponseFuture::boxed(Box::pin(miss.lookup(inner, req, known_vary)))
         }
-    }
-}
-
-impl<S, U> HttpCacheService<S, U> {
-    /// An eager refresh of the entry under `key` (the base key, or the variant of `vary`),
-    /// in the background, on a clone of the inner service (made ready there first: the
-    /// ready one stays here for the next call). One at a time per key.
-    fn refresh_in_background<ReqB, ResB>(
-        &self,
-        base: Key,
-        key: Key,
-        vary: Option<VaryList>,
-        req: Request<ReqB>,
-        tag_req: Option<Arc<Parts>>,
-    ) where
-        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqB: Send + 'static,
-        ResB: Body + Send + 'static,
-        ResB::Data: Buf + Send,
-        ResB::Error: Send + 'static,
-    {
-        let svc = self.inner.clone();
-        let miss = Miss {
-            cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
-            base,
-            render: Render {
-                head: false,
-                age: true,
-                x_cache: self.config.x_cache,
-            },
-            tag_req,
-        };
-        self.cache.refresh(
-            key.as_ref(),
-            |_: &S::Error| None,
-            move || async move {
-                let res = svc.oneshot(req).await?;
-                let here = |s: &Stored| same_vary(s.vary(), vary.as_ref());
-                Ok(miss.admit(res).await.into_loaded(&mut None, here))
-            },
-        );
     }
 }
 
@@ -303,6 +266,48 @@ struct Miss {
 }
 
 impl Miss {
+    /// An eager refresh of the entry under `key` (the base key, or the variant of `vary`),
+    /// in the background, on `svc` (made ready there first: the hit path hands it a clone,
+    /// so that the ready one stays for the next call). One at a time per key. `current`:
+    /// the response a Redis hit read, for the requests that miss L1 meanwhile.
+    fn refresh_in_background<S, ReqB, ResB>(
+        self,
+        (key, vary): (Key, Option<VaryList>),
+        current: Option<Stored>,
+        svc: S,
+        req: Request<ReqB>,
+    ) where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: Body + Send + 'static,
+        ResB::Data: Buf + Send,
+        ResB::Error: Send + 'static,
+    {
+        let cache = self.cache.clone();
+        let miss = Miss {
+            render: Render {
+                head: false,
+                ..self.render
+            },
+            ..self
+        };
+        let load = move || async move {
+            let res = svc.oneshot(req).await?;
+            let here = |s: &Stored| same_vary(s.vary(), vary.as_ref());
+            Ok(miss.admit(res).await.into_loaded(&mut None, here))
+        };
+        let no_share = |_: &S::Error| None;
+        match current {
+            Some(stored) => {
+                let current = CachedResponse(Entry::Response(stored));
+                cache.refresh_serving(key.as_ref(), current, no_share, load);
+            }
+            None => cache.refresh(key.as_ref(), no_share, load),
+        }
+    }
+
     /// Looks the request up (the base key, then the variant key when the base key holds a
     /// `Vary` marker), calling the inner service on a miss.
     ///
@@ -364,8 +369,12 @@ impl Miss {
                     _ => Background::Never,
                 }
             };
+            // A Redis hit past its eager-refresh point: refreshed below, with the service
+            // the load did not use.
+            let mut due = false;
+            let on_due = |_, _| due = true;
             let (entry, stale) = cache
-                .load_owned_served(key.as_ref(), |_: &S::Error| None, load, background)
+                .load_owned_served(key.as_ref(), |_: &S::Error| None, load, background, on_due)
                 .await?;
             match (entry.0, take(&fresh)) {
                 // An expired response: it answered the service's error or its 5xx
@@ -385,7 +394,14 @@ impl Miss {
                 }
                 (Entry::Response(stored), None) if same_vary(stored.vary(), expected.as_ref()) => {
                     let now = now_ms(cache);
-                    return Ok(stored.render(self.render, source(stale), now));
+                    let res = stored.render(self.render, source(stale), now);
+                    if due && !self.render.head {
+                        if let Some((svc, req)) = take(&call) {
+                            let current = Some(stored);
+                            self.refresh_in_background((key, expected), current, svc, req);
+                        }
+                    }
+                    return Ok(res);
                 }
                 (Entry::Vary(vary), None) if expected.is_none() => {
                     key = key::variant(&self.base, &vary, &headers);
