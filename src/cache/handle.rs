@@ -88,6 +88,8 @@ impl<V> Clone for Cache<V> {
 /// Whether an owned load with a fallback may go on in the background, its caller served
 /// the fallback (decided from the fallback: the HTTP layers can use only some).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// `Never` and `Now` are the HTTP layers'.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) enum Background {
     /// Awaited in place.
     Never,
@@ -565,6 +567,7 @@ impl<V: CacheValue> Cache<V> {
     /// `x-cache: STALE`). `background` says, from the fallback, whether the load may go on
     /// in the background (see [`Background`]); `on_due` is handed the unused `init` when
     /// the value is a Redis hit past its eager-refresh point.
+    #[cfg(feature = "http")]
     pub(crate) async fn load_owned_served<E, S, F, Fut>(
         &self,
         key: &[u8],
