@@ -1126,3 +1126,48 @@ async fn a_redis_hit_past_the_refresh_point_refreshes_the_response() {
     let s = b.cache.stats();
     assert_eq!((s.refreshes, s.misses), (1, 0), "{s:?}");
 }
+
+/// `stale-while-revalidate` holds on a replica that reads the expired response from Redis:
+/// the window travels in the stored response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_holds_on_another_replica_through_redis() {
+    let redis = Arc::new(RedisServer::start());
+    let name = "swr_l2";
+    let cc = "max-age=10, stale-while-revalidate=60";
+    let replica = || async {
+        let clock = MockClock::new();
+        let gated = Gated::new();
+        let route = gated.route(cc);
+        let cache = test_cache(name, &clock, Some(redis.url()));
+        let wrap = move |r: Router, c| r.route("/gated", route).layer(layer(c).host_in_key(false));
+        (serve(cache, clock, wrap).await, gated)
+    };
+    let ((a, _), (b, gated_b)) = (replica().await, replica().await);
+    eventually(Duration::from_secs(5), "both connected", || async {
+        a.cache.stats().l2_connected() && b.cache.stats().l2_connected()
+    })
+    .await;
+    assert_eq!(a.get("/gated").await.x_cache(), "MISS");
+    wait_for_keys(&redis, name, 1).await;
+
+    b.clock.advance(Duration::from_secs(30)); // expired for B, within the window
+    let got = within(b.get("/gated")).await;
+    assert_eq!(
+        (got.x_cache(), got.text().as_str(), got.header("age")),
+        ("STALE", "gated #1", Some("30")),
+        "A's response, from Redis"
+    );
+    // B's own handler revalidates it (its first call: not held at the gate).
+    eventually(
+        Duration::from_secs(10),
+        "B's revalidated response",
+        || async {
+            let got = b.get("/gated").await;
+            got.x_cache() == "HIT" && got.header("age") == Some("0")
+        },
+    )
+    .await;
+    assert_eq!(gated_b.calls(), 1);
+    let s = b.cache.stats();
+    assert_eq!((s.refreshes, s.fail_safe_activations), (1, 0), "{s:?}");
+}
