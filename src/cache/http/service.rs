@@ -356,11 +356,12 @@ impl Miss {
                 }
             };
             // Only an expired response this request can use may answer it while the load
-            // goes on: with anything else, the load's own answer is needed.
+            // goes on: with anything else, the load's own answer is needed. Not for a
+            // `HEAD`, whose load stores nothing.
             let background = {
-                let (cache, expected) = (cache.clone(), expected.clone());
+                let (cache, expected, head) = (cache.clone(), expected.clone(), self.render.head);
                 move |v: &CachedResponse| match &v.0 {
-                    Entry::Response(s) if same_vary(s.vary(), expected.as_ref()) => {
+                    Entry::Response(s) if !head && same_vary(s.vary(), expected.as_ref()) => {
                         match s.may_revalidate(now_ms(&cache)) {
                             true => Background::Now,
                             false => Background::SoftTimeout,
@@ -694,6 +695,39 @@ mod tests {
             None
         );
         assert_eq!(decide(200, &[("age", "x")]), None, "malformed Age");
+        // RFC 5861: the longer window keeps the expired entry as a fallback.
+        let cc = |v| [("cache-control", v)];
+        let fallback = |fresh, fallback| Ttl::WithFallback {
+            fresh: Duration::from_secs(fresh),
+            fallback: Duration::from_secs(fallback),
+        };
+        assert_eq!(
+            decide(200, &cc("max-age=10, stale-while-revalidate=30")).map(|d| d.0),
+            Some(fallback(10, 30))
+        );
+        assert_eq!(
+            decide(
+                200,
+                &cc("max-age=10, stale-while-revalidate=30, stale-if-error=300")
+            )
+            .map(|d| d.0),
+            Some(fallback(10, 300))
+        );
+        assert_eq!(
+            decide(200, &cc("max-age=10, stale-while-revalidate=x")),
+            None,
+            "malformed"
+        );
+        let revalidate = |v| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CACHE_CONTROL, HeaderValue::from_static(v));
+            storable(StatusCode::OK, &map, &config).and_then(|s| s.revalidate)
+        };
+        assert_eq!(
+            revalidate("max-age=10, stale-while-revalidate=30"),
+            Some((Some(Duration::from_secs(10)), Duration::from_secs(30)))
+        );
+        assert_eq!(revalidate("stale-if-error=30"), None);
         assert_eq!(
             decide(200, &[("vary", "accept, x-a")]).map(|d| d.1),
             Some(2)
