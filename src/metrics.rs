@@ -16,7 +16,7 @@
 //! | `layercake_cache_invalidations_received_total` | counter | `cache`, `kind` = `key` \| `clear` \| `tag` \| `unknown` |
 //! | `layercake_cache_l1_gap_flushes_total` | counter | `cache` |
 //! | `layercake_cache_fail_safe_activations_total` | counter | `cache`, `cause` = `error` \| `hard_timeout` \| `soft_timeout` |
-//! | `layercake_cache_refreshes_total` | counter | `cache`, `trigger` = `eager` \| `soft_timeout`, `outcome` = `ok` \| `error` \| `timeout` |
+//! | `layercake_cache_refreshes_total` | counter | `cache`, `trigger` = `eager` \| `soft_timeout` \| `stale_while_revalidate`, `outcome` = `ok` \| `error` \| `timeout` |
 //!
 //! `coalesced` counts requests that waited for another request's miss on the same key
 //! (single flight) and got its result. L1 lookups are not timed: they take tens of
@@ -32,7 +32,8 @@
 //! throttle. `fail_safe_activations` counts the loads so replaced (one per key per throttle
 //! period while a backend keeps failing). `refreshes` counts loads nobody waited for: an
 //! eager refresh (`trigger="eager"`) or a load that went on after its caller took a stale
-//! value at its soft timeout (`trigger="soft_timeout"`), by how each ended.
+//! value at its soft timeout (`trigger="soft_timeout"`) or an expired HTTP response within
+//! its `stale-while-revalidate` window (`trigger="stale_while_revalidate"`), by how each ended.
 //!
 //! The queue's metrics (`layercake_queue_*`) are listed in [`crate::queue`].
 
@@ -125,6 +126,6 @@ fn describe_cache() {
     describe_counter!(
         CACHE_REFRESHES,
         Unit::Count,
-        "Loads nobody waited for, by trigger (eager: a hit late in the entry's life; soft_timeout: its caller took a stale value) and outcome (ok, error, timeout)."
+        "Loads nobody waited for, by trigger (eager: a hit late in the entry's life; soft_timeout: its caller took a stale value; stale_while_revalidate: an HTTP response served within its stale-while-revalidate window) and outcome (ok, error, timeout)."
     );
 }

@@ -575,3 +575,74 @@ async fn without_l1_the_throttle_is_kept_in_redis() {
         "{s:?}"
     );
 }
+
+/// Eager refresh on a Redis hit: a replica that reads an entry past its refresh point from
+/// Redis (here one without L1, so every hit is a Redis hit) refreshes it once, and the
+/// requests meanwhile get the current value at once rather than waiting for the refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_hit_past_the_refresh_point_starts_one_refresh() {
+    let server = RedisServer::start();
+    let replica = |clock: &MockClock, l1: bool| {
+        Cache::<String>::builder("eager-l2")
+            .time_to_live(TTL)
+            .ttl_jitter(0.0)
+            .eager_refresh(0.5)
+            .l1_enabled(l1)
+            .l2_timeout(Duration::from_millis(500))
+            .redis_url(server.url())
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (clock_a, clock_b) = (MockClock::new(), MockClock::new());
+    let (a, b) = (replica(&clock_a, true), replica(&clock_b, false));
+    let (calls, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(1)));
+    let (svc_a, svc_b) = (
+        gated_layer(&a, &calls, &gate),
+        gated_layer(&b, &calls, &gate),
+    );
+    eventually(WAIT, "both connected", || async {
+        a.stats().l2_connected() && b.stats().l2_connected()
+    })
+    .await;
+    assert_eq!(svc_a.oneshot("hot".into()).await.unwrap(), "v1:hot");
+    eventually(WAIT, "the entry in Redis", || async {
+        b.get("hot").await.is_some()
+    })
+    .await;
+
+    clock_b.advance(Duration::from_secs(31)); // past half the TTL
+    let hits: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(svc_b.clone().oneshot("hot".to_owned())))
+        .collect();
+    let hits = tokio::time::timeout(WAIT, futures::future::join_all(hits))
+        .await
+        .expect("the hits waited for the refresh");
+    for hit in hits {
+        assert_eq!(
+            hit.unwrap().unwrap(),
+            "v1:hot",
+            "the current value, at once"
+        );
+    }
+    eventually(WAIT, "the refresh called the service", || async {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // While the refresh waits at the gate, more requests: the current value, at once (they
+    // join the refresh's flight, which hands them the value it started from).
+    for _ in 0..20 {
+        let hit = tokio::time::timeout(WAIT, svc_b.clone().oneshot("hot".to_owned()))
+            .await
+            .expect("a request during the refresh waited for it");
+        assert_eq!(hit.unwrap(), "v1:hot");
+    }
+    gate.add_permits(1);
+    eventually(WAIT, "the refresh stored its value", || async {
+        b.get("hot").await.as_deref() == Some("v2:hot")
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh for 70 hits");
+    let s = b.stats();
+    assert_eq!((s.refreshes, s.misses), (1, 0), "{s:?}");
+}

@@ -310,7 +310,7 @@ async fn metric_names_labels_values_units_and_descriptions_are_pinned() {
         );
         assert_eq!(m.value, DebugValue::Counter(0), "fail_safe cause={cause}");
     }
-    for trigger in ["eager", "soft_timeout"] {
+    for trigger in ["eager", "soft_timeout", "stale_while_revalidate"] {
         for outcome in ["ok", "error", "timeout"] {
             let m = take(
                 &mut metrics,

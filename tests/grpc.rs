@@ -1,6 +1,8 @@
 //! `GrpcCacheLayer` on a real Tonic server (`examples/tonic.rs`) over loopback, called by a
 //! real Tonic client.
 
+mod support;
+
 #[allow(dead_code)] // the example's `main` is not used here
 #[path = "../examples/tonic.rs"]
 mod example;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use example::{Catalog, CatalogClient, GetItemRequest, ListItemsRequest};
 use layercake::cache::http::{CachedResponse, GrpcCacheLayer, UserKey};
-use layercake::Cache;
+use layercake::{Cache, MockClock};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 
@@ -25,7 +27,13 @@ async fn start<U: UserKey>(
     name: &str,
     layer: impl FnOnce(Cache<CachedResponse>) -> GrpcCacheLayer<U>,
 ) -> Fixture {
-    let cache = Cache::builder(name).build().unwrap();
+    start_with(Cache::builder(name).build().unwrap(), layer).await
+}
+
+async fn start_with<U: UserKey>(
+    cache: Cache<CachedResponse>,
+    layer: impl FnOnce(Cache<CachedResponse>) -> GrpcCacheLayer<U>,
+) -> Fixture {
     let catalog = Arc::new(Catalog::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -161,4 +169,45 @@ async fn unlisted_methods_and_credentials_bypass() {
     assert_eq!(x_cache(&hit), "HIT");
     let other = f.client.get_item(with_token("Bearer b")).await.unwrap();
     assert_eq!((x_cache(&other), other.get_ref().served), ("MISS", 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_runs_through_the_grpc_layer() {
+    let clock = MockClock::new();
+    let cache = Cache::builder("grpc_eager")
+        .time_to_live(Duration::from_secs(60))
+        .ttl_jitter(0.0)
+        .eager_refresh(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut f = start_with(cache, example::cache_layer).await;
+    let calls = || f.catalog.get_calls.load(Ordering::SeqCst);
+    let first = f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+    assert_eq!(x_cache(&first), "MISS");
+
+    clock.advance(Duration::from_secs(40)); // past the refresh point, still fresh
+    let hits = futures::future::join_all((0..20).map(|_| {
+        let mut client = f.client.clone();
+        async move { client.get_item(GetItemRequest { id: 7 }).await.unwrap() }
+    }))
+    .await;
+    for hit in &hits {
+        assert_eq!(x_cache(hit), "HIT");
+    }
+    support::eventually(Duration::from_secs(10), "the refreshed item", || {
+        let mut client = f.client.clone();
+        async move {
+            let hit = client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+            x_cache(&hit) == "HIT" && hit.get_ref().served == 2
+        }
+    })
+    .await;
+    assert_eq!(f.cache.stats().refreshes, 1);
+    // The refreshed entry is fresh again: hits start no other refresh.
+    for _ in 0..5 {
+        let hit = f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+        assert_eq!(x_cache(&hit), "HIT");
+    }
+    assert_eq!(calls(), 2, "one refresh for 20 concurrent hits");
 }

@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use layercake::cache::http::CachedResponse;
 use layercake::cache::http::{HttpCacheLayer, QueryKey};
 use layercake::{Cache, MockClock};
 use support::{eventually, RedisServer};
+use tokio::sync::Semaphore;
 
 /// How many times each path (with its query) reached the handlers, behind the cache.
 #[derive(Clone, Default)]
@@ -796,4 +798,376 @@ async fn redis_going_away_never_fails_a_request() {
         app.cache.stats().l2_errors.total() > 0
     })
     .await;
+}
+
+// ---- Background loads: stale-while-revalidate, eager refresh, soft timeout -------------
+
+/// A route whose first call answers at once and whose later calls each wait for a permit
+/// of `gate`, so that a test holds a background load while it looks at what clients get.
+#[derive(Clone)]
+struct Gated {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Answers `gated #{n}` with `Cache-Control: {cc}` (none when empty).
+    fn route(&self, cc: &'static str) -> axum::routing::MethodRouter {
+        let this = self.clone();
+        get(move || {
+            let this = this.clone();
+            async move {
+                let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n > 1 {
+                    this.gate.acquire().await.unwrap().forget();
+                }
+                let mut res = format!("gated #{n}").into_response();
+                if !cc.is_empty() {
+                    res.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+                }
+                res
+            }
+        })
+    }
+}
+
+async fn gated_app(
+    cache: Cache<CachedResponse>,
+    clock: MockClock,
+    cc: &'static str,
+) -> (App, Gated) {
+    let gated = Gated::new();
+    let route = gated.route(cc);
+    let app = serve(cache, clock, move |r, c| {
+        r.route("/gated", route).layer(layer(c))
+    })
+    .await;
+    (app, gated)
+}
+
+/// `fut`, which must not wait for the gate: a test that would hang fails instead.
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("the response waited for the backend")
+}
+
+/// Waits until `/gated` answers `body` with `x-cache: HIT`.
+async fn wait_for_body(app: &App, body: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a HIT with {body}"),
+        || async {
+            let got = app.get("/gated").await;
+            got.x_cache() == "HIT" && got.text() == body
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_the_expired_response_and_revalidates_once() {
+    let clock = MockClock::new();
+    let cache = test_cache("swr", &clock, None); // no fail-safe: the response's own window
+    let (app, gated) = gated_app(cache, clock, "max-age=10, stale-while-revalidate=60").await;
+    let first = app.get("/gated").await;
+    assert_eq!(
+        (first.x_cache(), first.text().as_str()),
+        ("MISS", "gated #1")
+    );
+
+    app.clock.advance(Duration::from_secs(30)); // expired, within the window
+                                                // Many concurrent requests, while the revalidation waits at the gate: every one gets
+                                                // the expired response at once, and the backend sees one call.
+    let stale = within(futures::future::join_all(
+        (0..50).map(|_| app.get("/gated")),
+    ))
+    .await;
+    for got in &stale {
+        assert_eq!(
+            (got.status, got.x_cache(), got.text().as_str()),
+            (StatusCode::OK, "STALE", "gated #1")
+        );
+        assert_eq!(got.header("age"), Some("30"));
+    }
+    assert_eq!(gated.calls(), 2, "one revalidation for 50 requests");
+
+    gated.gate.add_permits(1);
+    wait_for_body(&app, "gated #2").await;
+    assert_eq!(
+        gated.calls(),
+        2,
+        "the revalidated response is served from the cache"
+    );
+    let s = app.cache.stats();
+    assert_eq!((s.refreshes, s.refresh_failures), (1, 0), "{s:?}");
+    assert_eq!(
+        s.fail_safe_activations, 0,
+        "a revalidation is no fail-safe activation"
+    );
+
+    // Past the window, an expired response is a plain miss.
+    app.clock.advance(Duration::from_secs(80));
+    gated.gate.add_permits(1);
+    let got = app.get("/gated").await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("MISS", "gated #3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_runs_through_the_http_layer() {
+    let clock = MockClock::new();
+    let cache = Cache::builder("http_eager")
+        .time_to_live(Duration::from_secs(60))
+        .ttl_jitter(0.0)
+        .eager_refresh(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (app, gated) = gated_app(cache, clock, "").await;
+    assert_eq!(app.get("/gated").await.text(), "gated #1");
+
+    app.clock.advance(Duration::from_secs(40)); // past the refresh point, still fresh
+    let hits = within(futures::future::join_all(
+        (0..50).map(|_| app.get("/gated")),
+    ))
+    .await;
+    for got in &hits {
+        assert_eq!((got.x_cache(), got.text().as_str()), ("HIT", "gated #1"));
+    }
+    assert_eq!(gated.calls(), 2, "one refresh for 50 hits");
+    gated.gate.add_permits(1);
+    wait_for_body(&app, "gated #2").await;
+    assert_eq!(gated.calls(), 2);
+    assert_eq!(app.cache.stats().refreshes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_runs_through_the_http_layer() {
+    let clock = MockClock::new();
+    let cache = Cache::builder("http_soft")
+        .time_to_live(Duration::from_secs(60))
+        .ttl_jitter(0.0)
+        .fail_safe_max_duration(Duration::from_secs(3600))
+        .soft_timeout(Duration::from_millis(50))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let (app, gated) = gated_app(cache, clock, "").await;
+    assert_eq!(app.get("/gated").await.text(), "gated #1");
+
+    app.clock.advance(Duration::from_secs(120)); // expired
+                                                 // The load waits at the gate: past the soft timeout, the expired response.
+    let got = within(app.get("/gated")).await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("STALE", "gated #1"));
+    let got = within(app.get("/gated")).await;
+    assert_eq!((got.x_cache(), got.text().as_str()), ("STALE", "gated #1"));
+    assert_eq!(
+        gated.calls(),
+        2,
+        "the second request joined the load under way"
+    );
+    // The load completes in the background and updates the cache.
+    gated.gate.add_permits(1);
+    wait_for_body(&app, "gated #2").await;
+    assert_eq!(gated.calls(), 2);
+    let s = app.cache.stats();
+    assert_eq!((s.refreshes, s.fail_safe_activations), (1, 1), "{s:?}");
+}
+
+// ---- Tags ------------------------------------------------------------------------------
+
+/// Two replicas on one Redis whose layer tags each response with its `cache-tag` header;
+/// `/tagged/{tags}` answers `{tags} #{n}` with `cache-tag: {tags}`, `n` counting the calls
+/// of both replicas' handlers.
+async fn tagged_replicas(name: &str, redis: &RedisServer) -> (App, App) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wrap = |r: Router, c: Cache<CachedResponse>| {
+        let calls = Arc::clone(&calls);
+        r.route(
+            "/tagged/{tags}",
+            get(move |Path(tags): Path<String>| async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut res = format!("{tags} #{n}").into_response();
+                res.headers_mut()
+                    .insert("cache-tag", HeaderValue::from_str(&tags).unwrap());
+                res
+            }),
+        )
+        .layer(
+            layer(c)
+                .host_in_key(false)
+                .tag_header(HeaderName::from_static("cache-tag")),
+        )
+    };
+    let (a, b) = (MockClock::new(), MockClock::new());
+    let a = serve(test_cache(name, &a, Some(redis.url())), a, wrap).await;
+    let b = serve(test_cache(name, &b, Some(redis.url())), b, wrap).await;
+    eventually(
+        Duration::from_secs(5),
+        "both replicas connected and subscribed",
+        || async {
+            let (sa, sb) = (a.cache.stats(), b.cache.stats());
+            sa.l2_connected() && sb.l2_connected() && sb.invalidations_subscribed
+        },
+    )
+    .await;
+    (a, b)
+}
+
+/// `x-cache` and body of a `GET`.
+async fn got(app: &App, path: &str) -> (String, String) {
+    let got = app.get(path).await;
+    (got.x_cache().to_owned(), got.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_removes_http_responses_from_both_tiers_and_replicas() {
+    let redis = Arc::new(RedisServer::start());
+    let (a, b) = tagged_replicas("http_tags", &redis).await;
+    let (user7, user8) = ("/tagged/user:7,team:1", "/tagged/user:8%20team:1");
+    let hit = |body: &str| ("HIT".to_owned(), body.to_owned());
+    let miss = |body: &str| ("MISS".to_owned(), body.to_owned());
+    assert_eq!(got(&a, user7).await, miss("user:7,team:1 #1"));
+    assert_eq!(got(&a, user8).await, miss("user:8 team:1 #2"));
+    wait_for_keys(&redis, "http_tags", 2).await;
+    // B reads both from Redis, then has them in its L1.
+    for _ in 0..2 {
+        assert_eq!(got(&b, user7).await, hit("user:7,team:1 #1"));
+        assert_eq!(got(&b, user8).await, hit("user:8 team:1 #2"));
+    }
+    assert_eq!(b.cache.stats().hits_l2, 2);
+
+    a.cache.invalidate_tag("user:7").await.unwrap();
+    // A's own L1 at once, and the Redis entry for any reader: loaded again.
+    assert_eq!(got(&a, user7).await, miss("user:7,team:1 #3"));
+    wait_for_keys(&redis, "http_tags", 2).await;
+    // B drops its L1 copy once the message arrives, and reads A's new response.
+    eventually(
+        Duration::from_secs(5),
+        "B serves the new response",
+        || async { got(&b, user7).await == hit("user:7,team:1 #3") },
+    )
+    .await;
+    // Another tag's entry stays, on both.
+    assert_eq!(got(&a, user8).await, hit("user:8 team:1 #2"));
+    assert_eq!(got(&b, user8).await, hit("user:8 team:1 #2"));
+
+    // A tag both share: both go. B, invalidating this time, loads them again itself.
+    b.cache.invalidate_tag("team:1").await.unwrap();
+    assert_eq!(got(&b, user8).await, miss("user:8 team:1 #4"));
+    assert_eq!(got(&b, user7).await, miss("user:7,team:1 #5"));
+    eventually(
+        Duration::from_secs(5),
+        "A serves B's new responses",
+        || async {
+            got(&a, user8).await == hit("user:8 team:1 #4")
+                && got(&a, user7).await == hit("user:7,team:1 #5")
+        },
+    )
+    .await;
+    assert_eq!(a.cache.stats().misses, 3, "{:?}", a.cache.stats());
+}
+
+/// A replica that reads a response past its refresh point from Redis refreshes it in the
+/// background, as an L1 hit would (B has no L1: every hit is a Redis hit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_hit_past_the_refresh_point_refreshes_the_response() {
+    let redis = Arc::new(RedisServer::start());
+    let name = "http_eager_l2";
+    let eager = |clock: &MockClock, l1: bool| {
+        Cache::builder(name)
+            .time_to_live(Duration::from_secs(60))
+            .ttl_jitter(0.0)
+            .eager_refresh(0.5)
+            .l1_enabled(l1)
+            .clock(clock.clone())
+            .redis_url(redis.url())
+            .build()
+            .unwrap()
+    };
+    let wrap = |r: Router, c: Cache<CachedResponse>| r.layer(layer(c).host_in_key(false));
+    let (clock_a, clock_b) = (MockClock::new(), MockClock::new());
+    let a = serve(eager(&clock_a, true), clock_a, wrap).await;
+    let b = serve(eager(&clock_b, false), clock_b, wrap).await;
+    eventually(Duration::from_secs(5), "both connected", || async {
+        a.cache.stats().l2_connected() && b.cache.stats().l2_connected()
+    })
+    .await;
+    assert_eq!(a.get("/plain").await.x_cache(), "MISS");
+    wait_for_keys(&redis, name, 1).await;
+
+    b.clock.advance(Duration::from_secs(40)); // past the refresh point, still fresh
+    let got = b.get("/plain").await;
+    assert_eq!((got.x_cache(), got.header("age")), ("HIT", Some("40")));
+    assert_eq!(b.cache.stats().hits_l2, 1);
+    // B's own handler refreshes it: stored now, so its age starts again.
+    eventually(
+        Duration::from_secs(10),
+        "B's refreshed response",
+        || async {
+            let got = b.get("/plain").await;
+            got.x_cache() == "HIT" && got.header("age") == Some("0")
+        },
+    )
+    .await;
+    assert_eq!(b.calls.get("/plain"), 1, "one refresh");
+    let s = b.cache.stats();
+    assert_eq!((s.refreshes, s.misses), (1, 0), "{s:?}");
+}
+
+/// `stale-while-revalidate` holds on a replica that reads the expired response from Redis:
+/// the window travels in the stored response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_holds_on_another_replica_through_redis() {
+    let redis = Arc::new(RedisServer::start());
+    let name = "swr_l2";
+    let cc = "max-age=10, stale-while-revalidate=60";
+    let replica = || async {
+        let clock = MockClock::new();
+        let gated = Gated::new();
+        let route = gated.route(cc);
+        let cache = test_cache(name, &clock, Some(redis.url()));
+        let wrap = move |r: Router, c| r.route("/gated", route).layer(layer(c).host_in_key(false));
+        (serve(cache, clock, wrap).await, gated)
+    };
+    let ((a, _), (b, gated_b)) = (replica().await, replica().await);
+    eventually(Duration::from_secs(5), "both connected", || async {
+        a.cache.stats().l2_connected() && b.cache.stats().l2_connected()
+    })
+    .await;
+    assert_eq!(a.get("/gated").await.x_cache(), "MISS");
+    wait_for_keys(&redis, name, 1).await;
+
+    b.clock.advance(Duration::from_secs(30)); // expired for B, within the window
+    let got = within(b.get("/gated")).await;
+    assert_eq!(
+        (got.x_cache(), got.text().as_str(), got.header("age")),
+        ("STALE", "gated #1", Some("30")),
+        "A's response, from Redis"
+    );
+    // B's own handler revalidates it (its first call: not held at the gate).
+    eventually(
+        Duration::from_secs(10),
+        "B's revalidated response",
+        || async {
+            let got = b.get("/gated").await;
+            got.x_cache() == "HIT" && got.header("age") == Some("0")
+        },
+    )
+    .await;
+    assert_eq!(gated_b.calls(), 1);
+    let s = b.cache.stats();
+    assert_eq!((s.refreshes, s.fail_safe_activations), (1, 0), "{s:?}");
 }

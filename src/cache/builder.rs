@@ -360,9 +360,10 @@ impl<V: CacheValue> CacheBuilder<V> {
     /// load goes on in the background and stores its result when it completes (bounded by
     /// [`hard_timeout`](Self::hard_timeout)). Requests for the same key meanwhile get the
     /// expired value at once. Applies to the loads that can run in the background:
-    /// [`CacheLayer::new`](crate::CacheLayer::new)'s (not yet the HTTP and gRPC layers') and
-    /// those of [`Cache::load_owned`](crate::Cache::load_owned) and the other
-    /// `*_owned` methods, whose `init` borrows nothing. Needs
+    /// [`CacheLayer::new`](crate::CacheLayer::new)'s, `CacheLayer::http`'s and
+    /// `CacheLayer::grpc`'s (feature `http`), and those of
+    /// [`Cache::load_owned`](crate::Cache::load_owned) and the other `*_owned` methods,
+    /// whose `init` borrows nothing. Needs
     /// [`fail_safe_max_duration`](Self::fail_safe_max_duration).
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.resilience.soft_timeout = Some(timeout);
@@ -384,12 +385,15 @@ impl<V: CacheValue> CacheBuilder<V> {
         self
     }
 
-    /// Refreshes an entry in the background when it is hit in L1 after `fraction` of its
-    /// time to live (default off; `0 < fraction < 1`, for example 0.8): the hit is served the
+    /// Refreshes an entry in the background when it is hit after `fraction` of its time to
+    /// live (default off; `0 < fraction < 1`, for example 0.8), in L1 or read from Redis
+    /// (by a replica that did not have it, or a cache without L1): the hit is served the
     /// current value, and one load (single flight: however many hits) replaces the entry
-    /// before it expires, so that a hot key never expires under load. Applies where the
-    /// load can run in the background: [`CacheLayer::new`](crate::CacheLayer::new)'s services
-    /// (not yet the HTTP and gRPC layers), and the `*_owned` methods of
+    /// before it expires, so that a hot key never expires under load. Requests that miss
+    /// L1 while a refresh started by a Redis hit runs get the value it started from. Applies where the
+    /// load can run in the background: the services of
+    /// [`CacheLayer::new`](crate::CacheLayer::new), `CacheLayer::http` and
+    /// `CacheLayer::grpc` (feature `http`), and the `*_owned` methods of
     /// [`Cache`](crate::Cache). A failed refresh keeps the current entry, and the next one
     /// waits for [`fail_safe_throttle`](Self::fail_safe_throttle).
     pub fn eager_refresh(mut self, fraction: f64) -> Self {

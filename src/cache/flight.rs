@@ -171,12 +171,21 @@ impl<V> Leader<V> {
     /// Hands `value` to the waiters, and to whoever joins from now on, without ending the
     /// flight: the load goes on.
     pub(crate) fn publish_stale(&self, value: V) {
+        self.publish(State::Stale(value));
+    }
+
+    /// [`publish_stale`](Self::publish_stale) for a live value: a refresh's current one.
+    pub(crate) fn publish_current(&self, value: V) {
+        self.publish(State::Value(value));
+    }
+
+    fn publish(&self, state: State<V>) {
         let mut map = self.flights.lock(&self.key);
         if let Some(flight) = map.get_mut(&self.key[..]).filter(|f| f.id == self.id) {
             flight
                 .tx
                 .get_or_insert_with(|| watch::channel(State::Running).0)
-                .send_replace(State::Stale(value));
+                .send_replace(state);
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use super::builder::{CacheBuilder, Resilience};
 use super::epoch::Epochs;
 use super::flight::Flights;
-use super::stats::{CacheStats, Instruments, L2State, Outcome};
+use super::stats::{CacheStats, Instruments, L2State, Outcome, Trigger};
 use super::tags::{TagTimes, Tags};
 use super::tier::l1::{Hit, L1};
 use super::tier::l2::{L2Error, L2};
@@ -83,6 +83,20 @@ impl<V> Clone for Cache<V> {
             inner: Arc::clone(&self.inner),
         }
     }
+}
+
+/// Whether an owned load with a fallback may go on in the background, its caller served
+/// the fallback (decided from the fallback: the HTTP layers can use only some).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// `Never` and `Now` are the HTTP layers'.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) enum Background {
+    /// Awaited in place.
+    Never,
+    /// Past the cache's `soft_timeout`, if it has one.
+    SoftTimeout,
+    /// At once: the fallback is within its `stale-while-revalidate` window (HTTP).
+    Now,
 }
 
 pub(crate) struct Inner<V> {
@@ -389,10 +403,12 @@ impl<V: CacheValue> Cache<V> {
         if let Some(hit) = self.l1_hit(key) {
             return Ok((hit.value, hit.stale));
         }
-        self.load_miss(key, &share_error, init, |leader, ticket, fallback, init| {
+        let in_place = |leader, ticket, fallback, init: F| {
             self.load_with_fallback(leader, ticket, fallback, init(), None)
-        })
-        .await
+        };
+        // `init` borrows: no refresh in the background.
+        self.load_miss(key, &share_error, init, in_place, |_, _| {})
+            .await
     }
 
     /// [`get_with`](Self::get_with) for an `init` future that borrows nothing
@@ -535,15 +551,79 @@ impl<V: CacheValue> Cache<V> {
             }
             return Ok(hit.value);
         }
+        // One copy for the load, one for a refresh of a Redis hit past its refresh point.
+        let share_error = Arc::new(share_error);
+        let shared = Arc::clone(&share_error);
+        let refresh =
+            |init, current| self.refresh_serving(key, current, move |e: &E| shared(e), init);
+        let background = |_: &V| Background::SoftTimeout;
+        self.load_miss_owned(key, &*share_error, init, background, refresh)
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`load_owned`](Self::load_owned) without the eager refresh of a hit (the HTTP
+    /// layers start their own), saying whether the value is a fallback (for
+    /// `x-cache: STALE`). `background` says, from the fallback, whether the load may go on
+    /// in the background (see [`Background`]); `on_due` is handed the unused `init` when
+    /// the value is a Redis hit past its eager-refresh point.
+    #[cfg(feature = "http")]
+    pub(crate) async fn load_owned_served<E, S, F, Fut>(
+        &self,
+        key: &[u8],
+        share_error: S,
+        init: F,
+        background: impl FnOnce(&V) -> Background,
+        on_due: impl FnOnce(F, V),
+    ) -> Result<(V, bool), E>
+    where
+        E: Send + 'static,
+        S: Fn(&E) -> Option<E> + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
+        if !self.is_enabled() {
+            self.count(Outcome::Bypass);
+            return init().await.map(|loaded| (loaded.into_value(), false));
+        }
+        if let Some(hit) = self.l1_hit(key) {
+            return Ok((hit.value, hit.stale));
+        }
+        self.load_miss_owned(key, &share_error, init, background, on_due)
+            .await
+    }
+
+    /// An L1 miss of an owned load: a load with a fallback is spawned where `background`
+    /// lets it outlive its caller; `on_due` gets `init` back for a Redis hit past its
+    /// eager-refresh point.
+    async fn load_miss_owned<E, S, F, Fut>(
+        &self,
+        key: &[u8],
+        share_error: &S,
+        init: F,
+        background: impl FnOnce(&V) -> Background,
+        on_due: impl FnOnce(F, V),
+    ) -> Result<(V, bool), E>
+    where
+        E: Send + 'static,
+        S: Fn(&E) -> Option<E> + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
         let soft = self.inner.resilience.soft_timeout;
         self.load_miss(
             key,
-            &share_error,
+            share_error,
             init,
             |leader, ticket, fallback, init| async move {
+                let soft = match background(&fallback.0) {
+                    Background::Now => Some((Duration::ZERO, Trigger::StaleWhileRevalidate)),
+                    Background::SoftTimeout => soft.map(|soft| (soft, Trigger::SoftTimeout)),
+                    Background::Never => None,
+                };
                 let spawn =
                     soft.and_then(|soft| Some((soft, tokio::runtime::Handle::try_current().ok()?)));
-                let Some((soft, rt)) = spawn else {
+                let Some(((soft, trigger), rt)) = spawn else {
                     return self
                         .load_with_fallback(leader, ticket, fallback, init(), None)
                         .await;
@@ -552,8 +632,9 @@ impl<V: CacheValue> Cache<V> {
                 let kept = fallback.0.clone();
                 let cache = self.clone();
                 let load = rt.spawn(async move {
+                    let soft = Some((soft, trigger, tx));
                     cache
-                        .load_with_fallback(leader, ticket, fallback, init(), Some((soft, tx)))
+                        .load_with_fallback(leader, ticket, fallback, init(), soft)
                         .await
                 });
                 tokio::select! {
@@ -567,9 +648,9 @@ impl<V: CacheValue> Cache<V> {
                     },
                 }
             },
+            on_due,
         )
         .await
-        .map(|(v, _)| v)
     }
 
     /// The cache's name.

@@ -25,7 +25,7 @@ use super::flight::{self, End, Leader, Role, SharedError, State};
 use super::handle::Cache;
 use super::stats::{FailSafe, Outcome, Refreshed, Trigger};
 use super::tags::{TagStamp, Tags};
-use super::tier::l1::Life;
+use super::tier::l1::{Hit, Life};
 use super::tier::l2::Write;
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::codec;
@@ -37,7 +37,8 @@ pub(crate) type Fallback<V> = (V, Duration, Option<Arc<TagStamp>>);
 
 /// What Redis had under a key.
 pub(crate) enum L2Found<V> {
-    Fresh(V),
+    /// Live; the `bool`: past its eager-refresh point.
+    Fresh(V, bool),
     /// Expired, within its physical life (fail-safe on).
     Stale(Fallback<V>),
     Miss,
@@ -53,13 +54,16 @@ impl<V: CacheValue> Cache<V> {
     /// A miss in L1: joins or leads the key's flight. See [`Cache::load`] for what waiters
     /// get. `with_fallback` runs the leader's load when a fallback exists (awaited in place,
     /// or spawned where the load is `'static`). The `bool`: whether the value is a fallback
-    /// (for the HTTP layer's `x-cache: STALE`).
+    /// (for the HTTP layer's `x-cache: STALE`). `on_due` is handed the unused `init` and
+    /// the value when it is a Redis hit past its eager-refresh point (L1 hits are the
+    /// callers'), to refresh it where the load can run in the background.
     pub(crate) async fn load_miss<E, F, Fut, W, WF>(
         &self,
         key: &[u8],
         share_error: &impl Fn(&E) -> Option<E>,
         init: F,
         with_fallback: W,
+        on_due: impl FnOnce(F, V),
     ) -> Result<(V, bool), E>
     where
         E: Send + 'static,
@@ -83,9 +87,12 @@ impl<V: CacheValue> Cache<V> {
                     }
                     let l1_stale = self.l1_fallback(key);
                     let fallback = match self.l2_lookup(key, ticket).await {
-                        L2Found::Fresh(v) => {
+                        L2Found::Fresh(v, due) => {
                             self.count(Outcome::HitL2);
                             leader.finish(|| State::Value(v.clone()));
+                            if due {
+                                on_due(init, v.clone());
+                            }
                             return Ok((v, false));
                         }
                         L2Found::Stale(stale) => l1_stale.or(Some(stale)),
@@ -165,15 +172,16 @@ impl<V: CacheValue> Cache<V> {
     /// The leader's load with a fallback: never fails. Bounded by `hard_timeout`; a failure
     /// or a timeout is answered with the fallback, re-used for the throttle period. With
     /// `soft` (a spawned load), the fallback is also sent to the caller at the soft timeout,
-    /// handed to the flight's waiters, and the load goes on. The `bool`: whether the value
-    /// is the fallback.
+    /// handed to the flight's waiters, and the load goes on; its [`Trigger`] says why it
+    /// goes on (a soft timeout, or HTTP's `stale-while-revalidate`, whose "timeout" is
+    /// zero and is no fail-safe activation). The `bool`: whether the value is the fallback.
     pub(crate) async fn load_with_fallback<E, Fut>(
         &self,
         leader: Leader<V>,
         ticket: Ticket,
         fallback: Fallback<V>,
         init: Fut,
-        soft: Option<(Duration, oneshot::Sender<V>)>,
+        soft: Option<(Duration, Trigger, oneshot::Sender<V>)>,
     ) -> (V, bool)
     where
         Fut: Future<Output = Result<Loaded<V>, E>>,
@@ -185,19 +193,30 @@ impl<V: CacheValue> Cache<V> {
                 None => Some(init.await),
             }
         });
-        let mut background = false;
+        let mut background = None;
         let result = match soft {
             None => load.await,
-            Some((soft, tx)) => {
-                tokio::select! {
-                    biased;
-                    result = &mut load => result,
-                    () = tokio::time::sleep(soft) => {
+            Some((soft, trigger, tx)) => {
+                // Zero (`stale-while-revalidate`): the fallback at once, even for a load
+                // that would be ready at its first poll.
+                let on_time = match soft.is_zero() {
+                    true => None,
+                    false => tokio::select! {
+                        biased;
+                        result = &mut load => Some(result),
+                        () = tokio::time::sleep(soft) => None,
+                    },
+                };
+                match on_time {
+                    Some(result) => result,
+                    None => {
                         self.count(Outcome::Stale);
-                        self.inner.ins.fail_safe(FailSafe::SoftTimeout);
+                        if trigger == Trigger::SoftTimeout {
+                            self.inner.ins.fail_safe(FailSafe::SoftTimeout);
+                        }
                         leader.publish_stale(fallback.0.clone());
                         let _ = tx.send(fallback.0.clone());
-                        background = true;
+                        background = Some(trigger);
                         load.await
                     }
                 }
@@ -207,8 +226,8 @@ impl<V: CacheValue> Cache<V> {
         let (cause, outcome) = match result {
             Some(Ok(Loaded::Failed(_))) => (FailSafe::Error, Refreshed::Error),
             Some(Ok(loaded)) => {
-                if background {
-                    ins.refreshed(Trigger::SoftTimeout, Refreshed::Ok);
+                if let Some(trigger) = background {
+                    ins.refreshed(trigger, Refreshed::Ok);
                 } else {
                     self.count(Outcome::Miss);
                 }
@@ -217,8 +236,8 @@ impl<V: CacheValue> Cache<V> {
             Some(Err(_)) => (FailSafe::Error, Refreshed::Error),
             None => (FailSafe::HardTimeout, Refreshed::Timeout),
         };
-        if background {
-            ins.refreshed(Trigger::SoftTimeout, outcome);
+        if let Some(trigger) = background {
+            ins.refreshed(trigger, outcome);
         } else {
             self.count(Outcome::Stale);
             ins.fail_safe(cause);
@@ -275,6 +294,42 @@ impl<V: CacheValue> Cache<V> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
     {
+        self.refresh_when(key, |hit| hit.refresh, None, share_error, init);
+    }
+
+    /// [`refresh`](Self::refresh) of a Redis hit past its refresh point: `current`, the
+    /// value read, answers the requests that miss L1 while the refresh runs (a Redis-only
+    /// cache's, all of them) instead of making them wait for it. It was live when read;
+    /// it may expire during a refresh longer than the time it had left.
+    pub(crate) fn refresh_serving<E, F, Fut>(
+        &self,
+        key: &[u8],
+        current: V,
+        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
+        init: F,
+    ) where
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
+        self.refresh_when(key, |hit| hit.refresh, Some(current), share_error, init);
+    }
+
+    /// [`refresh`](Self::refresh) for a hit that `due` says is due for one: when it leads
+    /// the key's flight, it looks at L1 again and refreshes only if the entry there (if
+    /// any) is still due, so that a refresh that ended meanwhile is not repeated.
+    pub(crate) fn refresh_when<E, F, Fut>(
+        &self,
+        key: &[u8],
+        due: impl FnOnce(&Hit<V>) -> bool,
+        current: Option<V>,
+        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
+        init: F,
+    ) where
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+    {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -284,10 +339,13 @@ impl<V: CacheValue> Cache<V> {
         let ticket = self.inner.epochs.ticket(key);
         // A refresh that ended between this hit and our lead has stored a new entry.
         let l1 = self.inner.l1.as_ref().and_then(|l1| l1.get(key));
-        if l1.is_some_and(|hit| !hit.refresh) {
+        if l1.is_some_and(|hit| !due(&hit)) {
             // Nobody joined a flight that loaded nothing; any waiter looks again.
             drop(leader);
             return;
+        }
+        if let Some(current) = current {
+            leader.publish_current(current);
         }
         let cache = self.clone();
         rt.spawn(async move {
@@ -356,7 +414,7 @@ impl<V: CacheValue> Cache<V> {
     /// into L1 with the entry's remaining TTL.
     pub(crate) async fn l2_get(&self, key: &[u8], ticket: Ticket) -> Option<V> {
         match self.l2_lookup(key, ticket).await {
-            L2Found::Fresh(v) => Some(v),
+            L2Found::Fresh(v, _) => Some(v),
             L2Found::Stale(_) | L2Found::Miss => None,
         }
     }
@@ -429,6 +487,12 @@ impl<V: CacheValue> Cache<V> {
                 None => L2Found::Miss,
             };
         };
+        // The refresh point of the entry's own life, not of what is left of it.
+        let refresh_at = inner.resilience.eager_refresh.map(|f| {
+            let life = header.expires_at_ms.saturating_sub(header.written_at_ms);
+            header.written_at_ms + (life as f64 * f) as u64
+        });
+        let due = refresh_at.is_some_and(|at| now >= at);
         // Read before an invalidation that has since happened: serve it to this caller,
         // but do not put it back into L1.
         if let Some(l1) = inner
@@ -436,12 +500,7 @@ impl<V: CacheValue> Cache<V> {
             .as_ref()
             .filter(|_| inner.epochs.is_current(ticket))
         {
-            // The refresh point of the entry's own life, not of what is left of it.
-            let refresh_after = inner.resilience.eager_refresh.map(|f| {
-                let life = header.expires_at_ms.saturating_sub(header.written_at_ms);
-                let at = header.written_at_ms + (life as f64 * f) as u64;
-                Duration::from_millis(at.saturating_sub(now))
-            });
+            let refresh_after = refresh_at.map(|at| Duration::from_millis(at.saturating_sub(now)));
             let l1_ttl = self.l1_ttl(remaining);
             let life = Life {
                 ttl: l1_ttl,
@@ -452,7 +511,7 @@ impl<V: CacheValue> Cache<V> {
             l1.insert(key.into(), value.clone(), life, ticket.stamp, tags);
             inner.ins.set_l1_entries(l1.len());
         }
-        L2Found::Fresh(value)
+        L2Found::Fresh(value, due)
     }
 
     /// Stores `value` in L1 now and in Redis through the background writer; `false` when

@@ -149,6 +149,9 @@ pub(crate) enum Trigger {
     Eager = 0,
     /// A load whose caller took a fallback at its soft timeout.
     SoftTimeout = 1,
+    /// An HTTP response served within its `stale-while-revalidate` window, revalidated in
+    /// the background.
+    StaleWhileRevalidate = 2,
 }
 
 /// How a background load ended, the value of the metric label `outcome`.
@@ -160,12 +163,17 @@ pub(crate) enum Refreshed {
 }
 
 impl Trigger {
-    const ALL: [Trigger; 2] = [Trigger::Eager, Trigger::SoftTimeout];
+    const ALL: [Trigger; 3] = [
+        Trigger::Eager,
+        Trigger::SoftTimeout,
+        Trigger::StaleWhileRevalidate,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Trigger::Eager => "eager",
             Trigger::SoftTimeout => "soft_timeout",
+            Trigger::StaleWhileRevalidate => "stale_while_revalidate",
         }
     }
 }

@@ -46,8 +46,12 @@ impl<B: Body> Admitted<B> {
             Admitted::Store(stored) => {
                 *fresh = Some(Fresh::Loaded);
                 if here(&stored) {
-                    let ttl = stored.ttl();
-                    Loaded::Store(CachedResponse(Entry::Response(stored)), ttl)
+                    let (ttl, tags) = (stored.ttl(), stored.tags().clone());
+                    let response = CachedResponse(Entry::Response(stored));
+                    match tags.is_empty() {
+                        true => Loaded::Store(response, ttl),
+                        false => Loaded::StoreTagged(response, ttl, tags),
+                    }
                 } else {
                     Loaded::Private(CachedResponse(Entry::Response(stored)))
                 }

@@ -1,9 +1,54 @@
 //! The settings of an [`HttpCacheLayer`](super::HttpCacheLayer).
 
-use http::header::HeaderName;
-use http::StatusCode;
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName};
+use http::{request, response, StatusCode};
 
 use super::QueryKey;
+use crate::cache::Tags;
+
+/// The tags a stored response gets ([`HttpCacheLayer::tags`](super::HttpCacheLayer::tags)).
+type TagFn = dyn Fn(&request::Parts, &response::Parts) -> Tags + Send + Sync;
+
+/// A layer's tag rule.
+#[derive(Clone)]
+pub(crate) struct TagRule(Arc<TagFn>);
+
+impl TagRule {
+    pub(crate) fn new(
+        f: impl Fn(&request::Parts, &response::Parts) -> Tags + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Every value of the response header `name`, split at commas and white space (as
+    /// `Cache-Tag` and `Surrogate-Key` are written).
+    pub(crate) fn header(name: HeaderName) -> Self {
+        Self::new(move |_, res| header_tags(&res.headers, &name))
+    }
+
+    pub(crate) fn tags(&self, req: &request::Parts, res: &response::Parts) -> Tags {
+        (self.0)(req, res)
+    }
+}
+
+fn header_tags(headers: &HeaderMap, name: &HeaderName) -> Tags {
+    Tags::new(
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| matches!(b, b',' | b' ' | b'\t')))
+            .filter(|t| !t.is_empty()),
+    )
+}
+
+impl fmt::Debug for TagRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("TagRule")
+    }
+}
 
 /// The settings of an [`HttpCacheLayer`], shared by its services.
 #[derive(Debug, Clone)]
@@ -14,6 +59,7 @@ pub(crate) struct Config {
     pub(crate) key_headers: Vec<HeaderName>,
     pub(crate) host: bool,
     pub(crate) x_cache: bool,
+    pub(crate) tags: Option<TagRule>,
 }
 
 impl Default for Config {
@@ -25,6 +71,7 @@ impl Default for Config {
             key_headers: Vec::new(),
             host: true,
             x_cache: false,
+            tags: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -18,9 +18,11 @@ use super::body::{collect, CacheBody, Collected};
 use super::future::{passthrough, ResponseFuture};
 use super::key;
 use super::policy::{self, VaryList};
+use super::service::{source, take, Slot};
 use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::{NoUser, UserKey};
-use crate::cache::{Cache, Ttl};
+use crate::cache::handle::Background;
+use crate::cache::{Cache, Tags, Ttl};
 
 /// The settings of a [`GrpcCacheLayer`].
 #[derive(Debug, Clone)]
@@ -49,6 +51,11 @@ struct Config {
 ///   for the cache's `time_to_live`.
 /// - A call with an `authorization` or `cookie` header bypasses the cache unless
 ///   [`per_user`](Self::per_user) names its user.
+/// - The cache's resilience settings apply: with fail-safe, an expired answer replaces an
+///   error (`x-cache: STALE`); past [`soft_timeout`](crate::CacheBuilder::soft_timeout)
+///   a call with an expired answer to fall back on gets it and the call completes in the
+///   background; with [`eager_refresh`](crate::CacheBuilder::eager_refresh), a hit late
+///   in an answer's life is served and calls the method once in the background.
 ///
 /// The service's error type is the inner one, and the request body the inner service sees
 /// is a [`CacheBody`] around the original, which Tonic's router accepts.
@@ -270,6 +277,10 @@ where
 }
 
 /// A call to a listed method: read the request message, then look it up.
+///
+/// As in the HTTP service, the load may go on in the background (`soft_timeout`), so it
+/// owns the service and the request (taken from a [`Slot`]) and leaves what it did with
+/// the response in another.
 async fn unary<S, ReqB, ResB>(
     cache: Cache<CachedResponse>,
     config: Arc<Config>,
@@ -279,12 +290,15 @@ async fn unary<S, ReqB, ResB>(
     user: Option<Vec<u8>>,
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
-    S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>>,
+    S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqB: Body,
-    ReqB::Data: Buf,
-    ResB: Body,
-    ResB::Data: Buf,
+    ReqB: Body + Send + 'static,
+    ReqB::Data: Buf + Send,
+    ReqB::Error: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Buf + Send,
+    ResB::Error: Send + 'static,
 {
     let x_cache = config.x_cache;
     let message = match collect(body, config.max_request_size).await {
@@ -304,51 +318,107 @@ where
         }
     };
     let key = key::grpc(&parts, user.as_deref(), &message);
-    let mut call = Some((
-        inner,
-        Request::from_parts(parts, CacheBody::full(message, None)),
-    ));
-    let mut fresh: Option<Fresh<ResB>> = None;
-    let (entry, stale) = {
-        let call = &mut call;
-        let fresh = &mut fresh;
-        let (cache_ref, config) = (&cache, &*config);
-        let (entry, stale) = cache
-            .load_served(
-                key.as_ref(),
-                |_: &S::Error| None,
-                move || {
-                    let (mut svc, req) = call.take().expect("the loader runs at most once");
-                    async move {
-                        let res = svc.call(req).await?;
-                        Ok(admit(res, config, now_ms(cache_ref))
-                            .await
-                            .into_loaded(fresh, |_| true))
-                    }
-                },
-            )
-            .await?;
-        (entry.0, stale)
-    };
+    let req = Request::from_parts(parts, CacheBody::full(message, None));
     let render = Render {
         head: false,
         age: false,
         x_cache,
     };
-    match (entry, fresh) {
-        // An expired response answered the service's error or its 5xx (fail-safe).
+    if let Some(hit) = cache.l1_hit(key.as_ref()) {
+        if let Entry::Response(stored) = &hit.value.0 {
+            if hit.refresh {
+                // The ready service is not needed here any more: the refresh calls it.
+                refresh(&cache, config, (&key, None), inner, req);
+            }
+            return Ok(stored.render(render, source(hit.stale), 0));
+        }
+    }
+    let call: Slot<(S, Request<CacheBody<ReqB>>)> = Arc::new(Mutex::new(Some((inner, req))));
+    let fresh: Slot<Fresh<ResB>> = Arc::new(Mutex::new(None));
+    let load = {
+        let (call, fresh) = (Arc::clone(&call), Arc::clone(&fresh));
+        let (config, clock) = (Arc::clone(&config), cache.clone());
+        move || async move {
+            let (mut svc, req) = take(&call).expect("the loader runs at most once");
+            let res = svc.call(req).await?;
+            let mut done = None;
+            let loaded = admit(res, &config, now_ms(&clock))
+                .await
+                .into_loaded(&mut done, |_| true);
+            *fresh.lock().unwrap_or_else(PoisonError::into_inner) = done;
+            Ok(loaded)
+        }
+    };
+    // Only a stored response may answer while the load goes on in the background.
+    let background = |v: &CachedResponse| match v.0 {
+        Entry::Response(_) => Background::SoftTimeout,
+        _ => Background::Never,
+    };
+    // A Redis hit past its eager-refresh point: refreshed below, with the service the load
+    // did not use.
+    let mut due = false;
+    let on_due = |_, _| due = true;
+    let (entry, stale) = cache
+        .load_owned_served(key.as_ref(), |_: &S::Error| None, load, background, on_due)
+        .await?;
+    match (entry.0, take(&fresh)) {
+        // An expired response: it answered the service's error or its 5xx (fail-safe), or
+        // the load goes on in the background.
         (Entry::Response(stored), _) if stale => Ok(stored.render(render, Source::Stale, 0)),
         (_, Some(Fresh::Pass(res))) => Ok(res),
         (Entry::Response(stored), Some(Fresh::Loaded)) => {
             Ok(stored.render(render, Source::Miss, 0))
         }
-        (Entry::Response(stored), None) => Ok(stored.render(render, Source::Hit, 0)),
+        (Entry::Response(stored), None) => {
+            let res = stored.render(render, Source::Hit, 0);
+            if let Some((svc, req)) = take(&call).filter(|_| due) {
+                refresh(&cache, config, (&key, Some(stored)), svc, req);
+            }
+            Ok(res)
+        }
         // Not something this layer stores under a gRPC key: ask the service.
-        (_, None) => match call.take() {
+        (_, None) => match take(&call) {
             Some((mut svc, req)) => Ok(passthrough(svc.call(req).await?, x_cache)),
             None => unreachable!("the loader did not run"),
         },
         (_, Some(Fresh::Loaded)) => unreachable!("a loaded entry is a response"),
+    }
+}
+
+/// An eager refresh of `key` in the background, on `svc` (ready: the call's own, which
+/// the hit did not need). One at a time per key. With the response a Redis hit read, for
+/// the requests that miss L1 meanwhile.
+fn refresh<S, ReqB, ResB>(
+    cache: &Cache<CachedResponse>,
+    config: Arc<Config>,
+    (key, current): (&[u8], Option<Stored>),
+    mut svc: S,
+    req: Request<CacheBody<ReqB>>,
+) where
+    S: Service<Request<CacheBody<ReqB>>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Body + Send + 'static,
+    ReqB::Data: Buf + Send,
+    ReqB::Error: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Buf + Send,
+    ResB::Error: Send + 'static,
+{
+    let clock = cache.clone();
+    let load = move || async move {
+        let res = svc.call(req).await?;
+        Ok(admit(res, &config, now_ms(&clock))
+            .await
+            .into_loaded(&mut None, |_| true))
+    };
+    let no_share = |_: &S::Error| None;
+    match current {
+        Some(stored) => {
+            let current = CachedResponse(Entry::Response(stored));
+            cache.refresh_serving(key, current, no_share, load);
+        }
+        None => cache.refresh(key, no_share, load),
     }
 }
 
@@ -390,7 +460,7 @@ where
         now_ms,
         0,
         VaryList::from([]),
-        Ttl::Default,
+        (Ttl::Default, None, Tags::none()),
     ))
 }
 

@@ -6,12 +6,12 @@ use http::request::Parts;
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::config::Config;
+use super::config::{Config, TagRule};
 use super::grpc::GrpcCacheLayer;
 use super::service::HttpCacheService;
 use super::stored::CachedResponse;
 use super::{NoUser, QueryKey};
-use crate::cache::{Cache, CacheLayer};
+use crate::cache::{Cache, CacheLayer, Tags};
 
 /// Caches the responses of an `http::Request` → `http::Response` service (an Axum
 /// `Router`, a hyper service...) in a [`Cache`]: see the [module docs](super) for the key,
@@ -142,10 +142,66 @@ impl<U> HttpCacheLayer<U> {
     /// Adds an `x-cache` response header (default off): `HIT` for a response from the
     /// cache (either tier, or shared from a concurrent miss), `STALE` for an expired one
     /// served by fail-safe ([`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration):
-    /// the inner service returned an error, or ran past `hard_timeout`, or the throttle
-    /// re-uses such an answer), `MISS` for any other.
+    /// the inner service returned an error, or ran past `hard_timeout` or `soft_timeout`,
+    /// or the throttle re-uses such an answer) or within its `stale-while-revalidate`
+    /// window while it is revalidated, `MISS` for any other.
     pub fn x_cache_header(mut self, on: bool) -> Self {
         self.config_mut().x_cache = on;
+        self
+    }
+
+    /// Stores each response with the tags `tags` gives it, from the request's head and
+    /// the response's (status and headers), so that
+    /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) removes it, in every tier
+    /// and on every replica. Replaces a [`tag_header`](Self::tag_header) rule. Only
+    /// stored responses are tagged; a `Vary` marker is not (its variants are).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use axum::{body::Body, extract::Path, routing::get, Router};
+    /// use http::Request;
+    /// use layercake::cache::{http::HttpCacheLayer, Tags};
+    /// use layercake::Cache;
+    /// use tower::ServiceExt;
+    ///
+    /// let cache = Cache::builder("pages").build()?;
+    /// let app = Router::new()
+    ///     .route("/users/{id}/profile", get(|Path(id): Path<u32>| async move { format!("user {id}") }))
+    ///     .layer(HttpCacheLayer::new(cache.clone()).tags(|req, _res| {
+    ///         // Every page under /users/{id}/ is tagged with its user.
+    ///         let user = req.uri.path().split('/').nth(2).unwrap_or("");
+    ///         Tags::new([format!("user:{user}")])
+    ///     }));
+    /// let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    /// app.clone().oneshot(get("/users/7/profile")).await?;
+    /// assert_eq!(cache.stats().l1_entries, 1);
+    /// cache.invalidate_tag("user:7").await?; // the user changed their profile
+    /// app.oneshot(get("/users/7/profile")).await?;
+    /// assert_eq!(cache.stats().misses, 2); // loaded again
+    /// # Ok(()) }
+    /// ```
+    pub fn tags<F>(mut self, tags: F) -> Self
+    where
+        F: Fn(&Parts, &http::response::Parts) -> Tags + Send + Sync + 'static,
+    {
+        self.config_mut().tags = Some(TagRule::new(tags));
+        self
+    }
+
+    /// Stores each response with the tags its header `name` lists (every value, split at
+    /// commas and white space: `Cache-Tag: user:7, team:3` or `Surrogate-Key: a b`), as
+    /// [`tags`](Self::tags) does, which it replaces. The header is kept in the stored
+    /// response.
+    ///
+    /// ```
+    /// use http::header::HeaderName;
+    /// # let cache = layercake::Cache::builder("pages").build().unwrap();
+    /// let layer = layercake::cache::http::HttpCacheLayer::new(cache)
+    ///     .tag_header(HeaderName::from_static("cache-tag"));
+    /// # let _ = layer;
+    /// ```
+    pub fn tag_header(mut self, name: HeaderName) -> Self {
+        self.config_mut().tags = Some(TagRule::header(name));
         self
     }
 

@@ -54,16 +54,64 @@
 //! - A body larger than [`max_body_size`](HttpCacheLayer::max_body_size) (default 1 MiB)
 //!   is streamed through untouched (the frames read so far first) and not stored.
 //! - Optional: an `x-cache: HIT | MISS | STALE` header
-//!   ([`x_cache_header`](HttpCacheLayer::x_cache_header)); `STALE` where the cache has
-//!   fail-safe on and an expired response answered an inner service's error or a load past
-//!   `hard_timeout`.
+//!   ([`x_cache_header`](HttpCacheLayer::x_cache_header)); `STALE` for an expired
+//!   response: it answered an inner service's error or a load past `hard_timeout` or
+//!   `soft_timeout`, or is within its `stale-while-revalidate` window.
 //! - Errors (RFC 5861): an inner service's error and a `500`, `502`, `503` or `504`
 //!   response are failures that an expired response may answer (`x-cache: STALE`, with its
 //!   `Age`): any stored response while the cache has
 //!   [`fail_safe_max_duration`](crate::CacheBuilder::fail_safe_max_duration), and, with or
 //!   without it, one stored with `Cache-Control: stale-if-error=N`, for `N` seconds after
-//!   it expires. Other statuses are passed through as they are. `stale-while-revalidate`
-//!   is not read yet.
+//!   it expires. Other statuses are passed through as they are.
+//! - `Cache-Control: stale-while-revalidate=N` (RFC 5861): for `N` seconds after the
+//!   response expires (after its `max-age`, or the cache's `time_to_live` if that is
+//!   shorter), a request for it gets the expired response at once (`x-cache: STALE`, with
+//!   its `Age`) while one request to the service (single flight, in the background)
+//!   revalidates it; every request until that load completes gets the expired response
+//!   too, and the first after it the new one. Without fail-safe as well: the window is the
+//!   response's own, and works through Redis (another replica honours it). A failed
+//!   revalidation keeps the expired response for
+//!   [`fail_safe_throttle`](crate::CacheBuilder::fail_safe_throttle).
+//! - The cache's [`soft_timeout`](crate::CacheBuilder::soft_timeout) and
+//!   [`eager_refresh`](crate::CacheBuilder::eager_refresh) apply: past the soft timeout,
+//!   a request with an expired response to fall back on gets it (`STALE`) and the load
+//!   completes in the background; a hit past the refresh point starts one background
+//!   refresh (not for a `HEAD`) and is served the current response (`HIT`). Background
+//!   loads call a clone of the inner service, made ready first.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use axum::{body::Body, routing::get, Router};
+//! use http::{header::CACHE_CONTROL, Request};
+//! use layercake::{Cache, CacheLayer, MockClock};
+//! use tower::ServiceExt;
+//!
+//! let clock = MockClock::new(); // feature `test-util`: time moved by hand
+//! let cache = Cache::builder("feeds").clock(clock.clone()).build()?;
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let counted = calls.clone();
+//! let app = Router::new()
+//!     .route("/feed", get(move || {
+//!         let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+//!         async move { ([(CACHE_CONTROL, "max-age=10, stale-while-revalidate=60")], format!("v{n}")) }
+//!     }))
+//!     .layer(CacheLayer::http(cache).x_cache_header(true));
+//! let get = || app.clone().oneshot(Request::get("/feed").body(Body::empty()).unwrap());
+//!
+//! assert_eq!(get().await?.headers()["x-cache"], "MISS");
+//! clock.advance(Duration::from_secs(30)); // expired, within the window
+//! assert_eq!(get().await?.headers()["x-cache"], "STALE"); // at once; "v2" loads meanwhile
+//! let revalidated = async {
+//!     while calls.load(std::sync::atomic::Ordering::SeqCst) < 2
+//!         || get().await.unwrap().headers()["x-cache"] != "HIT"
+//!     {
+//!         tokio::time::sleep(Duration::from_millis(5)).await;
+//!     }
+//! };
+//! tokio::time::timeout(Duration::from_secs(5), revalidated).await?;
+//! # Ok(()) }
+//! ```
 //!
 //! Bad input never fails a request: a malformed `Cache-Control`, `Vary` or `Age` on a
 //! response means "do not store", a malformed `Cache-Control` on a request means "bypass",
@@ -102,6 +150,13 @@
 //! Concurrent misses on one key make one call to the service, and share its response if it
 //! is stored. A response that is not stored (`private`, `Set-Cookie`, too large, an error
 //! status...) is never shared: each waiting request then calls the service itself.
+//!
+//! # Tags
+//! [`tags`](HttpCacheLayer::tags) (a function of the request's and the response's heads)
+//! or [`tag_header`](HttpCacheLayer::tag_header) (a response header listing them) give each
+//! stored response its [`Tags`](crate::cache::Tags), so that
+//! [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) removes it from both tiers and
+//! every replica.
 //!
 //! # gRPC
 //! See [`GrpcCacheLayer`]: unary methods named in its configuration, keyed by method path

@@ -22,6 +22,9 @@ pub(crate) struct CacheControl {
     pub(crate) s_maxage: Option<u64>,
     /// RFC 5861: how long after it expires the response may answer an error.
     pub(crate) stale_if_error: Option<u64>,
+    /// RFC 5861: how long after it expires the response may be served while one
+    /// revalidation runs in the background.
+    pub(crate) stale_while_revalidate: Option<u64>,
 }
 
 impl CacheControl {
@@ -47,6 +50,8 @@ impl CacheControl {
                     set_seconds(&mut cc.s_maxage, arg)?;
                 } else if name.eq_ignore_ascii_case(b"stale-if-error") {
                     set_seconds(&mut cc.stale_if_error, arg)?;
+                } else if name.eq_ignore_ascii_case(b"stale-while-revalidate") {
+                    set_seconds(&mut cc.stale_while_revalidate, arg)?;
                 }
             }
         }

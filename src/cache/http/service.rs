@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
+use tower::ServiceExt;
 use tower_service::Service;
 
 use super::admit::{has_credentials, Admitted, Fresh};
@@ -18,7 +19,8 @@ use super::key::{self, HttpKey, Key};
 use super::policy::{self, CacheControl, RequestDirective, Vary, VaryList};
 use super::stored::{now_ms, CachedResponse, Entry, Render, Source, Stored, X_CACHE};
 use super::UserKey;
-use crate::cache::{Cache, Ttl};
+use crate::cache::handle::Background;
+use crate::cache::{Cache, Tags, Ttl};
 
 /// The service built by [`HttpCacheLayer`](super::HttpCacheLayer).
 ///
@@ -146,6 +148,11 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let plan = self.plan(&parts);
+        // What a tag rule reads of the request; only copied where there is one.
+        let tag_req = match (&plan, &self.config.tags) {
+            (Plan::Lookup { .. }, Some(_)) => Some(Arc::new(parts.clone())),
+            _ => None,
+        };
         let req = Request::from_parts(parts, body);
         let x_cache = self.config.x_cache;
         let (base, head, refresh) = match plan {
@@ -170,24 +177,39 @@ where
             // leads to are two lookups, each counted.
             let hit = |key: &Key| {
                 let hit = self.cache.l1_hit(key.as_ref())?;
-                Some((hit.value.0, source(hit.stale)))
+                Some((hit.value.0, source(hit.stale), hit.refresh))
             };
+            let mut found = None;
             match hit(&base) {
-                Some((Entry::Response(stored), source)) if stored.vary().is_empty() => {
-                    let now = now_ms(&self.cache);
-                    return ResponseFuture::ready(stored.render(render, source, now));
+                Some((Entry::Response(stored), source, due)) if stored.vary().is_empty() => {
+                    found = Some((base, None, stored, source, due));
                 }
-                Some((Entry::Vary(vary), _)) => {
+                Some((Entry::Vary(vary), _, _)) => {
                     let variant = key::variant(&base, &vary, req.headers());
-                    if let Some((Entry::Response(stored), source)) = hit(&variant) {
-                        if *stored.vary() == vary {
-                            let now = now_ms(&self.cache);
-                            return ResponseFuture::ready(stored.render(render, source, now));
+                    match hit(&variant) {
+                        Some((Entry::Response(stored), source, due)) if *stored.vary() == vary => {
+                            found = Some((variant, Some(vary), stored, source, due));
                         }
+                        _ => known_vary = Some(vary),
                     }
-                    known_vary = Some(vary);
                 }
                 _ => {}
+            }
+            if let Some((key, vary, stored, source, due)) = found {
+                // Past its eager-refresh point: one refresh in the background (not for a
+                // `HEAD`, whose answer is not stored).
+                if due && !head {
+                    let miss = Miss {
+                        cache: self.cache.clone(),
+                        config: Arc::clone(&self.config),
+                        base,
+                        render,
+                        tag_req,
+                    };
+                    miss.refresh_in_background((key, vary), None, self.inner.clone(), req);
+                }
+                let now = now_ms(&self.cache);
+                return ResponseFuture::ready(stored.render(render, source, now));
             }
         }
         // The ready service goes into the future; a fresh clone (not yet ready) stays.
@@ -198,6 +220,7 @@ where
             config: Arc::clone(&self.config),
             base,
             render,
+            tag_req,
         };
         if refresh {
             ResponseFuture::boxed(Box::pin(miss.refresh(inner, req)))
@@ -207,8 +230,15 @@ where
     }
 }
 
+/// A value shared with a load that may run on in the background.
+pub(super) type Slot<T> = Arc<Mutex<Option<T>>>;
+
+pub(super) fn take<T>(slot: &Slot<T>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
 /// The `x-cache` of a response from the cache.
-fn source(stale: bool) -> Source {
+pub(super) fn source(stale: bool) -> Source {
     if stale {
         Source::Stale
     } else {
@@ -225,16 +255,66 @@ fn same_vary(found: &VaryList, expected: Option<&VaryList>) -> bool {
 }
 
 /// The state of one miss (or refresh).
+#[derive(Clone)]
 struct Miss {
     cache: Cache<CachedResponse>,
     config: Arc<Config>,
     base: Key,
     render: Render,
+    /// The request's head, for the layer's tag rule (`None` without one).
+    tag_req: Option<Arc<Parts>>,
 }
 
 impl Miss {
+    /// An eager refresh of the entry under `key` (the base key, or the variant of `vary`),
+    /// in the background, on `svc` (made ready there first: the hit path hands it a clone,
+    /// so that the ready one stays for the next call). One at a time per key. `current`:
+    /// the response a Redis hit read, for the requests that miss L1 meanwhile.
+    fn refresh_in_background<S, ReqB, ResB>(
+        self,
+        (key, vary): (Key, Option<VaryList>),
+        current: Option<Stored>,
+        svc: S,
+        req: Request<ReqB>,
+    ) where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: Body + Send + 'static,
+        ResB::Data: Buf + Send,
+        ResB::Error: Send + 'static,
+    {
+        let cache = self.cache.clone();
+        let miss = Miss {
+            render: Render {
+                head: false,
+                ..self.render
+            },
+            ..self
+        };
+        let load = move || async move {
+            let res = svc.oneshot(req).await?;
+            let here = |s: &Stored| same_vary(s.vary(), vary.as_ref());
+            Ok(miss.admit(res).await.into_loaded(&mut None, here))
+        };
+        let no_share = |_: &S::Error| None;
+        match current {
+            Some(stored) => {
+                let current = CachedResponse(Entry::Response(stored));
+                cache.refresh_serving(key.as_ref(), current, no_share, load);
+            }
+            None => cache.refresh(key.as_ref(), no_share, load),
+        }
+    }
+
     /// Looks the request up (the base key, then the variant key when the base key holds a
     /// `Vary` marker), calling the inner service on a miss.
+    ///
+    /// The load may go on in the background once its caller has an expired response
+    /// (`soft_timeout`, `stale-while-revalidate`), so it owns what it uses: the service and
+    /// the request are in a [`Slot`] it takes them from, and it leaves in another what it
+    /// did with the response.
     async fn lookup<S, ReqB, ResB>(
         self,
         inner: S,
@@ -242,46 +322,64 @@ impl Miss {
         known_vary: Option<VaryList>,
     ) -> Result<Response<CacheBody<ResB>>, S::Error>
     where
-        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+        S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ResB: Body,
-        ResB::Data: Buf,
+        ReqB: Send + 'static,
+        ResB: Body + Send + 'static,
+        ResB::Data: Buf + Send,
+        ResB::Error: Send + 'static,
     {
         let headers = req.headers().clone();
         let cache = &self.cache;
-        let mut call = Some((inner, req));
+        let call: Slot<(S, Request<ReqB>)> = Arc::new(Mutex::new(Some((inner, req))));
         let (mut key, mut expected) = match known_vary {
             Some(vary) => (key::variant(&self.base, &vary, &headers), Some(vary)),
             None => (self.base, None),
         };
         // At most two steps: the base key, then the variant its marker leads to.
         for _ in 0..2 {
-            let mut fresh: Option<Fresh<ResB>> = None;
-            let (entry, stale) = {
-                let call = &mut call;
-                let fresh = &mut fresh;
-                let this = &self;
-                let expected = expected.as_ref();
-                let (entry, stale) = cache
-                    .load_served(
-                        key.as_ref(),
-                        |_: &S::Error| None,
-                        move || {
-                            let (mut svc, req) = call.take().expect("the loader runs at most once");
-                            async move {
-                                let res = svc.call(req).await?;
-                                // Stored under `key` only when it belongs there; others are
-                                // placed by `store_under` below.
-                                let here = |s: &Stored| same_vary(s.vary(), expected);
-                                Ok(this.admit(res).await.into_loaded(fresh, here))
-                            }
-                        },
-                    )
-                    .await?;
-                (entry.0, stale)
+            let fresh: Slot<Fresh<ResB>> = Arc::new(Mutex::new(None));
+            let load = {
+                let (call, fresh) = (Arc::clone(&call), Arc::clone(&fresh));
+                let (this, expected) = (self.clone(), expected.clone());
+                move || async move {
+                    let (mut svc, req) = take(&call).expect("the loader runs at most once");
+                    let res = svc.call(req).await?;
+                    // Stored under `key` only when it belongs there; others are placed by
+                    // `store_under` below.
+                    let here = |s: &Stored| same_vary(s.vary(), expected.as_ref());
+                    let mut done = None;
+                    let loaded = this.admit(res).await.into_loaded(&mut done, here);
+                    *fresh.lock().unwrap_or_else(PoisonError::into_inner) = done;
+                    Ok(loaded)
+                }
             };
-            match (entry, fresh) {
-                // An expired response answered the service's error, or its 5xx (fail-safe).
+            // Only an expired response this request can use may answer it while the load
+            // goes on: with anything else, the load's own answer is needed. Not for a
+            // `HEAD`, whose load stores nothing.
+            let background = {
+                let (cache, expected, head) = (cache.clone(), expected.clone(), self.render.head);
+                move |v: &CachedResponse| match &v.0 {
+                    Entry::Response(s) if !head && same_vary(s.vary(), expected.as_ref()) => {
+                        match s.may_revalidate(now_ms(&cache)) {
+                            true => Background::Now,
+                            false => Background::SoftTimeout,
+                        }
+                    }
+                    _ => Background::Never,
+                }
+            };
+            // A Redis hit past its eager-refresh point: refreshed below, with the service
+            // the load did not use.
+            let mut due = false;
+            let on_due = |_, _| due = true;
+            let (entry, stale) = cache
+                .load_owned_served(key.as_ref(), |_: &S::Error| None, load, background, on_due)
+                .await?;
+            match (entry.0, take(&fresh)) {
+                // An expired response: it answered the service's error or its 5xx
+                // (fail-safe), or the load goes on in the background.
                 (Entry::Response(stored), _)
                     if stale && same_vary(stored.vary(), expected.as_ref()) =>
                 {
@@ -297,7 +395,14 @@ impl Miss {
                 }
                 (Entry::Response(stored), None) if same_vary(stored.vary(), expected.as_ref()) => {
                     let now = now_ms(cache);
-                    return Ok(stored.render(self.render, source(stale), now));
+                    let res = stored.render(self.render, source(stale), now);
+                    if due && !self.render.head {
+                        if let Some((svc, req)) = take(&call) {
+                            let current = Some(stored);
+                            self.refresh_in_background((key, expected), current, svc, req);
+                        }
+                    }
+                    return Ok(res);
                 }
                 (Entry::Vary(vary), None) if expected.is_none() => {
                     key = key::variant(&self.base, &vary, &headers);
@@ -308,7 +413,7 @@ impl Miss {
         }
         // An entry this request cannot use (a marker where a response was expected, or a
         // second marker): answer from the inner service, store nothing.
-        match call.take() {
+        match take(&call) {
             Some((mut svc, req)) => Ok(passthrough(svc.call(req).await?, self.config.x_cache)),
             None => unreachable!("a loaded response is returned above"),
         }
@@ -345,9 +450,10 @@ impl Miss {
         let cache = &self.cache;
         let vary = stored.vary();
         let response = CachedResponse(Entry::Response(stored.clone()));
+        let tags = stored.tags().clone();
         if vary.is_empty() {
             cache
-                .insert_with_ttl(self.base, response, stored.ttl())
+                .insert_tagged_with_ttl(self.base, response, stored.ttl(), tags)
                 .await;
         } else {
             // The marker lives as long as the cache allows, so that the variants (which may
@@ -355,7 +461,9 @@ impl Miss {
             let marker = CachedResponse(Entry::Vary(Arc::clone(vary)));
             cache.insert_with_ttl(self.base, marker, Ttl::Default).await;
             let variant = key::variant(&self.base, vary, request_headers);
-            cache.insert_with_ttl(variant, response, stored.ttl()).await;
+            cache
+                .insert_tagged_with_ttl(variant, response, stored.ttl(), tags)
+                .await;
         }
     }
 
@@ -372,7 +480,13 @@ impl Miss {
         } else {
             storable(res.status(), res.headers(), config)
         };
-        let Some(Storable { ttl, vary, age }) = decision else {
+        let Some(Storable {
+            ttl,
+            vary,
+            age,
+            revalidate,
+        }) = decision
+        else {
             return Admitted::Pass(passthrough(res, config.x_cache));
         };
         let (mut parts, body) = res.into_parts();
@@ -384,6 +498,10 @@ impl Miss {
                 Admitted::Pass(Response::from_parts(parts, body))
             }
             Collected::Complete { data, trailers } => {
+                let tags = match (&config.tags, &self.tag_req) {
+                    (Some(rule), Some(req)) => rule.tags(req, &parts),
+                    _ => Tags::none(),
+                };
                 parts.headers.remove(header::AGE);
                 policy::strip_hop_by_hop(&mut parts.headers);
                 let bodiless = parts.status.is_informational()
@@ -394,15 +512,23 @@ impl Miss {
                         .headers
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
                 }
+                let now = now_ms(&self.cache);
+                // The end of its `stale-while-revalidate` window: after its freshness (as
+                // the cache caps it) by the directive's seconds.
+                let revalidate_until = revalidate.map(|(fresh, window)| {
+                    let fresh = fresh.unwrap_or(Duration::MAX).min(self.cache.inner.ttl);
+                    let until = fresh.saturating_add(window).as_millis();
+                    now.saturating_add(u64::try_from(until).unwrap_or(u64::MAX))
+                });
                 Admitted::Store(Stored::new(
                     parts.status,
                     parts.headers,
                     data,
                     trailers,
-                    now_ms(&self.cache),
+                    now,
                     age,
                     vary,
-                    ttl,
+                    (ttl, revalidate_until, tags),
                 ))
             }
         }
@@ -417,6 +543,9 @@ struct Storable {
     vary: VaryList,
     /// The response's own `Age`, which its `max-age` counts from.
     age: u64,
+    /// With `stale-while-revalidate`: its freshness (`None`: the cache's `time_to_live`)
+    /// and the window after it.
+    revalidate: Option<(Option<Duration>, Duration)>,
 }
 
 /// The safe defaults: whether a response with this head may be stored.
@@ -433,26 +562,41 @@ fn storable(status: StatusCode, headers: &HeaderMap, config: &Config) -> Option<
         None => 0,
         Some(v) => v.to_str().ok()?.trim().parse::<u64>().ok()?,
     };
-    let ttl = match (cc.shared_max_age(), cc.stale_if_error) {
-        (Some(max_age), _) if max_age <= age => return None,
-        (Some(max_age), Some(fallback)) => Ttl::WithFallback {
-            fresh: Duration::from_secs(max_age - age),
-            fallback: Duration::from_secs(fallback),
+    let fresh = match cc.shared_max_age() {
+        Some(max_age) if max_age <= age => return None,
+        Some(max_age) => Some(Duration::from_secs(max_age - age)),
+        None => None,
+    };
+    // Both windows of RFC 5861 keep the expired entry as a fallback; which of them
+    // applies when it is found is for the lookup to say (`Stored::may_revalidate`).
+    let window = cc.stale_if_error.max(cc.stale_while_revalidate);
+    let ttl = match (fresh, window) {
+        (Some(fresh), Some(window)) => Ttl::WithFallback {
+            fresh,
+            fallback: Duration::from_secs(window),
         },
-        (Some(max_age), None) => Ttl::After(Duration::from_secs(max_age - age)),
-        // `stale-if-error` without a freshness lifetime: after the cache's time_to_live.
-        (None, Some(fallback)) => Ttl::WithFallback {
+        (Some(fresh), None) => Ttl::After(fresh),
+        // Without a freshness lifetime: fresh for the cache's time_to_live.
+        (None, Some(window)) => Ttl::WithFallback {
             fresh: Duration::MAX,
-            fallback: Duration::from_secs(fallback),
+            fallback: Duration::from_secs(window),
         },
         (None, None) => Ttl::Default,
     };
+    let revalidate = cc
+        .stale_while_revalidate
+        .map(|window| (fresh, Duration::from_secs(window)));
     let vary = match policy::parse_vary(headers).ok()? {
         Vary::None => VaryList::from([]),
         Vary::Any => return None,
         Vary::Names(names) => names,
     };
-    Some(Storable { ttl, vary, age })
+    Some(Storable {
+        ttl,
+        vary,
+        age,
+        revalidate,
+    })
 }
 
 #[cfg(test)]
@@ -551,6 +695,39 @@ mod tests {
             None
         );
         assert_eq!(decide(200, &[("age", "x")]), None, "malformed Age");
+        // RFC 5861: the longer window keeps the expired entry as a fallback.
+        let cc = |v| [("cache-control", v)];
+        let fallback = |fresh, fallback| Ttl::WithFallback {
+            fresh: Duration::from_secs(fresh),
+            fallback: Duration::from_secs(fallback),
+        };
+        assert_eq!(
+            decide(200, &cc("max-age=10, stale-while-revalidate=30")).map(|d| d.0),
+            Some(fallback(10, 30))
+        );
+        assert_eq!(
+            decide(
+                200,
+                &cc("max-age=10, stale-while-revalidate=30, stale-if-error=300")
+            )
+            .map(|d| d.0),
+            Some(fallback(10, 300))
+        );
+        assert_eq!(
+            decide(200, &cc("max-age=10, stale-while-revalidate=x")),
+            None,
+            "malformed"
+        );
+        let revalidate = |v| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CACHE_CONTROL, HeaderValue::from_static(v));
+            storable(StatusCode::OK, &map, &config).and_then(|s| s.revalidate)
+        };
+        assert_eq!(
+            revalidate("max-age=10, stale-while-revalidate=30"),
+            Some((Some(Duration::from_secs(10)), Duration::from_secs(30)))
+        );
+        assert_eq!(revalidate("stale-if-error=30"), None);
         assert_eq!(
             decide(200, &[("vary", "accept, x-a")]).map(|d| d.1),
             Some(2)

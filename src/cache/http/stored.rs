@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::body::CacheBody;
 use super::policy::VaryList;
-use crate::cache::{Cache, Ttl};
+use crate::cache::{Cache, Tags, Ttl};
 
 /// What the HTTP and gRPC layers store in a [`Cache`]: a response (status, headers, body,
 /// trailers), or the marker of a resource whose responses vary. Opaque: build a
@@ -81,6 +81,11 @@ struct Inner {
     vary: VaryList,
     /// How long to keep it (not stored: only read when it is first stored).
     ttl: Ttl,
+    /// With `stale-while-revalidate`: until when (Unix ms, by the cache's clock), once
+    /// expired, it is served at once while one load revalidates it in the background.
+    revalidate_until_ms: Option<u64>,
+    /// The tags to store it with (not stored: only read when it is first stored).
+    tags: Tags,
 }
 
 /// Whether a response given to a client came from the cache (the `x-cache` header).
@@ -125,7 +130,7 @@ impl Stored {
         stored_at_ms: u64,
         age: u64,
         vary: VaryList,
-        ttl: Ttl,
+        (ttl, revalidate_until_ms, tags): (Ttl, Option<u64>, Tags),
     ) -> Self {
         Self(Arc::new(Inner {
             status,
@@ -136,6 +141,8 @@ impl Stored {
             age,
             vary,
             ttl,
+            revalidate_until_ms,
+            tags,
         }))
     }
 
@@ -145,6 +152,19 @@ impl Stored {
 
     pub(crate) fn ttl(&self) -> Ttl {
         self.0.ttl
+    }
+
+    /// The tags it is stored with.
+    pub(crate) fn tags(&self) -> &Tags {
+        &self.0.tags
+    }
+
+    /// Whether, expired, it may be served while a background load revalidates it:
+    /// `now_ms` is within its `stale-while-revalidate` window.
+    pub(crate) fn may_revalidate(&self, now_ms: u64) -> bool {
+        self.0
+            .revalidate_until_ms
+            .is_some_and(|until| now_ms < until)
     }
 
     /// A response for a client, at `now_ms` by the cache's clock.
@@ -232,6 +252,8 @@ struct WireOut<'a> {
     stored_at_ms: u64,
     age: u64,
     vary: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revalidate_until_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +265,9 @@ struct WireIn {
     stored_at_ms: u64,
     age: u64,
     vary: Vec<String>,
+    /// Absent from entries written before `stale-while-revalidate` was read.
+    #[serde(default)]
+    revalidate_until_ms: Option<u64>,
 }
 
 impl Serialize for Stored {
@@ -256,6 +281,7 @@ impl Serialize for Stored {
             stored_at_ms: i.stored_at_ms,
             age: i.age,
             vary: i.vary.iter().map(HeaderName::as_str).collect(),
+            revalidate_until_ms: i.revalidate_until_ms,
         }
         .serialize(s)
     }
@@ -298,7 +324,11 @@ impl<'de> Deserialize<'de> for Stored {
             w.stored_at_ms,
             w.age,
             vary,
-            Ttl::After(Duration::ZERO),
+            (
+                Ttl::After(Duration::ZERO),
+                w.revalidate_until_ms,
+                Tags::none(),
+            ),
         ))
     }
 }
@@ -322,7 +352,7 @@ mod tests {
             1_000,
             7,
             vec![HeaderName::from_static("accept-language")].into(),
-            Ttl::After(Duration::from_secs(5)),
+            (Ttl::After(Duration::from_secs(5)), Some(99), Tags::none()),
         )
     }
 
@@ -340,8 +370,8 @@ mod tests {
             (b.status, &b.headers, &b.body, &b.trailers)
         );
         assert_eq!(
-            (a.stored_at_ms, a.age, &a.vary),
-            (b.stored_at_ms, b.age, &b.vary)
+            (a.stored_at_ms, a.age, &a.vary, a.revalidate_until_ms),
+            (b.stored_at_ms, b.age, &b.vary, b.revalidate_until_ms)
         );
 
         let marker = Entry::Vary(vec![HeaderName::from_static("x-a")].into());
@@ -363,7 +393,7 @@ mod tests {
             0,
             u64::MAX,
             VaryList::from([]),
-            Ttl::Default,
+            (Ttl::Default, None, Tags::none()),
         );
         let bytes = rmp_serde::to_vec_named(&Entry::Response(forged)).unwrap();
         let Entry::Response(read) = rmp_serde::from_slice::<Entry>(&bytes).unwrap() else {

@@ -78,7 +78,7 @@ impl Parts {
             p.stored_at_ms,
             p.age,
             p.vary,
-            Ttl::After(Duration::from_secs(60)),
+            (Ttl::After(Duration::from_secs(60)), None, Tags::none()),
         )
     }
 }
