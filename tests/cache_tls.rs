@@ -325,6 +325,22 @@ async fn a_tls_cluster_serves_the_cache_and_the_queue() {
         "the inner service ran once per key"
     );
 
+    // The subscribers connect to the seed nodes over TLS with the same CA: an
+    // invalidation from the writer drops the reader's L1 copy.
+    eventually(WAIT, "both caches subscribed over TLS", || async {
+        writer.stats().invalidations_subscribed && reader.stats().invalidations_subscribed
+    })
+    .await;
+    assert!(reader.get_l1("k1").is_some(), "the reader holds k1 in L1");
+    writer
+        .invalidate("k1")
+        .await
+        .expect("invalidate over the TLS cluster");
+    eventually(WAIT, "the reader's L1 copy of k1 dropped", || async {
+        reader.get_l1("k1").is_none()
+    })
+    .await;
+
     reader.clear().await.expect("clear over the TLS cluster");
     let left = keys_per_node(&cluster, &prefix);
     assert_eq!(
@@ -370,6 +386,7 @@ async fn a_tls_cluster_serves_the_cache_and_the_queue() {
         .expect("the worker panicked");
 
     // Without the CA the nodes' certificate is untrusted: a miss, an L2 error, no hang.
+    let (logs, _guard) = LogCapture::new();
     let untrusted = cache("cluster_untrusted", RedisOptions::new(cluster.crate_url()));
     let svc = CacheLayer::new(untrusted.clone(), key).layer(counting(calls.clone()));
     assert_eq!(timed_get(&svc, "k0").await, "v:k0");
@@ -385,4 +402,17 @@ async fn a_tls_cluster_serves_the_cache_and_the_queue() {
     })
     .await;
     assert!(!untrusted.stats().l2_connected(), "{err}");
+    eventually(WAIT, "the certificate failure logged", || async {
+        logs.contains("cannot reach the redis cache tier")
+    })
+    .await;
+    let text = logs.contents();
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot reach the redis cache tier"))
+        .unwrap_or_default();
+    assert!(
+        line.to_ascii_lowercase().contains("certificate"),
+        "the log line says why: {line}"
+    );
 }
