@@ -305,9 +305,9 @@ impl ClusterUrl {
             _ => String::new(),
         };
         let scheme = if tls { "rediss" } else { "redis" };
-        let password = userinfo.and_then(|info| match info.split_once(':') {
-            Some((_, password)) => Some(password.to_owned()),
-            None => Some(info.to_owned()),
+        let password = userinfo.map(|info| match info.split_once(':') {
+            Some((_, password)) => password.to_owned(),
+            None => info.to_owned(),
         });
         Ok(Self {
             nodes: hosts
