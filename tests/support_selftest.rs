@@ -483,3 +483,55 @@ fn cluster_reshards_many_slots() {
         );
     }
 }
+
+/// The TLS cluster: whole, every node announcing `127.0.0.1` (which its certificate
+/// covers) and its TLS port in `CLUSTER SLOTS`, and no plaintext port.
+#[cfg(feature = "tls")]
+#[test]
+fn tls_cluster_starts_and_announces_its_tls_ports() {
+    use support::TlsRedisCluster;
+
+    let cluster = TlsRedisCluster::start();
+    let ports: Vec<u16> = (0..NODES).map(|i| cluster.node(i).port()).collect();
+    assert_eq!(
+        cluster.crate_url(),
+        format!(
+            "rediss+cluster://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+            ports[0], ports[1], ports[2]
+        )
+    );
+    for i in 0..NODES {
+        let info = cluster.node(i).query::<String>(&["CLUSTER", "INFO"]);
+        assert!(info.contains("cluster_state:ok"), "node {i}: {info}");
+        // [[start, end, [ip, port, id, ...], ...], ...]
+        let slots = cluster.node(i).query::<Vec<Value>>(&["CLUSTER", "SLOTS"]);
+        let mut announced = Vec::new();
+        for range in &slots {
+            let Value::Array(fields) = range else {
+                panic!("node {i}: a CLUSTER SLOTS entry is not an array: {range:?}");
+            };
+            let (ip, port): (String, u16) = match &fields[2] {
+                Value::Array(primary) => (
+                    redis::from_redis_value(primary[0].clone()).expect("an ip"),
+                    redis::from_redis_value(primary[1].clone()).expect("a port"),
+                ),
+                other => panic!("node {i}: no primary in {other:?}"),
+            };
+            assert_eq!(ip, "127.0.0.1", "node {i}: {slots:?}");
+            announced.push(port);
+        }
+        announced.sort_unstable();
+        let mut expected = ports.clone();
+        expected.sort_unstable();
+        assert_eq!(announced, expected, "node {i} announces the TLS ports");
+    }
+    // `--port 0`: nothing listens in plaintext; a plaintext PING on the TLS port fails.
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{}/", ports[0])).unwrap();
+    let answer = plain
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .and_then(|mut con| {
+            let _ = con.set_read_timeout(Some(Duration::from_secs(2)));
+            redis::cmd("PING").query::<String>(&mut con)
+        });
+    assert!(answer.is_err(), "plaintext PING answered: {answer:?}");
+}

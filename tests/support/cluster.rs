@@ -52,28 +52,7 @@ impl RedisCluster {
     /// with all 16384 slots assigned (panics after 20 s).
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..NODES)
-            .map(|_| {
-                // The bus port is picked too: the default (port + 10000) may be taken or
-                // lie in the ephemeral range, which `free_port` avoids.
-                let bus = free_port().to_string();
-                RedisServer::start_with(
-                    None,
-                    false,
-                    [
-                        "--cluster-enabled",
-                        "yes",
-                        // Relative to the server's own `--dir`, so one file per node.
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--cluster-port",
-                        &bus,
-                    ]
-                    .map(str::to_owned)
-                    .to_vec(),
-                )
-            })
+            .map(|_| RedisServer::start_with(None, false, node_args()))
             .collect();
         let dir = nodes[0].dir().join("cluster");
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -83,14 +62,7 @@ impl RedisCluster {
             .collect();
         let cluster = RedisCluster { nodes, ids, dir };
 
-        let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
-        args.extend(
-            cluster
-                .nodes
-                .iter()
-                .map(|n| format!("127.0.0.1:{}", n.port())),
-        );
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+        let args = create_args(cluster.nodes.iter().map(RedisServer::port));
         cluster.cli("create", &args);
 
         cluster.until_ok();
@@ -104,12 +76,9 @@ impl RedisCluster {
     /// back as itself, owning its slots, empty).
     pub fn until_ok(&self) {
         self.until(CLUSTER_DEADLINE, "cluster_state:ok on every node", |c| {
-            c.nodes.iter().all(|n| {
-                let info = n.query::<String>(&["CLUSTER", "INFO"]);
-                info.contains("cluster_state:ok")
-                    && info.contains(&format!("cluster_slots_ok:{SLOTS}"))
-                    && info.contains(&format!("cluster_known_nodes:{NODES}"))
-            })
+            c.nodes
+                .iter()
+                .all(|n| is_whole(&n.query::<String>(&["CLUSTER", "INFO"])))
         });
         self.until(AGREE_DEADLINE, "the nodes to agree on the slots", |c| {
             c.agreed_owners().is_some()
@@ -342,33 +311,11 @@ impl RedisCluster {
 
     /// Slot → owner index as node `i` sees it (`CLUSTER NODES`), `None` for unassigned.
     fn owners_seen_by(&self, i: usize) -> Vec<Option<usize>> {
-        let text = self.nodes[i].query::<String>(&["CLUSTER", "NODES"]);
-        let mut owners = vec![None; usize::from(SLOTS)];
-        for line in text.lines() {
-            // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot>...
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let Some(owner) = fields.first().and_then(|id| self.index_of(id)) else {
-                continue;
-            };
-            // Bracketed entries are migrations in progress, not ownership.
-            for range in fields.iter().skip(8).filter(|f| !f.starts_with('[')) {
-                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-                let (lo, hi): (usize, usize) = match (lo.parse(), hi.parse()) {
-                    (Ok(lo), Ok(hi)) => (lo, hi),
-                    _ => panic!(
-                        "cannot parse slot range {range:?} in CLUSTER NODES of node {i}: {line}"
-                    ),
-                };
-                for owner_of in &mut owners[lo..=hi] {
-                    *owner_of = Some(owner);
-                }
-            }
-        }
-        owners
-    }
-
-    fn index_of(&self, id: &str) -> Option<usize> {
-        self.ids.iter().position(|known| known == id)
+        owners_in(
+            &self.nodes[i].query::<String>(&["CLUSTER", "NODES"]),
+            &self.ids,
+            i,
+        )
     }
 
     /// An admin command that must answer OK (or any non-error reply).
@@ -382,49 +329,9 @@ impl RedisCluster {
         })
     }
 
-    /// Runs `redis-cli ARGS` to completion (killing it after a minute); panics with its
-    /// output if it fails.
+    /// Runs `redis-cli ARGS` to completion; see [`run_cli`].
     fn cli(&self, what: &str, args: &[String]) {
-        let out_path = self.dir.join(format!("redis-cli-{what}.log"));
-        let out = fs::File::create(&out_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_path.display()));
-        let err = out.try_clone().expect("cannot clone log file handle");
-        let bin = redis_cli_binary();
-        let mut child = Command::new(&bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot spawn {} (is redis-cli installed? Debian: redis-tools): {e}",
-                    bin.display()
-                )
-            });
-        let deadline = Instant::now() + CLI_DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait on redis-cli failed") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`redis-cli {}` did not finish within {CLI_DEADLINE:?}; output:\n{}",
-                    args.join(" "),
-                    fs::read_to_string(&out_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let output = fs::read_to_string(&out_path).unwrap_or_default();
-        // redis-cli --cluster reports some failures ("[ERR] ...") with exit status 0.
-        assert!(
-            status.success() && !output.contains("[ERR]"),
-            "`redis-cli {}` failed ({status}); output:\n{output}",
-            args.join(" ")
-        );
+        run_cli(&self.dir, what, args);
     }
 
     fn until(&self, deadline: Duration, what: &str, mut cond: impl FnMut(&RedisCluster) -> bool) {
@@ -525,6 +432,122 @@ impl SlotMigration<'_> {
             c.admin(other, &node);
         }
     }
+}
+
+// Shared with the TLS cluster (`super::tls::TlsRedisCluster`), which runs the same nodes
+// over TLS.
+
+/// A cluster node's extra `redis-server` arguments (`--cluster-enabled yes`, node timeout
+/// 2 s), with a bus port of its own.
+pub(super) fn node_args() -> Vec<String> {
+    // The bus port is picked too: the default (port + 10000) may be taken or lie in the
+    // ephemeral range, which `free_port` avoids.
+    let bus = free_port().to_string();
+    [
+        "--cluster-enabled",
+        "yes",
+        // Relative to the server's own `--dir`, so one file per node.
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+        "--cluster-port",
+        &bus,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `redis-cli` arguments that join the nodes on `ports` into a cluster of primaries with
+/// the slots split evenly.
+pub(super) fn create_args(ports: impl IntoIterator<Item = u16>) -> Vec<String> {
+    let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
+    args.extend(ports.into_iter().map(|p| format!("127.0.0.1:{p}")));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+    args
+}
+
+/// Whether a node's `CLUSTER INFO` says the cluster is whole: state ok, all 16384 slots
+/// served, every node known.
+pub(super) fn is_whole(info: &str) -> bool {
+    info.contains("cluster_state:ok")
+        && info.contains(&format!("cluster_slots_ok:{SLOTS}"))
+        && info.contains(&format!("cluster_known_nodes:{NODES}"))
+}
+
+/// Slot → owner index (into `ids`) in node `i`'s `CLUSTER NODES` text, `None` for
+/// unassigned.
+pub(super) fn owners_in(text: &str, ids: &[String], i: usize) -> Vec<Option<usize>> {
+    let mut owners = vec![None; usize::from(SLOTS)];
+    for line in text.lines() {
+        // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot>...
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(owner) = fields
+            .first()
+            .and_then(|id| ids.iter().position(|known| known == id))
+        else {
+            continue;
+        };
+        // Bracketed entries are migrations in progress, not ownership.
+        for range in fields.iter().skip(8).filter(|f| !f.starts_with('[')) {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            let (lo, hi): (usize, usize) = match (lo.parse(), hi.parse()) {
+                (Ok(lo), Ok(hi)) => (lo, hi),
+                _ => {
+                    panic!("cannot parse slot range {range:?} in CLUSTER NODES of node {i}: {line}")
+                }
+            };
+            for owner_of in &mut owners[lo..=hi] {
+                *owner_of = Some(owner);
+            }
+        }
+    }
+    owners
+}
+
+/// Runs `redis-cli ARGS` to completion (killing it after a minute), its output in
+/// `dir/redis-cli-WHAT.log`; panics with the output if it fails.
+pub(super) fn run_cli(dir: &Path, what: &str, args: &[String]) {
+    let out_path = dir.join(format!("redis-cli-{what}.log"));
+    let out = fs::File::create(&out_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_path.display()));
+    let err = out.try_clone().expect("cannot clone log file handle");
+    let bin = redis_cli_binary();
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot spawn {} (is redis-cli installed? Debian: redis-tools): {e}",
+                bin.display()
+            )
+        });
+    let deadline = Instant::now() + CLI_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait on redis-cli failed") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`redis-cli {}` did not finish within {CLI_DEADLINE:?}; output:\n{}",
+                args.join(" "),
+                fs::read_to_string(&out_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = fs::read_to_string(&out_path).unwrap_or_default();
+    // redis-cli --cluster reports some failures ("[ERR] ...") with exit status 0.
+    assert!(
+        status.success() && !output.contains("[ERR]"),
+        "`redis-cli {}` failed ({status}); output:\n{output}",
+        args.join(" ")
+    );
 }
 
 /// CRC16/XMODEM (polynomial 0x1021, initial value 0), the checksum of Redis Cluster's

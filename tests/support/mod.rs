@@ -9,7 +9,8 @@
 //!   with live slot migrations ([`RedisCluster::begin_migration`], [`RedisCluster::reshard`]).
 //! * [`LogCapture`]: capture formatted `tracing` output to assert on it.
 //! * `TlsRedisServer` / `TestCa` (feature `tls`): a TLS-only `redis-server` with a
-//!   certificate generated for it.
+//!   certificate generated for it; `TlsRedisCluster`: a [`RedisCluster`] whose nodes speak
+//!   only TLS.
 //!
 //! Each test file uses only part of this module, hence the `allow` below.
 #![allow(dead_code)]
@@ -29,7 +30,7 @@ pub use proxy::{Fault, FaultProxy};
 pub use sentinel::SentinelGroup;
 #[cfg(feature = "tls")]
 #[allow(unused_imports)]
-pub use tls::{TestCa, TlsRedisServer};
+pub use tls::{TestCa, TlsRedisCluster, TlsRedisServer};
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};

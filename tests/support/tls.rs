@@ -5,10 +5,12 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
+use super::cluster::{self, NODES};
 use super::{free_port, redis_server_binary, STARTUP_DEADLINE};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -66,7 +68,10 @@ pub struct TlsRedisServer {
     port: u16,
     password: Option<String>,
     protocols: Option<String>,
-    ca: TestCa,
+    /// More `redis-server` arguments (a cluster node's).
+    extra: Vec<String>,
+    /// Shared by the nodes of a [`TlsRedisCluster`].
+    ca: Arc<TestCa>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -90,6 +95,17 @@ impl TlsRedisServer {
     }
 
     fn start_inner(password: Option<String>, protocols: Option<String>) -> TlsRedisServer {
+        let ca = Arc::new(TestCa::new("layercake test CA"));
+        Self::start_with(ca, password, protocols, Vec::new())
+    }
+
+    /// A server with a certificate signed by `ca` and `extra` arguments.
+    fn start_with(
+        ca: Arc<TestCa>,
+        password: Option<String>,
+        protocols: Option<String>,
+        extra: Vec<String>,
+    ) -> TlsRedisServer {
         let dir = std::env::temp_dir().join(format!(
             "layercake-test-tls-redis-{}-{}",
             std::process::id(),
@@ -97,7 +113,6 @@ impl TlsRedisServer {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the server's temp dir");
-        let ca = TestCa::new("layercake test CA");
         let (cert, key) = ca.server_cert();
         fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
         fs::write(dir.join("server.pem"), cert).expect("write server.pem");
@@ -106,6 +121,7 @@ impl TlsRedisServer {
             port: 0,
             password,
             protocols,
+            extra,
             ca,
             dir,
             child: None,
@@ -151,6 +167,7 @@ impl TlsRedisServer {
         if let Some(protocols) = &self.protocols {
             cmd.args(["--tls-protocols", protocols]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
@@ -225,6 +242,11 @@ impl TlsRedisServer {
         cmd.query::<T>(&mut con).unwrap_or_else(|e| fail(&e))
     }
 
+    /// The server's temp dir (`ca.pem` is in it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("redis.log"))
@@ -239,5 +261,107 @@ impl Drop for TlsRedisServer {
             let _ = child.wait();
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How long [`TlsRedisCluster::start`] waits for every node to report the cluster whole.
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A Redis Cluster of three primaries (no replicas) that speak only TLS, to clients and on
+/// the cluster bus (`--tls-cluster yes`): [`super::RedisCluster`]'s nodes, each a
+/// [`TlsRedisServer`] with a certificate from one shared [`TestCa`]. The nodes announce
+/// `127.0.0.1` and their TLS port in `CLUSTER SLOTS`, which the certificates cover.
+pub struct TlsRedisCluster {
+    nodes: Vec<TlsRedisServer>,
+    ids: Vec<String>,
+    ca: Arc<TestCa>,
+}
+
+impl TlsRedisCluster {
+    /// Starts three TLS cluster nodes, joins them with `redis-cli --tls --cluster create`,
+    /// and waits until every node reports `cluster_state:ok` with all slots assigned and
+    /// the nodes agree on their owners (panics after 20 s).
+    pub fn start() -> TlsRedisCluster {
+        let ca = Arc::new(TestCa::new("layercake test cluster CA"));
+        let nodes: Vec<TlsRedisServer> = (0..NODES)
+            .map(|_| {
+                let mut extra = cluster::node_args();
+                extra.extend(["--tls-cluster", "yes"].map(str::to_owned));
+                TlsRedisServer::start_with(Arc::clone(&ca), None, None, extra)
+            })
+            .collect();
+        let ids = nodes
+            .iter()
+            .map(|n| n.query::<String>(&["CLUSTER", "MYID"]))
+            .collect();
+        let c = TlsRedisCluster { nodes, ids, ca };
+
+        let dir = c.nodes[0].dir();
+        let mut args = vec!["--tls".to_owned(), "--cacert".to_owned()];
+        args.push(dir.join("ca.pem").display().to_string());
+        args.extend(cluster::create_args(
+            c.nodes.iter().map(TlsRedisServer::port),
+        ));
+        cluster::run_cli(dir, "create", &args);
+
+        c.until_ok();
+        c
+    }
+
+    /// Waits (up to 20 s) until every node reports the cluster whole and they agree on
+    /// the slots' owners.
+    pub fn until_ok(&self) {
+        let end = Instant::now() + CLUSTER_DEADLINE;
+        while !self.is_ok() {
+            assert!(
+                Instant::now() < end,
+                "timed out after {CLUSTER_DEADLINE:?} waiting for the TLS cluster; node logs:\n{}",
+                self.nodes
+                    .iter()
+                    .map(TlsRedisServer::log)
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn is_ok(&self) -> bool {
+        if !self
+            .nodes
+            .iter()
+            .all(|n| cluster::is_whole(&n.query::<String>(&["CLUSTER", "INFO"])))
+        {
+            return false;
+        }
+        let views: Vec<Vec<Option<usize>>> = (0..NODES)
+            .map(|i| {
+                let text = self.nodes[i].query::<String>(&["CLUSTER", "NODES"]);
+                cluster::owners_in(&text, &self.ids, i)
+            })
+            .collect();
+        views.windows(2).all(|w| w[0] == w[1]) && views[0].iter().all(Option::is_some)
+    }
+
+    /// Node `i` (`0..NODES`), for plain (non-cluster) commands with
+    /// [`TlsRedisServer::query`]: keys it does not own answer `MOVED`.
+    pub fn node(&self, i: usize) -> &TlsRedisServer {
+        &self.nodes[i]
+    }
+
+    /// The crate's URL for this cluster, every node a seed:
+    /// `rediss+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn crate_url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("rediss+cluster://{}", hosts.join(","))
+    }
+
+    /// The CA that signed every node's certificate.
+    pub fn ca(&self) -> &TestCa {
+        &self.ca
     }
 }
