@@ -152,7 +152,12 @@ async fn with_redis_down_too_the_l1_entry_is_served() {
     let clock = MockClock::new();
     let cache = builder(&clock).redis_url(server.url()).build().unwrap();
     let backend = Backend::default();
-    eventually(WAIT, "connected", || async { cache.stats().l2_connected() }).await;
+    // Subscribed too: the first subscription empties L1, which would take the entry below.
+    eventually(WAIT, "connected and subscribed", || async {
+        let s = cache.stats();
+        s.l2_connected() && s.invalidations_subscribed
+    })
+    .await;
     cache.try_get_with("k", backend.load("k")).await.unwrap();
 
     server.kill();
@@ -601,13 +606,19 @@ async fn a_redis_hit_past_the_refresh_point_starts_one_refresh() {
         gated_layer(&a, &calls, &gate),
         gated_layer(&b, &calls, &gate),
     );
-    eventually(WAIT, "both connected", || async {
-        a.stats().l2_connected() && b.stats().l2_connected()
+    eventually(WAIT, "both connected and subscribed", || async {
+        let (a, b) = (a.stats(), b.stats());
+        a.l2_connected()
+            && b.l2_connected()
+            && a.invalidations_subscribed
+            && b.invalidations_subscribed
     })
     .await;
     assert_eq!(svc_a.oneshot("hot".into()).await.unwrap(), "v1:hot");
+    // Polled in Redis itself: a read through B before the write lands would count a miss.
+    let redis_key = b.redis_key("hot");
     eventually(WAIT, "the entry in Redis", || async {
-        b.get("hot").await.is_some()
+        server.query::<i64>(&["EXISTS", &redis_key]) == 1
     })
     .await;
 
