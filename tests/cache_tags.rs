@@ -357,3 +357,39 @@ async fn a_cache_without_l1_reads_a_tags_time_once_and_hears_its_invalidation() 
     assert_eq!(b.get("t2").await, None);
     assert_eq!(mgets(&server), 1, "known from the message");
 }
+
+/// Two replicas whose clocks disagree by an hour invalidate one tag, the one ahead first:
+/// the marker keeps the later time, so the replica behind cannot bring back the entries
+/// stored between the two times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_runs_behind_does_not_pull_a_tag_marker_back() {
+    let server = RedisServer::start();
+    let (behind, ahead) = (layercake::MockClock::new(), layercake::MockClock::new());
+    ahead.advance(Duration::from_secs(3600));
+    let a = replica(&server.url()).clock(behind).build().unwrap();
+    let b = replica(&server.url()).clock(ahead).build().unwrap();
+    until_subscribed(&a).await;
+    until_subscribed(&b).await;
+
+    b.invalidate_tag("user:acme")
+        .await
+        .expect("invalidate_tag on b");
+    let markers: Vec<String> = server.query(&["KEYS", "tags:jobs:tag:*"]);
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    let marker = &markers[0];
+    let later: u64 = server.query(&["GET", marker]);
+    a.invalidate_tag("user:acme")
+        .await
+        .expect("invalidate_tag on a");
+    let now: u64 = server.query(&["GET", marker]);
+    assert_eq!(now, later, "the marker went back by the clocks' difference");
+    let ttl: i64 = server.query(&["PTTL", marker]);
+    assert!(ttl > 0, "the marker keeps a TTL: {ttl}");
+
+    // A marker with no later time is set as before.
+    a.invalidate_tag("user:other")
+        .await
+        .expect("invalidate_tag on a");
+    let markers: Vec<String> = server.query(&["KEYS", "tags:jobs:tag:*"]);
+    assert_eq!(markers.len(), 2, "{markers:?}");
+}

@@ -414,9 +414,12 @@ impl L2 {
         self.run_admin(&mut conn, gen, &pipe, "UNLINK").await
     }
 
-    /// Records a tag's invalidation for `invalidate_tag`: `SET`s its key to `at_ms` for
-    /// `ttl` (longer than any entry it covers lives) and announces `notice` in the same
-    /// pipeline, after the `SET`: a replica that hears of it reads the new time.
+    /// Records a tag's invalidation for `invalidate_tag`: sets its key to `at_ms` for `ttl`
+    /// (longer than any entry it covers lives) unless it holds a later time already, and
+    /// announces `notice` after it: a replica that hears of it reads the new time. The
+    /// later time stands so that a replica whose clock runs behind cannot pull back the
+    /// invalidation of one whose clock runs ahead (entries stored between the two times
+    /// would come back); the key's life is extended either way.
     pub(crate) async fn mark_tag(
         self: &Arc<Self>,
         tag_key: &str,
@@ -428,14 +431,18 @@ impl L2 {
         let (mut conn, gen) = self.admin_connection().await?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        // `EVAL` rather than `EVALSHA`: the script is a few lines, and a pipeline cannot
+        // load it on a `NOSCRIPT`.
+        pipe.cmd("EVAL")
+            .arg(MARK_TAG)
+            .arg(1)
             .arg(tag_key)
             .arg(at_ms)
-            .arg("PX")
             .arg(ms)
             .ignore();
         self.announce(&mut pipe, notice);
-        self.run_admin(&mut conn, gen, &pipe, "SET").await
+        self.run_admin(&mut conn, gen, &pipe, "EVAL (tag marker)")
+            .await
     }
 
     /// Appends to `pipe`, after what it holds, the announcement of `notice` to the other
@@ -713,6 +720,18 @@ impl L2 {
         }
     }
 }
+
+/// Sets a tag marker (`KEYS[1]`) to the time `ARGV[1]` unless it holds a later one, and
+/// makes it live at least `ARGV[2]` ms more.
+const MARK_TAG: &str = r"
+local held = tonumber(redis.call('GET', KEYS[1]))
+if held == nil or held < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
 
 fn op_of(w: &Write) -> L2Op {
     match w {
