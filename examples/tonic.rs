@@ -104,11 +104,17 @@ impl Catalog {
         if id == 0 {
             return Err(Status::not_found("no item 0"));
         }
-        Ok(Response::new(Item {
+        let mut res = Response::new(Item {
             id,
             name: format!("item {id}"),
             served,
-        }))
+        });
+        // Tags for the cache (`GrpcCacheLayer::tag_header`): `invalidate_tag("item:7")`
+        // drops the cached answer for item 7.
+        if let Ok(tags) = format!("item:{id}, catalog").parse() {
+            res.metadata_mut().insert("cache-tag", tags);
+        }
+        Ok(res)
     }
 
     fn list_items(&self, req: Request<ListItemsRequest>) -> Result<Response<ItemStream>, Status> {
@@ -249,11 +255,13 @@ impl CatalogClient {
 
 // ---- Wiring ------------------------------------------------------------------------
 
-/// The cache layer: `GetItem` is cached, nothing else is.
+/// The cache layer: `GetItem` is cached, nothing else is; answers carry the tags the
+/// handler names in their `cache-tag` metadata.
 pub fn cache_layer(cache: Cache<CachedResponse>) -> GrpcCacheLayer {
     GrpcCacheLayer::new(cache)
         .method(GET_ITEM)
         .x_cache_header(true)
+        .tag_header(http::HeaderName::from_static("cache-tag"))
 }
 
 /// Serves the catalog behind `layer` on `listener` until the task is dropped.

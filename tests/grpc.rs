@@ -80,6 +80,33 @@ async fn unary_method_is_cached_by_request_message() {
 }
 
 #[tokio::test]
+async fn invalidate_tag_drops_the_answers_the_handler_tagged() {
+    let mut f = start("grpc_tags", example::cache_layer).await;
+    for id in [7, 8, 7, 8] {
+        f.client.get_item(GetItemRequest { id }).await.unwrap();
+    }
+    assert_eq!(
+        f.catalog.get_calls.load(Ordering::SeqCst),
+        2,
+        "7 and 8 cached"
+    );
+
+    // The handler tagged item 7's answer `item:7` (and both `catalog`).
+    f.cache.invalidate_tag("item:7").await.unwrap();
+    let seven = f.client.get_item(GetItemRequest { id: 7 }).await.unwrap();
+    let eight = f.client.get_item(GetItemRequest { id: 8 }).await.unwrap();
+    assert_eq!((x_cache(&seven), x_cache(&eight)), ("MISS", "HIT"));
+    assert_eq!(f.catalog.get_calls.load(Ordering::SeqCst), 3);
+
+    f.cache.invalidate_tag("catalog").await.unwrap();
+    for id in [7, 8] {
+        let res = f.client.get_item(GetItemRequest { id }).await.unwrap();
+        assert_eq!(x_cache(&res), "MISS", "item {id} after `catalog`");
+    }
+    assert_eq!(f.catalog.get_calls.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
 async fn error_status_is_not_stored() {
     let mut f = start("grpc_error", example::cache_layer).await;
     for _ in 0..2 {

@@ -34,7 +34,8 @@ impl TagRule {
     }
 }
 
-fn header_tags(headers: &HeaderMap, name: &HeaderName) -> Tags {
+/// Every value of the header `name`, split at commas and white space.
+pub(crate) fn header_tags(headers: &HeaderMap, name: &HeaderName) -> Tags {
     Tags::new(
         headers
             .get_all(name)

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::admit::{has_credentials, Admitted, Fresh};
 use super::body::{collect, CacheBody, Collected};
+use super::config::header_tags;
 use super::future::{passthrough, ResponseFuture};
 use super::key;
 use super::policy::{self, VaryList};
@@ -31,6 +32,8 @@ struct Config {
     max_request_size: usize,
     max_response_size: usize,
     x_cache: bool,
+    /// The response metadata key whose values tag a stored answer.
+    tag_key: Option<HeaderName>,
 }
 
 /// Caches the answers of chosen **unary** gRPC methods of a server (Tonic's
@@ -90,6 +93,7 @@ impl GrpcCacheLayer {
                 max_request_size: 64 * 1024,
                 max_response_size: super::DEFAULT_MAX_BODY_SIZE,
                 x_cache: false,
+                tag_key: None,
             }),
             user: NoUser,
         }
@@ -125,6 +129,26 @@ impl<U> GrpcCacheLayer<U> {
     /// off; `STALE`: an expired response served by fail-safe).
     pub fn x_cache_header(mut self, on: bool) -> Self {
         self.config_mut().x_cache = on;
+        self
+    }
+
+    /// Stores each answer with the tags its response metadata `key` lists (every value,
+    /// split at commas and white space: `cache-tag: item:7, shop:3`), so that
+    /// [`Cache::invalidate_tag`] removes it from both tiers and every replica, as
+    /// [`HttpCacheLayer::tag_header`](super::HttpCacheLayer::tag_header) does for HTTP. The
+    /// handler names the tags (`response.metadata_mut().insert("cache-tag", ...)`); the
+    /// metadata is kept in the stored answer.
+    ///
+    /// ```
+    /// use http::header::HeaderName;
+    /// # let cache = layercake::Cache::builder("grpc").build().unwrap();
+    /// let layer = layercake::cache::http::GrpcCacheLayer::new(cache)
+    ///     .method("/catalog.Catalog/GetItem")
+    ///     .tag_header(HeaderName::from_static("cache-tag"));
+    /// # let _ = layer;
+    /// ```
+    pub fn tag_header(mut self, key: HeaderName) -> Self {
+        self.config_mut().tag_key = Some(key);
         self
     }
 
@@ -452,6 +476,10 @@ where
     }
     parts.headers.remove(X_CACHE);
     policy::strip_hop_by_hop(&mut parts.headers);
+    let tags = match &config.tag_key {
+        Some(key) => header_tags(&parts.headers, key),
+        None => Tags::none(),
+    };
     Admitted::Store(Stored::new(
         parts.status,
         parts.headers,
@@ -460,7 +488,7 @@ where
         now_ms,
         0,
         VaryList::from([]),
-        (Ttl::Default, None, Tags::none()),
+        (Ttl::Default, None, tags),
     ))
 }
 
