@@ -668,3 +668,28 @@ async fn a_primary_killed_under_load_means_misses_then_redis_again() {
     let twice: Vec<_> = runs.iter().filter(|(_, &r)| r != 1).collect();
     assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
 }
+
+/// A plain `redis://` URL naming one node of a cluster: a command whose key lives on
+/// another node fails at once (no retrying through its budget), saying what to use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_url_to_a_cluster_node_fails_fast_and_says_so() {
+    let cluster = shared();
+    let name = (0..100)
+        .map(|i| format!("elsewhere{i}"))
+        .find(|name| cluster.owner_of_key(&format!("{{{name}}}")) != 0)
+        .expect("a queue whose slot node 0 does not own");
+    let queue = Queue::<String, String>::builder(&name)
+        .redis(
+            layercake::RedisOptions::new(cluster.node(0).url())
+                .command_timeout(Duration::from_secs(5)),
+        )
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let err = queue.enqueue("job".to_owned()).await.expect_err("MOVED");
+    let took = started.elapsed();
+    let shown = format!("{err:?}");
+    assert!(shown.contains("redis+cluster://"), "{shown}");
+    // Well under the 5 s budget: the connection to node 0 is made, then MOVED comes back.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}

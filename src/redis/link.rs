@@ -216,6 +216,7 @@ impl Link {
             loop {
                 let (conn, gen) = self.connection(wait).await?;
                 ran_on = Some(gen);
+                let cluster = matches!(conn, Conn::Cluster(_));
                 match command(conn).await {
                     Ok(value) => return Ok(value),
                     // A cluster connection follows redirections itself, but gives up after
@@ -223,7 +224,7 @@ impl Link {
                     // redirected command go out separately on a connection other callers
                     // share, so another caller's command can take the `ASKING` and the two
                     // nodes bounce the command between them. Within the budget, again.
-                    Err(e) if is_redirect(&e) => {
+                    Err(e) if cluster && is_redirect(&e) => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err(e) => return Err(self.failure(&e, Some(gen))),
@@ -279,6 +280,13 @@ impl Link {
     fn failure(&self, e: &RedisError, gen: Option<u64>) -> Failure {
         let mut failure = Failure::from_redis(e, gen);
         failure.detail = self.endpoint.scrub(failure.detail);
+        // A redirection on a connection to one Redis: the URL names a node of a cluster.
+        if is_redirect(e) && !matches!(self.endpoint.target(), Target::Cluster(_)) {
+            failure.detail = format!(
+                "{}: the server is a Redis Cluster node; name the cluster with a redis+cluster:// URL",
+                failure.detail
+            );
+        }
         // A failover (Sentinel) made this server a replica while the connection stayed up:
         // it is of no use for writes any more. Reconnecting asks the Sentinels for the new
         // primary.
