@@ -143,19 +143,7 @@ async fn an_untrusted_certificate_is_a_logged_miss() {
     .await;
     assert_eq!(timed_get(&svc, "b").await, "v:b");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    eventually(WAIT, "the certificate failure logged", || async {
-        logs.contains("cannot reach the redis cache tier")
-    })
-    .await;
-    let text = logs.contents();
-    let line = text
-        .lines()
-        .find(|l| l.contains("cannot reach the redis cache tier"))
-        .unwrap_or_default();
-    assert!(
-        line.to_ascii_lowercase().contains("certificate"),
-        "the log line says why: {line}"
-    );
+    certificate_failure_logged(&logs).await;
     assert!(!cache.stats().l2_connected());
 }
 
@@ -256,25 +244,27 @@ fn a_root_ca_needs_a_rediss_url_and_a_certificate() {
         .is_ok());
 }
 
-/// How many keys starting with `prefix` each node of `cluster` holds (`SCAN` on each).
+/// Waits for the line that says Redis cannot be reached, and checks it says why: the
+/// certificate.
+async fn certificate_failure_logged(logs: &LogCapture) {
+    eventually(WAIT, "the certificate failure logged", || async {
+        logs.contains("cannot reach the redis cache tier")
+    })
+    .await;
+    let text = logs.contents();
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot reach the redis cache tier"))
+        .unwrap_or_default();
+    assert!(
+        line.to_ascii_lowercase().contains("certificate"),
+        "the log line says why: {line}"
+    );
+}
+
+/// How many keys starting with `prefix` each node of `cluster` holds.
 fn keys_per_node(cluster: &TlsRedisCluster, prefix: &str) -> Vec<usize> {
-    let pattern = format!("{prefix}*");
-    (0..NODES)
-        .map(|i| {
-            let mut cursor = "0".to_owned();
-            let mut n = 0;
-            loop {
-                let (next, keys): (String, Vec<String>) = cluster
-                    .node(i)
-                    .query(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"]);
-                n += keys.len();
-                if next == "0" {
-                    return n;
-                }
-                cursor = next;
-            }
-        })
-        .collect()
+    cluster.keys_per_node(&format!("{prefix}*"))
 }
 
 /// Every cache key of `cache` shares this prefix (the key is a hex digest after it).
@@ -402,17 +392,5 @@ async fn a_tls_cluster_serves_the_cache_and_the_queue() {
     })
     .await;
     assert!(!untrusted.stats().l2_connected(), "{err}");
-    eventually(WAIT, "the certificate failure logged", || async {
-        logs.contains("cannot reach the redis cache tier")
-    })
-    .await;
-    let text = logs.contents();
-    let line = text
-        .lines()
-        .find(|l| l.contains("cannot reach the redis cache tier"))
-        .unwrap_or_default();
-    assert!(
-        line.to_ascii_lowercase().contains("certificate"),
-        "the log line says why: {line}"
-    );
+    certificate_failure_logged(&logs).await;
 }

@@ -42,26 +42,6 @@ fn url(cluster: &RedisCluster) -> String {
     cluster.crate_url()
 }
 
-/// How many keys matching `pattern` each node holds (`SCAN` on each, as the node sees it).
-fn keys_per_node(cluster: &RedisCluster, pattern: &str) -> Vec<usize> {
-    (0..NODES)
-        .map(|i| {
-            let mut cursor = "0".to_owned();
-            let mut n = 0;
-            loop {
-                let (next, keys): (String, Vec<String>) = cluster
-                    .node(i)
-                    .query(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"]);
-                n += keys.len();
-                if next == "0" {
-                    return n;
-                }
-                cursor = next;
-            }
-        })
-        .collect()
-}
-
 fn l2_errors<V: Clone>(cache: &Cache<V>) -> u64 {
     let e = cache.stats().l2_errors;
     e.timeout + e.io + e.server + e.decode + e.oversized + e.breaker_open + e.bulkhead + e.dropped
@@ -91,7 +71,7 @@ async fn preloaded(
     }
     let pattern = format!("{namespace}:{name}:*");
     eventually(WAIT, "the entries written", || async {
-        keys_per_node(cluster, &pattern).iter().sum::<usize>() == KEYS
+        cluster.keys_per_node(&pattern).iter().sum::<usize>() == KEYS
     })
     .await;
     cache
@@ -182,13 +162,10 @@ async fn hits_and_misses_across_slots_on_every_shard() {
         writer.insert(format!("k{i}"), format!("v{i}")).await;
     }
     eventually(WAIT, "300 entries written to the cluster", || async {
-        keys_per_node(&cluster, "hits:slots:*")
-            .iter()
-            .sum::<usize>()
-            == 300
+        cluster.keys_per_node("hits:slots:*").iter().sum::<usize>() == 300
     })
     .await;
-    let spread = keys_per_node(&cluster, "hits:slots:*");
+    let spread = cluster.keys_per_node("hits:slots:*");
     assert!(spread.iter().all(|&n| n > 50), "keys per node: {spread:?}");
 
     for i in 0..300 {
@@ -233,34 +210,24 @@ async fn clear_removes_10000_keys_from_every_shard_and_nothing_else() {
     eventually(
         Duration::from_secs(30),
         "10,000 entries written",
-        || async {
-            keys_per_node(&cluster, "tenk:clear:*")
-                .iter()
-                .sum::<usize>()
-                == 10_000
-        },
+        || async { cluster.keys_per_node("tenk:clear:*").iter().sum::<usize>() == 10_000 },
     )
     .await;
-    let before = keys_per_node(&cluster, "tenk:clear:*");
+    let before = cluster.keys_per_node("tenk:clear:*");
     assert!(
         before.iter().all(|&n| n > 3_000),
         "keys per node: {before:?}"
     );
     eventually(WAIT, "the other cache's entry written", || async {
-        keys_per_node(&cluster, "tenk:other:*")
-            .iter()
-            .sum::<usize>()
-            == 1
+        cluster.keys_per_node("tenk:other:*").iter().sum::<usize>() == 1
     })
     .await;
 
     let removed = cache.clear().await.expect("clear over every primary");
     assert_eq!(removed, 10_000);
-    assert_eq!(keys_per_node(&cluster, "tenk:clear:*"), vec![0; NODES]);
+    assert_eq!(cluster.keys_per_node("tenk:clear:*"), vec![0; NODES]);
     assert_eq!(
-        keys_per_node(&cluster, "tenk:other:*")
-            .iter()
-            .sum::<usize>(),
+        cluster.keys_per_node("tenk:other:*").iter().sum::<usize>(),
         1
     );
     assert_eq!(cache.get("k1").await, None);
@@ -305,13 +272,14 @@ async fn invalidations_and_tags_reach_another_replica_across_shards() {
             .await;
     }
     eventually(WAIT, "200 tagged entries written", || async {
-        keys_per_node(&cluster, "inval:replicas:v*")
+        cluster
+            .keys_per_node("inval:replicas:v*")
             .iter()
             .sum::<usize>()
             == 200
     })
     .await;
-    let spread = keys_per_node(&cluster, "inval:replicas:v*");
+    let spread = cluster.keys_per_node("inval:replicas:v*");
     assert!(
         spread.iter().all(|&n| n > 20),
         "entries per node: {spread:?}"
@@ -351,7 +319,7 @@ async fn each_queue_keeps_its_keys_in_one_slot_and_queues_spread_over_shards() {
                 .expect("enqueue on the cluster");
         }
         let pattern = format!("layercake:queue:{{{name}}}:*");
-        let per_node = keys_per_node(&cluster, &pattern);
+        let per_node = cluster.keys_per_node(&pattern);
         let holding: Vec<usize> = (0..NODES).filter(|&i| per_node[i] > 0).collect();
         assert_eq!(holding.len(), 1, "{name}'s keys per node: {per_node:?}");
         assert!(per_node[holding[0]] >= 4, "{name}: {per_node:?}");

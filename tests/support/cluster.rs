@@ -110,12 +110,16 @@ impl RedisCluster {
     /// The crate's URL for this cluster, every node a seed:
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
     pub fn crate_url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
+        crate_url("redis+cluster", self.nodes.iter().map(RedisServer::port))
+    }
+
+    /// How many keys matching `pattern` each node holds (`SCAN` on each, as the node
+    /// sees it), in node order.
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
+        self.nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+            .map(|n| count_matching(|args| n.query(args), pattern))
+            .collect()
     }
 
     /// Node `i`'s cluster node id (`CLUSTER MYID`).
@@ -592,5 +596,28 @@ fn error_text(e: &redis::RedisError) -> String {
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         _ => e.to_string(),
+    }
+}
+
+/// The crate's cluster URL with `scheme` for nodes on these loopback ports.
+pub(super) fn crate_url(scheme: &str, ports: impl Iterator<Item = u16>) -> String {
+    let hosts: Vec<String> = ports.map(|port| format!("127.0.0.1:{port}")).collect();
+    format!("{scheme}://{}", hosts.join(","))
+}
+
+/// How many keys one node holds that match `pattern`, by `SCAN` through `query`.
+pub(super) fn count_matching(
+    query: impl Fn(&[&str]) -> (String, Vec<String>),
+    pattern: &str,
+) -> usize {
+    let mut cursor = "0".to_owned();
+    let mut n = 0;
+    loop {
+        let (next, keys) = query(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"]);
+        n += keys.len();
+        if next == "0" {
+            return n;
+        }
+        cursor = next;
     }
 }

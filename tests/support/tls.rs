@@ -352,12 +352,18 @@ impl TlsRedisCluster {
     /// The crate's URL for this cluster, every node a seed:
     /// `rediss+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
     pub fn crate_url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
+        super::cluster::crate_url(
+            "rediss+cluster",
+            self.nodes.iter().map(TlsRedisServer::port),
+        )
+    }
+
+    /// How many keys matching `pattern` each node holds (`SCAN` on each), in node order.
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
+        self.nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        format!("rediss+cluster://{}", hosts.join(","))
+            .map(|n| super::cluster::count_matching(|args| n.query(args), pattern))
+            .collect()
     }
 
     /// The CA that signed every node's certificate.
