@@ -675,3 +675,192 @@ async fn a_plain_url_to_a_cluster_node_fails_fast_and_says_so() {
     // Well under the 5 s budget: the connection to node 0 is made, then MOVED comes back.
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }
+
+/// SIGKILLs the primary that holds a queue's slot in a cluster with a replica per primary,
+/// under load from 16 cache clients and a producer: the replica takes over after the node
+/// timeout, and the cache and the workers move to it by themselves. Asynchronous
+/// replication may lose the last writes before the kill; those are counted, not forbidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_by_its_replica_and_both_move_on() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let cache: Cache<String> = Cache::builder("failover")
+        .namespace("promoted")
+        .l1_enabled(false)
+        .redis_url(url(&cluster))
+        .build()
+        .unwrap();
+    until_connected(&cache).await;
+    for i in 0..KEYS {
+        cache.insert(format!("k{i}"), format!("v{i}")).await;
+    }
+    eventually(WAIT, "the entries readable from the cluster", || async {
+        cache.get(format!("k{}", KEYS - 1)).await.is_some() && cache.get("k0").await.is_some()
+    })
+    .await;
+    let queue = Queue::<u32, u32>::builder("promoted")
+        .redis_url(url(&cluster))
+        .lease(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (runs, (stop_worker, worker)) = counting_worker(&queue);
+
+    let running = Arc::new(AtomicBool::new(true));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (cache, running, wrong, slowest) = (
+            cache.clone(),
+            Arc::clone(&running),
+            Arc::clone(&wrong),
+            Arc::clone(&slowest),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut i = c;
+            while running.load(Ordering::Relaxed) {
+                let want = format!("v{}", i % KEYS);
+                let started = tokio::time::Instant::now();
+                let got = cache
+                    .get_with(format!("k{}", i % KEYS), async { want.clone() })
+                    .await;
+                let took = started.elapsed();
+                if got != want {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+                {
+                    let mut slowest = slowest.lock().unwrap();
+                    *slowest = (*slowest).max(took);
+                }
+                i += 16;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+    }
+    type Enqueued = Vec<(u32, bool, tokio::time::Instant)>;
+    let enqueued = Arc::new(Mutex::new(Enqueued::new()));
+    let producer = {
+        let (queue, running, enqueued) =
+            (queue.clone(), Arc::clone(&running), Arc::clone(&enqueued));
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while running.load(Ordering::Relaxed) {
+                let at = tokio::time::Instant::now();
+                let acked = queue.enqueue(n).await.is_ok();
+                enqueued.lock().unwrap().push((n, acked, at));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    eventually(WAIT, "jobs running before the kill", || async {
+        runs.lock().unwrap().len() > 20
+    })
+    .await;
+
+    let slot = RedisCluster::slot_of("{promoted}");
+    let victim = cluster.owner_of_slot(slot);
+    let witness = (0..2 * NODES).find(|&i| i != victim).expect("another node");
+    cluster.node_mut(victim).kill();
+    let killed_at = tokio::time::Instant::now();
+    let victim_id = cluster.node_id(victim).to_owned();
+    eventually(
+        Duration::from_secs(20),
+        "a replica promoted for the queue's slot",
+        || async {
+            let info: String = cluster.node(witness).query(&["CLUSTER", "INFO"]);
+            let nodes: String = cluster.node(witness).query(&["CLUSTER", "NODES"]);
+            // `<id> <addr> <flags> <primary> <ping> <pong> <epoch> <link> <slot ranges>...`
+            let promoted = nodes.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.first().is_some_and(|id| *id != victim_id)
+                    && fields
+                        .get(2)
+                        .is_some_and(|f| f.contains("master") && !f.contains("fail"))
+                    && fields.iter().skip(8).any(|range| {
+                        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                        matches!(
+                            (lo.parse::<u16>(), hi.parse::<u16>()),
+                            (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot)
+                        )
+                    })
+            });
+            info.contains("cluster_state:ok") && promoted
+        },
+    )
+    .await;
+    let promoted_at = tokio::time::Instant::now();
+    let hits_then = cache.stats().hits_l2;
+    eventually(
+        Duration::from_secs(20),
+        "the cache back on Redis",
+        || async { cache.stats().hits_l2 > hits_then + 100 },
+    )
+    .await;
+    let cache_back = promoted_at.elapsed();
+    eventually(
+        Duration::from_secs(20),
+        "a job enqueued after the promotion ran",
+        || async {
+            let first = enqueued
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, acked, at)| *acked && *at >= promoted_at)
+                .map(|(n, ..)| *n);
+            first.is_some_and(|n| runs.lock().unwrap().contains_key(&n))
+        },
+    )
+    .await;
+    let jobs_back = promoted_at.elapsed();
+    running.store(false, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("a client");
+    }
+    producer.await.expect("the producer");
+    let enqueued = enqueued.lock().unwrap().clone();
+    let after: Vec<u32> = enqueued
+        .iter()
+        .filter(|(_, acked, at)| *acked && *at >= promoted_at)
+        .map(|(n, ..)| *n)
+        .collect();
+    eventually(
+        Duration::from_secs(20),
+        "every job enqueued after the promotion ran",
+        || async {
+            let runs = runs.lock().unwrap();
+            after.iter().all(|n| runs.contains_key(n))
+        },
+    )
+    .await;
+    stop_worker.send(()).ok();
+    worker.await.expect("the worker");
+
+    let runs = runs.lock().unwrap();
+    let before: Vec<u32> = enqueued
+        .iter()
+        .filter(|(_, acked, at)| *acked && *at < killed_at)
+        .map(|(n, ..)| *n)
+        .collect();
+    let lost = before.iter().filter(|n| !runs.contains_key(n)).count();
+    let twice = runs.values().filter(|&&r| r > 1).count();
+    let failed = enqueued.iter().filter(|(_, acked, _)| !acked).count();
+    let slowest = *slowest.lock().unwrap();
+    eprintln!(
+        "promotion {:?} after the kill; cache back on Redis {cache_back:?} and a new job run {jobs_back:?} after it; slowest read {slowest:?}; {failed} of {} enqueues failed; of {} jobs acknowledged before the kill {lost} lost, {twice} jobs ran twice; cache {:?}",
+        promoted_at - killed_at,
+        enqueued.len(),
+        before.len(),
+        cache.stats()
+    );
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "a read answered a wrong value"
+    );
+    assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
+    assert!(
+        lost * 10 <= before.len(),
+        "{lost} of {} acknowledged jobs lost",
+        before.len()
+    );
+}

@@ -51,7 +51,19 @@ impl RedisCluster {
     /// `redis-cli --cluster create`, and waits until every node reports `cluster_state:ok`
     /// with all 16384 slots assigned (panics after 20 s).
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..NODES)
+        Self::start_nodes(NODES, 0)
+    }
+
+    /// [`RedisCluster::start`] with a replica for each primary (six nodes,
+    /// `--cluster-replicas 1`): a primary that dies is replaced by its replica once the
+    /// others have not heard from it for the node timeout (2 s). Which nodes end up
+    /// primaries is `redis-cli`'s choice: ask [`RedisCluster::owner_of_key`].
+    pub fn start_with_replicas() -> RedisCluster {
+        Self::start_nodes(2 * NODES, 1)
+    }
+
+    fn start_nodes(count: usize, replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| RedisServer::start_with(None, false, node_args()))
             .collect();
         let dir = nodes[0].dir().join("cluster");
@@ -62,10 +74,21 @@ impl RedisCluster {
             .collect();
         let cluster = RedisCluster { nodes, ids, dir };
 
-        let args = create_args(cluster.nodes.iter().map(RedisServer::port));
+        let args = create_args(cluster.nodes.iter().map(RedisServer::port), replicas);
         cluster.cli("create", &args);
 
         cluster.until_ok();
+        // A replica that never synced cannot take over: wait for every first sync.
+        cluster.until(
+            CLUSTER_DEADLINE,
+            "every replica in sync with its primary",
+            |c| {
+                c.nodes.iter().all(|n| {
+                    let info = n.query::<String>(&["INFO", "replication"]);
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+            },
+        );
         cluster
     }
 
@@ -78,7 +101,7 @@ impl RedisCluster {
         self.until(CLUSTER_DEADLINE, "cluster_state:ok on every node", |c| {
             c.nodes
                 .iter()
-                .all(|n| is_whole(&n.query::<String>(&["CLUSTER", "INFO"])))
+                .all(|n| is_whole(&n.query::<String>(&["CLUSTER", "INFO"]), c.nodes.len()))
         });
         self.until(AGREE_DEADLINE, "the nodes to agree on the slots", |c| {
             c.agreed_owners().is_some()
@@ -150,7 +173,7 @@ impl RedisCluster {
             AGREE_DEADLINE,
             &format!("the nodes to agree on the owner of slot {slot}"),
             |c| {
-                let views: Vec<Option<usize>> = (0..NODES)
+                let views: Vec<Option<usize>> = (0..c.nodes.len())
                     .map(|i| c.owners_seen_by(i)[usize::from(slot)])
                     .collect();
                 owner = views[0];
@@ -306,7 +329,7 @@ impl RedisCluster {
     /// Slot → owner index, if every node sees every slot assigned and the same owners.
     fn agreed_owners(&self) -> Option<Vec<usize>> {
         let first = self.owners_seen_by(0);
-        let agree = (1..NODES).all(|i| self.owners_seen_by(i) == first);
+        let agree = (1..self.nodes.len()).all(|i| self.owners_seen_by(i) == first);
         if !agree {
             return None;
         }
@@ -432,7 +455,7 @@ impl SlotMigration<'_> {
             );
             self.move_keys();
         }
-        for other in (0..NODES).filter(|&i| i != self.from && i != self.to) {
+        for other in (0..c.nodes.len()).filter(|&i| i != self.from && i != self.to) {
             c.admin(other, &node);
         }
     }
@@ -457,26 +480,33 @@ pub(super) fn node_args() -> Vec<String> {
         "2000",
         "--cluster-port",
         &bus,
+        // A replica's first sync starts at once rather than after the default 5 s.
+        "--repl-diskless-sync-delay",
+        "0",
     ]
     .map(str::to_owned)
     .to_vec()
 }
 
-/// `redis-cli` arguments that join the nodes on `ports` into a cluster of primaries with
-/// the slots split evenly.
-pub(super) fn create_args(ports: impl IntoIterator<Item = u16>) -> Vec<String> {
+/// `redis-cli` arguments that join the nodes on `ports` into a cluster with the slots
+/// split evenly over the primaries, each with `replicas` replicas.
+pub(super) fn create_args(ports: impl IntoIterator<Item = u16>, replicas: usize) -> Vec<String> {
     let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
     args.extend(ports.into_iter().map(|p| format!("127.0.0.1:{p}")));
-    args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+    args.extend([
+        "--cluster-replicas".to_owned(),
+        replicas.to_string(),
+        "--cluster-yes".to_owned(),
+    ]);
     args
 }
 
 /// Whether a node's `CLUSTER INFO` says the cluster is whole: state ok, all 16384 slots
-/// served, every node known.
-pub(super) fn is_whole(info: &str) -> bool {
+/// served, all `nodes` known.
+pub(super) fn is_whole(info: &str, nodes: usize) -> bool {
     info.contains("cluster_state:ok")
         && info.contains(&format!("cluster_slots_ok:{SLOTS}"))
-        && info.contains(&format!("cluster_known_nodes:{NODES}"))
+        && info.contains(&format!("cluster_known_nodes:{nodes}"))
 }
 
 /// Slot → owner index (into `ids`) in node `i`'s `CLUSTER NODES` text, `None` for

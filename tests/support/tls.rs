@@ -301,6 +301,7 @@ impl TlsRedisCluster {
         args.push(dir.join("ca.pem").display().to_string());
         args.extend(cluster::create_args(
             c.nodes.iter().map(TlsRedisServer::port),
+            0,
         ));
         cluster::run_cli(dir, "create", &args);
 
@@ -330,7 +331,7 @@ impl TlsRedisCluster {
         if !self
             .nodes
             .iter()
-            .all(|n| cluster::is_whole(&n.query::<String>(&["CLUSTER", "INFO"])))
+            .all(|n| cluster::is_whole(&n.query::<String>(&["CLUSTER", "INFO"]), NODES))
         {
             return false;
         }
