@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use layercake::cache::Tags;
+use layercake::queue::store::AnyStore;
 use layercake::queue::Queue;
 use layercake::Cache;
 use support::{eventually, RedisCluster, NODES};
@@ -82,7 +83,7 @@ type Runs = Arc<Mutex<HashMap<u32, usize>>>;
 
 /// A worker on `queue` that counts each job's runs, and how to stop it.
 fn counting_worker(
-    queue: &Queue<u32, u32, layercake::queue::store::AnyStore>,
+    queue: &Queue<u32, u32, AnyStore>,
 ) -> (
     Runs,
     (
@@ -488,6 +489,171 @@ async fn a_slot_migration_under_load_fails_no_request_and_loses_no_job() {
     assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
 }
 
+/// One enqueue of the [`Load`]'s producer.
+#[derive(Debug, Clone, Copy)]
+struct Enqueue {
+    n: u32,
+    took: Duration,
+    acked: bool,
+    at: tokio::time::Instant,
+}
+
+/// 16 cache readers (`k{i}` must read `v{i}`, a load answering it on a miss) and a
+/// producer enqueueing job `n` every 5 ms, with a counting worker, until stopped.
+struct Load {
+    cache: Cache<String>,
+    running: Arc<AtomicBool>,
+    wrong: Arc<AtomicUsize>,
+    slowest: Arc<Mutex<Duration>>,
+    enqueued: Arc<Mutex<Vec<Enqueue>>>,
+    runs: Runs,
+    worker: (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<layercake::queue::ShutdownReport>,
+    ),
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Load`] saw.
+struct Seen {
+    wrong: usize,
+    slowest_read: Duration,
+    enqueued: Vec<Enqueue>,
+    runs: HashMap<u32, usize>,
+}
+
+impl Load {
+    /// Starts the readers, the producer and the worker, and waits until jobs run.
+    async fn start(cache: &Cache<String>, queue: &Queue<u32, u32, AnyStore>) -> Load {
+        let (runs, worker) = counting_worker(queue);
+        let mut load = Load {
+            cache: cache.clone(),
+            running: Arc::new(AtomicBool::new(true)),
+            wrong: Arc::default(),
+            slowest: Arc::default(),
+            enqueued: Arc::default(),
+            runs,
+            worker,
+            tasks: Vec::new(),
+        };
+        for c in 0..16 {
+            let (cache, running, wrong, slowest) = (
+                cache.clone(),
+                Arc::clone(&load.running),
+                Arc::clone(&load.wrong),
+                Arc::clone(&load.slowest),
+            );
+            load.tasks.push(tokio::spawn(async move {
+                let mut i = c;
+                while running.load(Ordering::Relaxed) {
+                    let want = format!("v{}", i % KEYS);
+                    let started = tokio::time::Instant::now();
+                    let got = cache
+                        .get_with(format!("k{}", i % KEYS), async { want.clone() })
+                        .await;
+                    let took = started.elapsed();
+                    if got != want {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                    {
+                        let mut slowest = slowest.lock().unwrap();
+                        *slowest = (*slowest).max(took);
+                    }
+                    i += 16;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        let (queue, running, enqueued) = (
+            queue.clone(),
+            Arc::clone(&load.running),
+            Arc::clone(&load.enqueued),
+        );
+        load.tasks.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while running.load(Ordering::Relaxed) {
+                let at = tokio::time::Instant::now();
+                let acked = queue.enqueue(n).await.is_ok();
+                let took = at.elapsed();
+                enqueued
+                    .lock()
+                    .unwrap()
+                    .push(Enqueue { n, took, acked, at });
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+        eventually(WAIT, "jobs running", || async {
+            load.runs.lock().unwrap().len() > 20
+        })
+        .await;
+        load
+    }
+
+    /// Acknowledged jobs enqueued from `since` on.
+    fn acked_since(&self, since: tokio::time::Instant) -> Vec<u32> {
+        let enqueued = self.enqueued.lock().unwrap();
+        enqueued
+            .iter()
+            .filter(|e| e.acked && e.at >= since)
+            .map(|e| e.n)
+            .collect()
+    }
+
+    /// How long after `since` the cache read Redis again (100 more L2 hits) and a job
+    /// enqueued after `since` ran.
+    async fn recovered_since(&self, since: tokio::time::Instant) -> (Duration, Duration) {
+        let hits = self.cache.stats().hits_l2;
+        eventually(
+            Duration::from_secs(20),
+            "the cache back on Redis",
+            || async { self.cache.stats().hits_l2 > hits + 100 },
+        )
+        .await;
+        let cache_back = since.elapsed();
+        eventually(
+            Duration::from_secs(20),
+            "a job enqueued since ran",
+            || async {
+                let first = self.acked_since(since).first().copied();
+                first.is_some_and(|n| self.runs.lock().unwrap().contains_key(&n))
+            },
+        )
+        .await;
+        (cache_back, since.elapsed())
+    }
+
+    /// Stops the readers and the producer, waits until every job acknowledged from
+    /// `since` on has run, and stops the worker.
+    async fn stop(mut self, since: tokio::time::Instant) -> Seen {
+        self.running.store(false, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.tasks) {
+            task.await.expect("a load task");
+        }
+        let after = self.acked_since(since);
+        eventually(
+            Duration::from_secs(20),
+            "every job enqueued since ran",
+            || async {
+                let runs = self.runs.lock().unwrap();
+                after.iter().all(|n| runs.contains_key(n))
+            },
+        )
+        .await;
+        let (stop, worker) = self.worker;
+        stop.send(()).ok();
+        worker.await.expect("the worker");
+        let enqueued = self.enqueued.lock().unwrap().clone();
+        let runs = self.runs.lock().unwrap().clone();
+        Seen {
+            wrong: self.wrong.load(Ordering::Relaxed),
+            slowest_read: *self.slowest.lock().unwrap(),
+            enqueued,
+            runs,
+        }
+    }
+}
+
 /// SIGKILLs the primary that holds a queue's slot under load from 16 cache clients and a
 /// producer, then restarts it (it comes back as itself, empty: no AOF here): the cache
 /// answers every read, never waits past the read budget by much, and is back on Redis soon
@@ -501,65 +667,7 @@ async fn a_primary_killed_under_load_means_misses_then_redis_again() {
         .lease(Duration::from_secs(2))
         .build()
         .unwrap();
-    let (runs, (stop_worker, worker)) = counting_worker(&queue);
-
-    let running = Arc::new(AtomicBool::new(true));
-    let wrong = Arc::new(AtomicUsize::new(0));
-    let slowest = Arc::new(Mutex::new(Duration::ZERO));
-    let mut clients = Vec::new();
-    for c in 0..16 {
-        let (cache, running, wrong, slowest) = (
-            cache.clone(),
-            Arc::clone(&running),
-            Arc::clone(&wrong),
-            Arc::clone(&slowest),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut i = c;
-            while running.load(Ordering::Relaxed) {
-                let want = format!("v{}", i % KEYS);
-                let started = tokio::time::Instant::now();
-                let got = cache
-                    .get_with(format!("k{}", i % KEYS), async { want.clone() })
-                    .await;
-                let took = started.elapsed();
-                if got != want {
-                    wrong.fetch_add(1, Ordering::Relaxed);
-                }
-                {
-                    let mut slowest = slowest.lock().unwrap();
-                    *slowest = (*slowest).max(took);
-                }
-                i += 16;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }));
-    }
-    // Enqueues from now on, each with the time it took and whether it was acknowledged.
-    let enqueued = Arc::new(Mutex::new(
-        Vec::<(u32, Duration, bool, tokio::time::Instant)>::new(),
-    ));
-    let producer = {
-        let (queue, running, enqueued) =
-            (queue.clone(), Arc::clone(&running), Arc::clone(&enqueued));
-        tokio::spawn(async move {
-            let mut n = 0u32;
-            while running.load(Ordering::Relaxed) {
-                let started = tokio::time::Instant::now();
-                let acked = queue.enqueue(n).await.is_ok();
-                enqueued
-                    .lock()
-                    .unwrap()
-                    .push((n, started.elapsed(), acked, started));
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    eventually(WAIT, "jobs running before the kill", || async {
-        runs.lock().unwrap().len() > 20
-    })
-    .await;
+    let load = Load::start(&cache, &queue).await;
 
     let victim = cluster.owner_of_key("{killed}");
     cluster.node_mut(victim).kill();
@@ -576,69 +684,23 @@ async fn a_primary_killed_under_load_means_misses_then_redis_again() {
         cluster.until_ok();
     });
     let restarted_at = tokio::time::Instant::now();
-    let hits_then = cache.stats().hits_l2;
-    eventually(
-        Duration::from_secs(20),
-        "the cache back on Redis",
-        || async { cache.stats().hits_l2 > hits_then + 100 },
-    )
-    .await;
-    let cache_back = restarted_at.elapsed();
-    eventually(
-        Duration::from_secs(20),
-        "a job enqueued after the restart ran",
-        || async {
-            let first = enqueued
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, _, acked, at)| *acked && *at >= restarted_at)
-                .map(|(n, ..)| *n);
-            first.is_some_and(|n| runs.lock().unwrap().contains_key(&n))
-        },
-    )
-    .await;
-    let jobs_back = restarted_at.elapsed();
-    running.store(false, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("a client");
-    }
-    producer.await.expect("the producer");
-    let enqueued = enqueued.lock().unwrap().clone();
-    let after: Vec<u32> = enqueued
-        .iter()
-        .filter(|(_, _, acked, at)| *acked && *at >= restarted_at)
-        .map(|(n, ..)| *n)
-        .collect();
-    eventually(
-        Duration::from_secs(20),
-        "every job enqueued after the restart ran",
-        || async {
-            let runs = runs.lock().unwrap();
-            after.iter().all(|n| runs.contains_key(n))
-        },
-    )
-    .await;
-    stop_worker.send(()).ok();
-    worker.await.expect("the worker");
+    let (cache_back, jobs_back) = load.recovered_since(restarted_at).await;
+    let seen = load.stop(restarted_at).await;
 
-    let failed = enqueued.iter().filter(|(_, _, acked, _)| !acked).count();
-    let slowest_enqueue = enqueued
+    let failed = seen.enqueued.iter().filter(|e| !e.acked).count();
+    let slowest_enqueue = seen
+        .enqueued
         .iter()
-        .map(|(_, took, ..)| *took)
+        .map(|e| e.took)
         .max()
         .unwrap_or_default();
-    let slowest = *slowest.lock().unwrap();
+    let slowest = seen.slowest_read;
     eprintln!(
         "dead node noticed after {noticed:?}; cache back on Redis {cache_back:?} and a new job run {jobs_back:?} after the restart; slowest read {slowest:?}; {failed} of {} enqueues failed (slowest {slowest_enqueue:?}); cache {:?}",
-        enqueued.len(),
+        seen.enqueued.len(),
         cache.stats()
     );
-    assert_eq!(
-        wrong.load(Ordering::Relaxed),
-        0,
-        "a read answered a wrong value"
-    );
+    assert_eq!(seen.wrong, 0, "a read answered a wrong value");
     // The read budget is 50 ms; a second is "never a stall", with room for a loaded box.
     assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
     assert!(
@@ -646,8 +708,7 @@ async fn a_primary_killed_under_load_means_misses_then_redis_again() {
         "an enqueue took {slowest_enqueue:?}"
     );
     assert!(failed > 0, "no enqueue noticed the dead node");
-    let runs = runs.lock().unwrap();
-    let twice: Vec<_> = runs.iter().filter(|(_, &r)| r != 1).collect();
+    let twice: Vec<_> = seen.runs.iter().filter(|(_, &r)| r != 1).collect();
     assert!(twice.is_empty(), "jobs run other than once: {twice:?}");
 }
 
@@ -702,60 +763,7 @@ async fn a_killed_primary_is_replaced_by_its_replica_and_both_move_on() {
         .lease(Duration::from_secs(2))
         .build()
         .unwrap();
-    let (runs, (stop_worker, worker)) = counting_worker(&queue);
-
-    let running = Arc::new(AtomicBool::new(true));
-    let wrong = Arc::new(AtomicUsize::new(0));
-    let slowest = Arc::new(Mutex::new(Duration::ZERO));
-    let mut clients = Vec::new();
-    for c in 0..16 {
-        let (cache, running, wrong, slowest) = (
-            cache.clone(),
-            Arc::clone(&running),
-            Arc::clone(&wrong),
-            Arc::clone(&slowest),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut i = c;
-            while running.load(Ordering::Relaxed) {
-                let want = format!("v{}", i % KEYS);
-                let started = tokio::time::Instant::now();
-                let got = cache
-                    .get_with(format!("k{}", i % KEYS), async { want.clone() })
-                    .await;
-                let took = started.elapsed();
-                if got != want {
-                    wrong.fetch_add(1, Ordering::Relaxed);
-                }
-                {
-                    let mut slowest = slowest.lock().unwrap();
-                    *slowest = (*slowest).max(took);
-                }
-                i += 16;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }));
-    }
-    type Enqueued = Vec<(u32, bool, tokio::time::Instant)>;
-    let enqueued = Arc::new(Mutex::new(Enqueued::new()));
-    let producer = {
-        let (queue, running, enqueued) =
-            (queue.clone(), Arc::clone(&running), Arc::clone(&enqueued));
-        tokio::spawn(async move {
-            let mut n = 0u32;
-            while running.load(Ordering::Relaxed) {
-                let at = tokio::time::Instant::now();
-                let acked = queue.enqueue(n).await.is_ok();
-                enqueued.lock().unwrap().push((n, acked, at));
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    eventually(WAIT, "jobs running before the kill", || async {
-        runs.lock().unwrap().len() > 20
-    })
-    .await;
+    let load = Load::start(&cache, &queue).await;
 
     let slot = RedisCluster::slot_of("{promoted}");
     let victim = cluster.owner_of_slot(slot);
@@ -789,74 +797,27 @@ async fn a_killed_primary_is_replaced_by_its_replica_and_both_move_on() {
     )
     .await;
     let promoted_at = tokio::time::Instant::now();
-    let hits_then = cache.stats().hits_l2;
-    eventually(
-        Duration::from_secs(20),
-        "the cache back on Redis",
-        || async { cache.stats().hits_l2 > hits_then + 100 },
-    )
-    .await;
-    let cache_back = promoted_at.elapsed();
-    eventually(
-        Duration::from_secs(20),
-        "a job enqueued after the promotion ran",
-        || async {
-            let first = enqueued
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, acked, at)| *acked && *at >= promoted_at)
-                .map(|(n, ..)| *n);
-            first.is_some_and(|n| runs.lock().unwrap().contains_key(&n))
-        },
-    )
-    .await;
-    let jobs_back = promoted_at.elapsed();
-    running.store(false, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("a client");
-    }
-    producer.await.expect("the producer");
-    let enqueued = enqueued.lock().unwrap().clone();
-    let after: Vec<u32> = enqueued
-        .iter()
-        .filter(|(_, acked, at)| *acked && *at >= promoted_at)
-        .map(|(n, ..)| *n)
-        .collect();
-    eventually(
-        Duration::from_secs(20),
-        "every job enqueued after the promotion ran",
-        || async {
-            let runs = runs.lock().unwrap();
-            after.iter().all(|n| runs.contains_key(n))
-        },
-    )
-    .await;
-    stop_worker.send(()).ok();
-    worker.await.expect("the worker");
+    let (cache_back, jobs_back) = load.recovered_since(promoted_at).await;
+    let seen = load.stop(promoted_at).await;
 
-    let runs = runs.lock().unwrap();
-    let before: Vec<u32> = enqueued
+    let before: Vec<u32> = seen
+        .enqueued
         .iter()
-        .filter(|(_, acked, at)| *acked && *at < killed_at)
-        .map(|(n, ..)| *n)
+        .filter(|e| e.acked && e.at < killed_at)
+        .map(|e| e.n)
         .collect();
-    let lost = before.iter().filter(|n| !runs.contains_key(n)).count();
-    let twice = runs.values().filter(|&&r| r > 1).count();
-    let failed = enqueued.iter().filter(|(_, acked, _)| !acked).count();
-    let slowest = *slowest.lock().unwrap();
+    let lost = before.iter().filter(|n| !seen.runs.contains_key(n)).count();
+    let twice = seen.runs.values().filter(|&&r| r > 1).count();
+    let failed = seen.enqueued.iter().filter(|e| !e.acked).count();
+    let slowest = seen.slowest_read;
     eprintln!(
         "promotion {:?} after the kill; cache back on Redis {cache_back:?} and a new job run {jobs_back:?} after it; slowest read {slowest:?}; {failed} of {} enqueues failed; of {} jobs acknowledged before the kill {lost} lost, {twice} jobs ran twice; cache {:?}",
         promoted_at - killed_at,
-        enqueued.len(),
+        seen.enqueued.len(),
         before.len(),
         cache.stats()
     );
-    assert_eq!(
-        wrong.load(Ordering::Relaxed),
-        0,
-        "a read answered a wrong value"
-    );
+    assert_eq!(seen.wrong, 0, "a read answered a wrong value");
     assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
     assert!(
         lost * 10 <= before.len(),
