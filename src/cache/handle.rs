@@ -547,7 +547,7 @@ impl<V: CacheValue> Cache<V> {
         }
         if let Some(hit) = self.l1_hit(key) {
             if hit.refresh {
-                self.refresh(key, share_error, init);
+                self.refresh(key, None, share_error, init);
             }
             return Ok(hit.value);
         }
@@ -555,7 +555,7 @@ impl<V: CacheValue> Cache<V> {
         let share_error = Arc::new(share_error);
         let shared = Arc::clone(&share_error);
         let refresh =
-            |init, current| self.refresh_serving(key, current, move |e: &E| shared(e), init);
+            |init, current| self.refresh(key, Some(current), move |e: &E| shared(e), init);
         let background = |_: &V| Background::SoftTimeout;
         self.load_miss_owned(key, &*share_error, init, background, refresh)
             .await

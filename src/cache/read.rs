@@ -25,7 +25,7 @@ use super::flight::{self, End, Leader, Role, SharedError, State};
 use super::handle::Cache;
 use super::stats::{FailSafe, Outcome, Refreshed, Trigger};
 use super::tags::{TagStamp, Tags};
-use super::tier::l1::{Hit, Life};
+use super::tier::l1::Life;
 use super::tier::l2::Write;
 use super::value::{CacheValue, Loaded, Ttl};
 use crate::codec;
@@ -283,45 +283,17 @@ impl<V: CacheValue> Cache<V> {
 
     /// An eager refresh of `key`, started by a hit past its refresh point: one at a time
     /// (single flight), in the background, bounded by `hard_timeout`. Nothing happens
-    /// without a Tokio runtime, or while another load of the key is under way.
+    /// without a Tokio runtime, or while another load of the key is under way. When it
+    /// leads the key's flight, it looks at L1 again and refreshes only if the entry there
+    /// (if any) is still due, so that a refresh that ended meanwhile is not repeated.
+    ///
+    /// `current`, for a Redis hit: the value read, which answers the requests that miss L1
+    /// while the refresh runs (a Redis-only cache's, all of them) instead of making them
+    /// wait for it. It was live when read; it may expire during a refresh longer than the
+    /// time it had left.
     pub(crate) fn refresh<E, F, Fut>(
         &self,
         key: &[u8],
-        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
-        init: F,
-    ) where
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
-    {
-        self.refresh_when(key, |hit| hit.refresh, None, share_error, init);
-    }
-
-    /// [`refresh`](Self::refresh) of a Redis hit past its refresh point: `current`, the
-    /// value read, answers the requests that miss L1 while the refresh runs (a Redis-only
-    /// cache's, all of them) instead of making them wait for it. It was live when read;
-    /// it may expire during a refresh longer than the time it had left.
-    pub(crate) fn refresh_serving<E, F, Fut>(
-        &self,
-        key: &[u8],
-        current: V,
-        share_error: impl Fn(&E) -> Option<E> + Send + 'static,
-        init: F,
-    ) where
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
-    {
-        self.refresh_when(key, |hit| hit.refresh, Some(current), share_error, init);
-    }
-
-    /// [`refresh`](Self::refresh) for a hit that `due` says is due for one: when it leads
-    /// the key's flight, it looks at L1 again and refreshes only if the entry there (if
-    /// any) is still due, so that a refresh that ended meanwhile is not repeated.
-    pub(crate) fn refresh_when<E, F, Fut>(
-        &self,
-        key: &[u8],
-        due: impl FnOnce(&Hit<V>) -> bool,
         current: Option<V>,
         share_error: impl Fn(&E) -> Option<E> + Send + 'static,
         init: F,
@@ -339,7 +311,7 @@ impl<V: CacheValue> Cache<V> {
         let ticket = self.inner.epochs.ticket(key);
         // A refresh that ended between this hit and our lead has stored a new entry.
         let l1 = self.inner.l1.as_ref().and_then(|l1| l1.get(key));
-        if l1.is_some_and(|hit| !due(&hit)) {
+        if l1.is_some_and(|hit| !hit.refresh) {
             // Nobody joined a flight that loaded nothing; any waiter looks again.
             drop(leader);
             return;

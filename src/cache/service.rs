@@ -376,6 +376,7 @@ where
         let share = self.share.clone();
         self.cache.refresh(
             key.as_ref(),
+            None,
             move |e: &S::Error| share.share(e),
             move || async move {
                 let res = svc.oneshot(req).await?;

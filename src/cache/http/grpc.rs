@@ -437,13 +437,8 @@ fn refresh<S, ReqB, ResB>(
             .into_loaded(&mut None, |_| true))
     };
     let no_share = |_: &S::Error| None;
-    match current {
-        Some(stored) => {
-            let current = CachedResponse(Entry::Response(stored));
-            cache.refresh_serving(key, current, no_share, load);
-        }
-        None => cache.refresh(key, no_share, load),
-    }
+    let current = current.map(|stored| CachedResponse(Entry::Response(stored)));
+    cache.refresh(key, current, no_share, load);
 }
 
 fn grpc_status(headers: Option<&HeaderMap>) -> Option<&[u8]> {

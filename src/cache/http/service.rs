@@ -299,13 +299,8 @@ impl Miss {
             Ok(miss.admit(res).await.into_loaded(&mut None, here))
         };
         let no_share = |_: &S::Error| None;
-        match current {
-            Some(stored) => {
-                let current = CachedResponse(Entry::Response(stored));
-                cache.refresh_serving(key.as_ref(), current, no_share, load);
-            }
-            None => cache.refresh(key.as_ref(), no_share, load),
-        }
+        let current = current.map(|stored| CachedResponse(Entry::Response(stored)));
+        cache.refresh(key.as_ref(), current, no_share, load);
     }
 
     /// Looks the request up (the base key, then the variant key when the base key holds a
