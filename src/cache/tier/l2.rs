@@ -298,6 +298,19 @@ impl L2 {
     /// Reads `key`. `Ok(None)` is a plain miss; `Err` says why L2 could not answer (counted
     /// and logged here).
     pub(crate) async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Vec<u8>>, L2Cause> {
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        self.read_command(&get, true).await
+    }
+
+    /// Runs `cmd` as a read: skipped while the breaker is open or the bulkhead full, under
+    /// the read budget, its failure counted and logged (and a breaker step). `timed`: its
+    /// time is a lookup's (`l2_lookup`).
+    async fn read_command<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: &redis::Cmd,
+        timed: bool,
+    ) -> Result<T, L2Cause> {
         self.ensure_started();
         if self.link.is_down() {
             return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen));
@@ -311,15 +324,12 @@ impl L2 {
             .run(
                 self.cfg.read_timeout,
                 Wait::UnlessDown,
-                |mut conn| async move {
-                    redis::cmd("GET")
-                        .arg(key)
-                        .query_async::<Option<Vec<u8>>>(&mut conn)
-                        .await
-                },
+                |mut conn| async move { cmd.query_async::<T>(&mut conn).await },
             )
             .await;
-        self.ins.l2_lookup(started.elapsed());
+        if timed {
+            self.ins.l2_lookup(started.elapsed());
+        }
         match result {
             Ok(value) => {
                 self.succeeded();
@@ -480,45 +490,19 @@ impl L2 {
         tag_keys: &[String],
         unreadable_as: u64,
     ) -> Result<Vec<u64>, L2Cause> {
-        self.ensure_started();
-        if self.link.is_down() {
-            return Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen));
-        }
-        let Some(_slot) = self.bulkhead() else {
-            return Err(self.skipped(L2Op::Get, L2Cause::Bulkhead));
-        };
-        let result = self
-            .link
-            .run(
-                self.cfg.read_timeout,
-                Wait::UnlessDown,
-                |mut conn| async move {
-                    redis::cmd("MGET")
-                        .arg(tag_keys)
-                        .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                        .await
-                },
-            )
-            .await;
-        match result {
-            Ok(values) => {
-                self.succeeded();
-                Ok(values
-                    .into_iter()
-                    .map(|v| match v {
-                        None => 0,
-                        Some(bytes) => std::str::from_utf8(&bytes)
-                            .ok()
-                            .and_then(|t| t.parse().ok())
-                            .unwrap_or(unreadable_as),
-                    })
-                    .collect())
-            }
-            Err(f) if f.fault == Fault::NotConnected => {
-                Err(self.skipped(L2Op::Get, L2Cause::BreakerOpen))
-            }
-            Err(f) => Err(self.failed(L2Op::Get, f)),
-        }
+        let mut mget = redis::cmd("MGET");
+        mget.arg(tag_keys);
+        let values: Vec<Option<Vec<u8>>> = self.read_command(&mget, false).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                None => 0,
+                Some(bytes) => std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(unreadable_as),
+            })
+            .collect())
     }
 
     /// Counts and converts the outcome of one admin step (`invalidate`, `clear`).
