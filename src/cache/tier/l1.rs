@@ -207,23 +207,32 @@ mod tests {
     use super::*;
     use crate::MockClock;
 
+    /// An L1 of `capacity` on `clock`, with no tag invalidated.
+    fn l1_on(capacity: u64, clock: Clock, epochs: &Arc<Epochs>) -> L1<u32> {
+        L1::new(
+            capacity,
+            clock,
+            Arc::clone(epochs),
+            Arc::new(TagTimes::new(0)),
+        )
+    }
+
+    /// Stores an untagged `value` under `key` with the stamp a load of it takes now.
+    fn untagged(l1: &L1<u32>, epochs: &Epochs, key: &[u8], value: u32, life: Life) {
+        l1.insert(key.into(), value, life, epochs.ticket(key).stamp, None);
+    }
+
     #[test]
     fn expiry_follows_the_clock() {
         let mock = MockClock::new();
         let epochs = Arc::new(Epochs::default());
-        let l1 = L1::new(
-            10,
-            mock.clone().into(),
-            Arc::clone(&epochs),
-            Arc::new(TagTimes::new(0)),
-        );
-        let stamp = epochs.ticket(b"k").stamp;
-        l1.insert(
-            b"k".to_vec().into(),
+        let l1 = l1_on(10, mock.clone().into(), &epochs);
+        untagged(
+            &l1,
+            &epochs,
+            b"k",
             7u32,
             Life::fresh(Duration::from_secs(10)),
-            stamp,
-            None,
         );
         assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         mock.advance(Duration::from_secs(9));
@@ -236,22 +245,10 @@ mod tests {
     #[test]
     fn bounded() {
         let epochs = Arc::new(Epochs::default());
-        let l1 = L1::new(
-            100,
-            Clock::system(),
-            Arc::clone(&epochs),
-            Arc::new(TagTimes::new(0)),
-        );
+        let l1 = l1_on(100, Clock::system(), &epochs);
         for i in 0..10_000u32 {
-            let key = i.to_be_bytes();
-            let stamp = epochs.ticket(&key).stamp;
-            l1.insert(
-                key.to_vec().into(),
-                i,
-                Life::fresh(Duration::from_secs(60)),
-                stamp,
-                None,
-            );
+            let life = Life::fresh(Duration::from_secs(60));
+            untagged(&l1, &epochs, &i.to_be_bytes(), i, life);
         }
         assert!(l1.len() <= 100, "len {}", l1.len());
     }
@@ -259,19 +256,13 @@ mod tests {
     #[test]
     fn a_replica_invalidation_of_the_stripe_is_a_miss() {
         let epochs = Arc::new(Epochs::new(true));
-        let l1 = L1::new(
-            10,
-            Clock::system(),
-            Arc::clone(&epochs),
-            Arc::new(TagTimes::new(0)),
-        );
-        let stamp = epochs.ticket(b"k").stamp;
-        l1.insert(
-            b"k".to_vec().into(),
+        let l1 = l1_on(10, Clock::system(), &epochs);
+        untagged(
+            &l1,
+            &epochs,
+            b"k",
             7u32,
             Life::fresh(Duration::from_secs(10)),
-            stamp,
-            None,
         );
         assert_eq!(l1.get(b"k").map(|h| h.value), Some(7));
         epochs.bump_digest(&crate::key::digest(b"k"));
@@ -283,20 +274,14 @@ mod tests {
     fn an_expired_entry_stays_a_fallback_until_stale_until() {
         let mock = MockClock::new();
         let epochs = Arc::new(Epochs::new(true));
-        let l1 = L1::new(
-            10,
-            mock.clone().into(),
-            Arc::clone(&epochs),
-            Arc::new(TagTimes::new(0)),
-        );
-        let stamp = epochs.ticket(b"k").stamp;
+        let l1 = l1_on(10, mock.clone().into(), &epochs);
         let life = Life {
             ttl: Duration::from_secs(10),
             refresh_after: Some(Duration::from_secs(8)),
             stale_for: Duration::from_secs(100),
             stale: false,
         };
-        l1.insert(b"k".to_vec().into(), 7u32, life, stamp, None);
+        untagged(&l1, &epochs, b"k", 7, life);
         assert!(!l1.get(b"k").unwrap().refresh);
         mock.advance(Duration::from_secs(8));
         assert!(l1.get(b"k").unwrap().refresh, "past the refresh point");
@@ -311,13 +296,7 @@ mod tests {
         assert!(l1.get_stale(b"k").is_none());
         assert_eq!(l1.len(), 0, "gone past stale_until");
         // An invalidated entry is no fallback.
-        l1.insert(
-            b"k".to_vec().into(),
-            8u32,
-            life,
-            epochs.ticket(b"k").stamp,
-            None,
-        );
+        untagged(&l1, &epochs, b"k", 8u32, life);
         epochs.bump_digest(&crate::key::digest(b"k"));
         assert!(l1.get_stale(b"k").is_none());
     }
@@ -344,13 +323,7 @@ mod tests {
             let stamp = tags.stamp(&tagged, 1_000);
             l1.insert(key.into(), 1u32, life, epochs.ticket(key).stamp, stamp);
         }
-        l1.insert(
-            b"c".to_vec().into(),
-            2u32,
-            life,
-            epochs.ticket(b"c").stamp,
-            None,
-        );
+        untagged(&l1, &epochs, b"c", 2u32, life);
         mock.advance(Duration::from_secs(20));
         assert!(
             l1.get_stale(b"a").is_some(),
