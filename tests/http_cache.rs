@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use layercake::cache::http::CachedResponse;
 use layercake::cache::http::{HttpCacheLayer, QueryKey};
+use layercake::cache::Tags;
 use layercake::{Cache, MockClock};
 use support::{eventually, RedisServer};
 use tokio::sync::Semaphore;
@@ -1177,4 +1178,59 @@ async fn stale_while_revalidate_holds_on_another_replica_through_redis() {
     assert_eq!(gated_b.calls(), 1);
     let s = b.cache.stats();
     assert_eq!((s.refreshes, s.fail_safe_activations), (1, 0), "{s:?}");
+}
+
+/// A tag rule that reads the request (its path and a header): the head it sees on a miss
+/// is the request's, and `invalidate_tag` by it removes the response; hits never copy it.
+#[tokio::test]
+async fn a_tag_rule_reading_the_request_tags_by_path_and_header() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wrap = |r: Router, c: Cache<CachedResponse>| {
+        let calls = Arc::clone(&calls);
+        r.route(
+            "/items/{id}",
+            get(move |Path(id): Path<String>| async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                format!("item {id} #{n}")
+            }),
+        )
+        .layer(layer(c).host_in_key(false).tags(|req, _res| {
+            let tenant = req
+                .headers
+                .get("x-tenant")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            Tags::new([req.uri.path().as_bytes().to_vec(), tenant])
+        }))
+    };
+    let clock = MockClock::new();
+    let app = serve(test_cache("http_req_tags", &clock, None), clock, wrap).await;
+    let get_as = |path: &'static str| {
+        let app = &app;
+        async move {
+            let got = app.get_with(path, &[("x-tenant", b"acme")]).await;
+            (got.x_cache().to_owned(), got.text())
+        }
+    };
+    assert_eq!(
+        get_as("/items/1").await,
+        ("MISS".into(), "item 1 #1".into())
+    );
+    assert_eq!(
+        get_as("/items/2").await,
+        ("MISS".into(), "item 2 #2".into())
+    );
+    assert_eq!(get_as("/items/1").await, ("HIT".into(), "item 1 #1".into()));
+
+    app.cache.invalidate_tag("/items/1").await.unwrap();
+    assert_eq!(
+        get_as("/items/1").await,
+        ("MISS".into(), "item 1 #3".into())
+    );
+    assert_eq!(get_as("/items/2").await, ("HIT".into(), "item 2 #2".into()));
+    app.cache.invalidate_tag("acme").await.unwrap();
+    assert_eq!(
+        get_as("/items/2").await,
+        ("MISS".into(), "item 2 #4".into())
+    );
 }

@@ -93,6 +93,19 @@ enum Plan {
 }
 
 impl<S, U: UserKey> HttpCacheService<S, U> {
+    /// What a tag rule reads of the request, for a load (never on an L1 hit): a copy of
+    /// its head, only where the layer has a tag rule.
+    fn tag_req<B>(&self, req: &Request<B>) -> Option<Arc<Parts>> {
+        self.config.tags.as_ref()?;
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.version_mut() = req.version();
+        *head.headers_mut() = req.headers().clone();
+        *head.extensions_mut() = req.extensions().clone();
+        Some(Arc::new(head.into_parts().0))
+    }
+
     fn plan(&self, req: &Parts) -> Plan {
         if !self.cache.is_enabled() {
             return Plan::Bypass;
@@ -148,11 +161,6 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let (parts, body) = req.into_parts();
         let plan = self.plan(&parts);
-        // What a tag rule reads of the request; only copied where there is one.
-        let tag_req = match (&plan, &self.config.tags) {
-            (Plan::Lookup { .. }, Some(_)) => Some(Arc::new(parts.clone())),
-            _ => None,
-        };
         let req = Request::from_parts(parts, body);
         let x_cache = self.config.x_cache;
         let (base, head, refresh) = match plan {
@@ -199,6 +207,7 @@ where
                 // Past its eager-refresh point: one refresh in the background (not for a
                 // `HEAD`, whose answer is not stored).
                 if due && !head {
+                    let tag_req = self.tag_req(&req);
                     let miss = Miss {
                         cache: self.cache.clone(),
                         config: Arc::clone(&self.config),
@@ -215,6 +224,7 @@ where
         // The ready service goes into the future; a fresh clone (not yet ready) stays.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        let tag_req = self.tag_req(&req);
         let miss = Miss {
             cache: self.cache.clone(),
             config: Arc::clone(&self.config),
