@@ -93,8 +93,19 @@ enum Plan {
 }
 
 impl<S, U: UserKey> HttpCacheService<S, U> {
-    /// What a tag rule reads of the request, for a load (never on an L1 hit): a copy of
-    /// its head, only where the layer has a tag rule.
+    /// What a load of `req` (never an L1 hit) needs of this service.
+    fn miss<B>(&self, base: Key, render: Render, req: &Request<B>) -> Miss {
+        Miss {
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+            base,
+            render,
+            tag_req: self.tag_req(req),
+        }
+    }
+
+    /// What a tag rule reads of the request: a copy of its head, only where the layer has
+    /// a tag rule.
     fn tag_req<B>(&self, req: &Request<B>) -> Option<Arc<Parts>> {
         self.config.tags.as_ref()?;
         let mut head = Request::new(());
@@ -207,14 +218,7 @@ where
                 // Past its eager-refresh point: one refresh in the background (not for a
                 // `HEAD`, whose answer is not stored).
                 if due && !head {
-                    let tag_req = self.tag_req(&req);
-                    let miss = Miss {
-                        cache: self.cache.clone(),
-                        config: Arc::clone(&self.config),
-                        base,
-                        render,
-                        tag_req,
-                    };
+                    let miss = self.miss(base, render, &req);
                     miss.refresh_in_background((key, vary), None, self.inner.clone(), req);
                 }
                 let now = now_ms(&self.cache);
@@ -224,14 +228,7 @@ where
         // The ready service goes into the future; a fresh clone (not yet ready) stays.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let tag_req = self.tag_req(&req);
-        let miss = Miss {
-            cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
-            base,
-            render,
-            tag_req,
-        };
+        let miss = self.miss(base, render, &req);
         if refresh {
             ResponseFuture::boxed(Box::pin(miss.refresh(inner, req)))
         } else {
